@@ -1,0 +1,461 @@
+"""Every hyperparameter of rayfed, one dataclass per config section, one docstring per field.
+
+A config is built from the defaults below, then a YAML file (`--config`), then `--set dotted.key=value`
+overrides (the value parsed as YAML). Unknown keys, wrong types and impossible values raise `UserError`
+naming the key, before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from rayfed.errors import UserError
+
+DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist")
+PARTITIONS = ("extreme", "dirichlet", "iid", "shards")
+MODELS = ("cnn", "resnet18")
+FL_METHODS = ("fedavg", "fedauditgan")
+SISA_AGGREGATIONS = ("mean", "vote")
+SISA_SCHEDULES = ("union", "distributed")
+BACKDOOR_MODES = ("badnets", "clean_label")
+TRIGGER_POSITIONS = ("bottom_right", "random")
+WANDB_MODES = ("disabled", "offline", "online")
+FAILURE_POLICIES = ("retry", "drop")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    """`digits` (scikit-learn's bundled 8x8 digits, no download), `cifar10`, `mnist` or `fashion_mnist`."""
+    root: str = "data"
+    """Where torchvision datasets live (downloaded there when `download` is true)."""
+    download: bool = True
+    """Let torchvision download a dataset that is not under `root`."""
+    num_clients: int = 10
+    """Number of federated clients K."""
+    partition: str = "extreme"
+    """`extreme` (the notebook's 1..classes_per_client classes per client, windows may overlap),
+    `dirichlet`, `iid` or `shards` (disjoint)."""
+    classes_per_client: int = 2
+    """`extreme`: each client draws 1..classes_per_client classes."""
+    dirichlet_alpha: float = 0.5
+    """`dirichlet`: concentration of the per-class client proportions (smaller = more skewed)."""
+    shards_per_client: int = 2
+    """`shards`: label-sorted shards per client (McMahan et al. 2017)."""
+    audit_fraction: float = 0.1
+    """Share of the training set held by the server for the audit GAN, disjoint from every client."""
+    client_test_size: int = 200
+    """Held-out test samples per client, drawn from the test set with the client's label mix."""
+    augment: bool | None = None
+    """Training-time augmentation (random crop + flip); null = the dataset's default (on for cifar10)."""
+    batch_size: int = 64
+    """Minibatch size of local training (the notebook uses 512 on CIFAR-10)."""
+    eval_batch_size: int = 1024
+    """Minibatch size of evaluation."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"
+    """`cnn` (the notebook's CNN, shape-generic) or `resnet18` (torchvision, CIFAR-style stem, notebook head)."""
+    pretrained: bool = False
+    """`resnet18`: start from torchvision's ImageNet weights, which must already be in torch's hub cache."""
+
+
+@dataclass
+class FLConfig:
+    rounds: int = 15
+    """Federated rounds per method."""
+    local_epochs: int = 2
+    """Epochs of local SGD per client and round (Phase 1)."""
+    lr: float = 0.01
+    """Local SGD learning rate."""
+    momentum: float = 0.9
+    """Local SGD momentum."""
+    weight_decay: float = 1e-4
+    """Local SGD weight decay."""
+    methods: list[str] = field(default_factory=lambda: ["fedavg", "fedauditgan"])
+    """Methods to run, in order: `fedavg`, `fedauditgan` (one run per value of audit.gamma)."""
+    clients_per_round: int | float | None = None
+    """Clients sampled per round: a count, a fraction in (0, 1], or null for all."""
+    on_client_failure: str = "retry"
+    """A client actor that dies mid-round: `retry` (restart it, recompute) or `drop` (aggregate the others)."""
+    max_retries: int = 3
+    """Restarts allowed per actor under `retry`."""
+
+
+@dataclass
+class AuditConfig:
+    gamma: float | list[float] = field(default_factory=lambda: [2.0, 8.0])
+    """Softmax temperature of alpha = softmax(gamma * S); a list runs fedauditgan once per value."""
+    lambda1: float = 1.0
+    """Weight of ||x - x'||^2 in the generator loss (keeps counterfactual pairs close)."""
+    lambda2: float = 1.0
+    """Weight of the realism (adversarial) term in the generator loss."""
+    gan_epochs: int = 5
+    """Epochs of GAN training on the audit split per round (Phase 2; the notebook uses 20)."""
+    n_probes: int = 500
+    """Counterfactual pairs |P| generated for scoring (Phase 3; the notebook uses 2000)."""
+    latent_dim: int = 128
+    """Generator latent size."""
+    gan_lr: float = 2e-4
+    """Adam learning rate of G and D (betas 0.5, 0.999)."""
+    gan_batch_size: int = 512
+    """Minibatch size of GAN training."""
+    delta_scale: float = 0.1
+    """Largest per-pixel perturbation x' - x, in the GAN's [-1, 1] pixel space."""
+    warm_start: bool = False
+    """Continue G and D from the previous round instead of training fresh ones each round."""
+    gan_epochs_warm: int = 1
+    """GAN epochs per round after the first when warm_start is on."""
+    score_chunk: int = 512
+    """Probes per chunk of the batched scoring of the K hypothetical models (bounds memory)."""
+
+
+@dataclass
+class SisaConfig:
+    shards: int = 5
+    """Number of shards S, each with its own model."""
+    slices: int = 5
+    """Number of slices R per shard, with a checkpoint after each."""
+    epochs: int = 5
+    """Epochs e (see `schedule`)."""
+    schedule: str = "distributed"
+    """`union`: e epochs on every union of slices 1..r (the notebook); `distributed`: the paper's,
+    stage r trains int((r+1)a) - int(ra) epochs with a = 2e/(R+1), e epochs in all."""
+    aggregation: list[str] = field(default_factory=lambda: ["mean", "vote"])
+    """Ensemble aggregations to report: `mean` (mean softmax) and/or `vote` (majority vote)."""
+    lr: float = 0.01
+    """SGD learning rate of shard training."""
+    momentum: float = 0.9
+    """SGD momentum of shard training."""
+    batch_size: int = 64
+    """Minibatch size of shard training."""
+
+
+@dataclass
+class UnlearnConfig:
+    forget: int | str | None = 20
+    """Points to forget: a count drawn once with the seed (saved as forget.txt), or a file of indices."""
+    verify: bool = True
+    """Train a fresh ensemble from scratch without the forgotten points and compare predictions."""
+    membership_size: int = 200
+    """Samples per side (member vs non-member) of the membership-inference audit."""
+
+
+@dataclass
+class BackdoorConfig:
+    enabled: bool = True
+    """Run the backdoor audit: train with poison, unlearn exactly the poisoned points, measure again."""
+    mode: str = "badnets"
+    """`badnets` (non-target images stamped and relabelled) or `clean_label` (the notebook's)."""
+    target_class: int = 0
+    """Class the trigger should force."""
+    poison: int | float = 0.1
+    """Poisoned training points: a count, or a fraction of the training set when below 1."""
+    trigger_size: int = 3
+    """Side of the square trigger, in pixels."""
+    trigger_position: str = "bottom_right"
+    """`bottom_right` (BadNets convention) or `random` (the notebook's)."""
+    trigger_value: float = 1.0
+    """Pixel value of the trigger in [0, 1] pixel space (1 = white)."""
+
+
+@dataclass
+class ResourcesConfig:
+    address: str | None = None
+    """Ray cluster to join (`auto`, `ray://host:port`, ...); null starts a local Ray unless RAY_ADDRESS is set."""
+    gpus_per_client: float | str = "auto"
+    """GPU fraction per client actor; `auto` shares the visible GPUs among the client actors (0 on CPU)."""
+    cpus_per_client: float = 0.25
+    """CPU fraction per client actor."""
+    clients_per_actor: int = 1
+    """Virtual clients hosted by one client actor (1 = one actor per client)."""
+    server_gpus: float | str = "auto"
+    """GPU fraction of the audit server actor; `auto` = the same share as a client."""
+    server_cpus: float = 0.5
+    """CPU fraction of the audit server actor."""
+    gpus_per_shard: float | str = "auto"
+    """GPU fraction per SISA shard actor; `auto` shares the visible GPUs among the shards."""
+    cpus_per_shard: float = 0.5
+    """CPU fraction per SISA shard actor."""
+    torch_threads: int = 1
+    """torch intra-op threads per actor (keeps many actors on few cores from thrashing)."""
+
+
+@dataclass
+class TrackingConfig:
+    wandb: str = "disabled"
+    """Weights & Biases: `disabled`, `offline` or `online`."""
+    project: str = "rayfed"
+    """wandb project."""
+    entity: str | None = None
+    """wandb entity (user or team); null = your default."""
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    """Seed of every random draw: partitions, initial weights, minibatches, GANs, forget sets."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    sisa: SisaConfig = field(default_factory=SisaConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def gammas(self) -> list[float]:
+        """audit.gamma as a list."""
+        return list(self.audit.gamma) if isinstance(self.audit.gamma, list) else [self.audit.gamma]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain nested dicts (what config.yaml holds)."""
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    return {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return value checked against the annotation tp (ints are accepted where numbers are)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                continue
+    elif origin is list:
+        if isinstance(value, list):
+            return [_coerce(v, get_args(tp)[0], key) for v in value]
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _merge(obj: Any, updates: dict[str, Any], prefix: str) -> None:
+    """Set fields of the dataclass obj from a nested mapping, checking names and types."""
+    hints = get_type_hints(type(obj))
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if not isinstance(name, str) or name not in hints:
+            raise UserError(f"unknown config key '{key}'")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{key}: expected a mapping of keys, got {value!r}")
+            _merge(current, value, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `dotted.key=value` and parse the value as YAML."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {key}: value {raw!r} is not valid YAML ({_first_line(exc)})") from None
+    return key.strip(), value
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """`a.b.c`, v -> {'a': {'b': {'c': v}}}."""
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; UserError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} {path} is not valid YAML: {_first_line(exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} must hold a mapping of config keys, not {type(data).__name__}")
+    return data
+
+
+def build_config(mappings: list[dict[str, Any]], overrides: list[str] = ()) -> Config:
+    """Defaults, then each mapping in order, then `--set` overrides; validated."""
+    config = Config()
+    for mapping in mappings:
+        _merge(config, mapping, "")
+    for text in overrides:
+        key, value = parse_override(text)
+        _merge(config, nest(key, value), "")
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The config of a run: defaults < YAML file < `--set` overrides."""
+    mappings = [read_yaml_mapping(path)] if path is not None else []
+    return build_config(mappings, overrides)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from `to_dict()` output (e.g. a run's config.yaml)."""
+    return build_config([data])
+
+
+def config_keys(obj: Any = None, prefix: str = "") -> list[str]:
+    """All dotted leaf keys of the config."""
+    obj = Config() if obj is None else obj
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += config_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{key}: unknown value {value!r} (choose from {', '.join(allowed)})")
+
+
+def _fraction_or_auto(key: str, value: float | str) -> None:
+    if isinstance(value, str):
+        _require(value == "auto", f"{key}: expected a number >= 0 or 'auto', got {value!r}")
+    else:
+        _require(value >= 0, f"{key}: must be >= 0, got {value}")
+
+
+def validate(c: Config) -> None:
+    """Reject impossible values with a message naming the key."""
+    d, fl, a, s = c.data, c.fl, c.audit, c.sisa
+    _one_of("data.dataset", d.dataset, DATASETS)
+    _one_of("data.partition", d.partition, PARTITIONS)
+    _one_of("model.name", c.model.name, MODELS)
+    _require(d.num_clients >= 1, f"data.num_clients: must be >= 1, got {d.num_clients}")
+    _require(d.classes_per_client >= 1, f"data.classes_per_client: must be >= 1, got {d.classes_per_client}")
+    _require(d.dirichlet_alpha > 0, f"data.dirichlet_alpha: must be > 0, got {d.dirichlet_alpha}")
+    _require(d.shards_per_client >= 1, f"data.shards_per_client: must be >= 1, got {d.shards_per_client}")
+    _require(0 < d.audit_fraction < 1, f"data.audit_fraction: must be in (0, 1), got {d.audit_fraction}")
+    _require(d.client_test_size >= 1, f"data.client_test_size: must be >= 1, got {d.client_test_size}")
+    _require(d.batch_size >= 1, f"data.batch_size: must be >= 1, got {d.batch_size}")
+    _require(d.eval_batch_size >= 1, f"data.eval_batch_size: must be >= 1, got {d.eval_batch_size}")
+
+    _require(fl.rounds >= 1, f"fl.rounds: must be >= 1, got {fl.rounds}")
+    _require(fl.local_epochs >= 1, f"fl.local_epochs: must be >= 1, got {fl.local_epochs}")
+    _require(fl.lr > 0, f"fl.lr: must be > 0, got {fl.lr}")
+    _require(fl.momentum >= 0, f"fl.momentum: must be >= 0, got {fl.momentum}")
+    _require(fl.weight_decay >= 0, f"fl.weight_decay: must be >= 0, got {fl.weight_decay}")
+    _require(len(fl.methods) >= 1, "fl.methods: needs at least one method")
+    for method in fl.methods:
+        _one_of("fl.methods", method, FL_METHODS)
+    _require(len(set(fl.methods)) == len(fl.methods), f"fl.methods: repeated method in {fl.methods}")
+    cpr = fl.clients_per_round
+    if isinstance(cpr, float):
+        _require(0 < cpr <= 1, f"fl.clients_per_round: a fraction must be in (0, 1], got {cpr}")
+    elif isinstance(cpr, int):
+        _require(
+            1 <= cpr <= d.num_clients,
+            f"fl.clients_per_round: must be between 1 and data.num_clients={d.num_clients}, got {cpr}",
+        )
+    _one_of("fl.on_client_failure", fl.on_client_failure, FAILURE_POLICIES)
+    _require(fl.max_retries >= 0, f"fl.max_retries: must be >= 0, got {fl.max_retries}")
+
+    _require(len(c.gammas) >= 1, "audit.gamma: needs at least one value")
+    for gamma in c.gammas:
+        _require(math.isfinite(gamma) and gamma >= 0, f"audit.gamma: must be finite and >= 0, got {gamma}")
+    _require(a.lambda1 >= 0, f"audit.lambda1: must be >= 0, got {a.lambda1}")
+    _require(a.lambda2 >= 0, f"audit.lambda2: must be >= 0, got {a.lambda2}")
+    _require(a.gan_epochs >= 1, f"audit.gan_epochs: must be >= 1, got {a.gan_epochs}")
+    _require(a.gan_epochs_warm >= 1, f"audit.gan_epochs_warm: must be >= 1, got {a.gan_epochs_warm}")
+    _require(a.n_probes >= 1, f"audit.n_probes: must be >= 1, got {a.n_probes}")
+    _require(a.latent_dim >= 1, f"audit.latent_dim: must be >= 1, got {a.latent_dim}")
+    _require(a.gan_lr > 0, f"audit.gan_lr: must be > 0, got {a.gan_lr}")
+    _require(a.gan_batch_size >= 1, f"audit.gan_batch_size: must be >= 1, got {a.gan_batch_size}")
+    _require(a.delta_scale > 0, f"audit.delta_scale: must be > 0, got {a.delta_scale}")
+    _require(a.score_chunk >= 1, f"audit.score_chunk: must be >= 1, got {a.score_chunk}")
+
+    _require(s.shards >= 1, f"sisa.shards: must be >= 1, got {s.shards}")
+    _require(s.slices >= 1, f"sisa.slices: must be >= 1, got {s.slices}")
+    _require(s.epochs >= 1, f"sisa.epochs: must be >= 1, got {s.epochs}")
+    _one_of("sisa.schedule", s.schedule, SISA_SCHEDULES)
+    _require(len(s.aggregation) >= 1, "sisa.aggregation: needs at least one aggregation")
+    for agg in s.aggregation:
+        _one_of("sisa.aggregation", agg, SISA_AGGREGATIONS)
+    _require(s.lr > 0, f"sisa.lr: must be > 0, got {s.lr}")
+    _require(s.batch_size >= 1, f"sisa.batch_size: must be >= 1, got {s.batch_size}")
+
+    forget = c.unlearn.forget
+    if isinstance(forget, int):
+        _require(forget >= 0, f"unlearn.forget: must be >= 0, got {forget}")
+    _require(c.unlearn.membership_size >= 2, f"unlearn.membership_size: must be >= 2, got {c.unlearn.membership_size}")
+
+    b = c.backdoor
+    _one_of("backdoor.mode", b.mode, BACKDOOR_MODES)
+    _one_of("backdoor.trigger_position", b.trigger_position, TRIGGER_POSITIONS)
+    _require(b.target_class >= 0, f"backdoor.target_class: must be >= 0, got {b.target_class}")
+    _require(b.poison > 0, f"backdoor.poison: must be > 0, got {b.poison}")
+    _require(b.trigger_size >= 1, f"backdoor.trigger_size: must be >= 1, got {b.trigger_size}")
+    _require(0 <= b.trigger_value <= 1, f"backdoor.trigger_value: must be in [0, 1], got {b.trigger_value}")
+
+    r = c.resources
+    for key in ("gpus_per_client", "server_gpus", "gpus_per_shard"):
+        _fraction_or_auto(f"resources.{key}", getattr(r, key))
+    for key in ("cpus_per_client", "server_cpus", "cpus_per_shard"):
+        _require(getattr(r, key) >= 0, f"resources.{key}: must be >= 0, got {getattr(r, key)}")
+    _require(r.clients_per_actor >= 1, f"resources.clients_per_actor: must be >= 1, got {r.clients_per_actor}")
+    _require(r.torch_threads >= 1, f"resources.torch_threads: must be >= 1, got {r.torch_threads}")
+    _one_of("tracking.wandb", c.tracking.wandb, WANDB_MODES)

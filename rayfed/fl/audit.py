@@ -1,0 +1,246 @@
+"""Phases 2 and 3: the server's generative audit and the bias of the global and hypothetical models.
+
+Phase 2 trains G and D on the server's audit split with
+    L_G = -||Theta(x) - Theta(x')||^2 + lambda1 ||x - x'||^2 + lambda2 L_realism,
+the first term's gradient reaching G through the frozen classifier Theta (notebook defect 1), and every
+image fed to Theta mapped into Theta's input space first (defect 3).
+Phase 3 measures B = (1/|P|) sum_{(x,x') in P} |Theta(x) - Theta(x')| (L1 over classes) for Theta_old and for
+every Theta_old + dw_i, all K hypothetical models in one batched evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.experimental import optimization as fx_optimization
+from torch.func import functional_call
+
+from rayfed.data.datasets import denormalise, normalise
+from rayfed.fl.local import autocast
+from rayfed.fl.state import StateDict, apply_update
+from rayfed.models.gan import Discriminator, FairnessGenerator
+
+
+@dataclass
+class PixelSpace:
+    """The classifier's input normalisation, to move images between GAN space [-1, 1] and classifier space."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_classifier(self, x_gan: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] -> [0, 1] pixels -> (pixel - mean) / std."""
+        return normalise((x_gan + 1) / 2, self.mean, self.std)
+
+    def to_gan(self, x_classifier: torch.Tensor) -> torch.Tensor:
+        """(pixel - mean) / std -> [0, 1] pixels -> [-1, 1]."""
+        return denormalise(x_classifier, self.mean, self.std) * 2 - 1
+
+
+@dataclass
+class GeneratorLoss:
+    total: torch.Tensor
+    prediction_gap: torch.Tensor
+    """-||Theta(x) - Theta(x')||^2, batch mean."""
+    closeness: torch.Tensor
+    """lambda1 ||x - x'||^2, batch mean."""
+    realism: torch.Tensor
+    """lambda2 L_realism."""
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, parameters without gradients: inputs stay differentiable through it."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def generator_loss(G: FairnessGenerator, D: Discriminator, classifier: nn.Module, z: torch.Tensor,
+                   labels: torch.Tensor, lambda1: float, lambda2: float, space: PixelSpace) -> GeneratorLoss:
+    """L_G = -||Theta(x) - Theta(x')||^2 + lambda1 ||x - x'||^2 + lambda2 L_realism for one batch.
+
+    The classifier is called without `no_grad`, so the first term's gradient reaches G (defect 1);
+    it must be frozen (see `freeze`) so that its own weights are not trained.
+    """
+    x, x_prime = G(z, labels)
+    logits_gap = classifier(space.to_classifier(x)) - classifier(space.to_classifier(x_prime))
+    prediction_gap = -logits_gap.pow(2).sum(dim=1).mean()  # -||Theta(x) - Theta(x')||^2
+    closeness = lambda1 * (x - x_prime).pow(2).flatten(1).sum(dim=1).mean()  # lambda1 ||x - x'||^2
+    real = torch.ones(len(z), 1, device=z.device)
+    realism = lambda2 * (  # L_realism: D should take x and x' for real images of their label
+        F.binary_cross_entropy_with_logits(D(x, labels), real)
+        + F.binary_cross_entropy_with_logits(D(x_prime, labels), real)
+    ) / 2
+    return GeneratorLoss(prediction_gap + closeness + realism, prediction_gap, closeness, realism)
+
+
+@dataclass
+class AuditGan:
+    """G, D and their Adam optimizers (kept together so a warm start continues all four)."""
+
+    G: FairnessGenerator
+    D: Discriminator
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+
+    @classmethod
+    def create(cls, latent_dim: int, num_classes: int, img_shape: tuple[int, int, int], delta_scale: float,
+               lr: float, device: torch.device, seed: int) -> AuditGan:
+        """A fresh G and D (initialised from `seed`) with Adam(lr, betas=(0.5, 0.999)) as the notebook."""
+        torch.manual_seed(seed)
+        G = FairnessGenerator(latent_dim, num_classes, img_shape, delta_scale).to(device)
+        D = Discriminator(num_classes, img_shape).to(device)
+        return cls(G, D, torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999)),
+                   torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.999)))
+
+
+def train_fairness_gan(gan: AuditGan, classifier: nn.Module, real_x: torch.Tensor, real_y: torch.Tensor, *,
+                       epochs: int, lambda1: float, lambda2: float, batch_size: int, space: PixelSpace,
+                       seed: int) -> None:
+    """Phase 2: alternate G and D steps over the audit split (real_x in classifier space) for `epochs` epochs.
+
+    The classifier is frozen for the duration; G learns where it treats near-identical inputs differently.
+    """
+    device = real_x.device
+    freeze(classifier)
+    real_gan = space.to_gan(real_x)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    G, D = gan.G, gan.D
+    G.train()
+    D.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(real_y), generator=generator).to(device)
+        for start in range(0, len(real_y), batch_size):
+            batch = order[start : start + batch_size]
+            n = len(batch)
+            z = torch.randn(n, G.latent_dim, generator=generator).to(device)
+            gen_labels = torch.randint(0, G.num_classes, (n,), generator=generator).to(device)
+
+            gan.opt_G.zero_grad(set_to_none=True)
+            with autocast(device):
+                g_loss = generator_loss(G, D, classifier, z, gen_labels, lambda1, lambda2, space).total
+            scaler.scale(g_loss).backward()
+            scaler.step(gan.opt_G)
+
+            gan.opt_D.zero_grad(set_to_none=True)
+            with autocast(device):
+                with torch.no_grad():
+                    x, x_prime = G(z, gen_labels)
+                real_t = torch.ones(n, 1, device=device)
+                fake_t = torch.zeros(n, 1, device=device)
+                d_real = F.binary_cross_entropy_with_logits(D(real_gan[batch], real_y[batch]), real_t)
+                d_fake = (F.binary_cross_entropy_with_logits(D(x, gen_labels), fake_t)
+                          + F.binary_cross_entropy_with_logits(D(x_prime, gen_labels), fake_t)) / 2
+                d_loss = (d_real + d_fake) / 2
+            scaler.scale(d_loss).backward()
+            scaler.step(gan.opt_D)
+            scaler.update()
+
+
+@torch.no_grad()
+def generate_probes(G: FairnessGenerator, n: int, space: PixelSpace, seed: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe set P: n counterfactual pairs (x, x') with random labels, in the classifier's input space."""
+    G.eval()
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, G.latent_dim, generator=generator).to(device)
+    labels = torch.randint(0, G.num_classes, (n,), generator=generator).to(device)
+    x, x_prime = G(z, labels)
+    return space.to_classifier(x).float(), space.to_classifier(x_prime).float()
+
+
+class FoldedEvaluator:
+    """An eval-only twin of a classifier for scoring many weight sets fast, without copying the model.
+
+    Built once per architecture: the model is traced with torch.fx, every BatchNorm that directly follows a
+    convolution is folded into it (W' = W * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta),
+    and the result runs channels-last. `logits(state, x)` evaluates any state dict of the original model
+    through this one template with `functional_call`. On this project's CPUs this is measured ~2x faster
+    per model than the plain module and 2.5x faster than `vmap` over stacked models (see BENCHMARKS.md).
+    """
+
+    def __init__(self, model: nn.Module):
+        model = copy.deepcopy(model).eval()
+        traced = fx.symbolic_trace(model)
+        modules = dict(traced.named_modules())
+        self.folds: list[tuple[str, str, float]] = []
+        for node in traced.graph.nodes:
+            source = node.args[0] if node.args else None
+            if (node.op == "call_module" and isinstance(modules.get(node.target), nn.BatchNorm2d)
+                    and isinstance(source, fx.Node) and source.op == "call_module"
+                    and isinstance(modules.get(source.target), nn.Conv2d) and len(source.users) == 1):
+                self.folds.append((source.target, node.target, modules[node.target].eps))
+        self.module = fx_optimization.fuse(traced, inplace=True, no_trace=True)
+        self.module.to(memory_format=torch.channels_last)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def fold(self, state: StateDict) -> StateDict:
+        """The template's weights for `state` (a state dict of the original model)."""
+        out = dict(state)
+        for conv, bn, eps in self.folds:
+            scale = state[f"{bn}.weight"] / torch.sqrt(state[f"{bn}.running_var"] + eps)
+            weight = state[f"{conv}.weight"] * scale.view(-1, 1, 1, 1)
+            out[f"{conv}.weight"] = weight.contiguous(memory_format=torch.channels_last)
+            bias = state.get(f"{conv}.bias", 0.0)
+            out[f"{conv}.bias"] = (bias - state[f"{bn}.running_mean"]) * scale + state[f"{bn}.bias"]
+            for suffix in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                out.pop(f"{bn}.{suffix}", None)
+        return out
+
+    @torch.no_grad()
+    def bias(self, state: StateDict, x: torch.Tensor, x_prime: torch.Tensor, chunk: int = 512) -> float:
+        """B = (1/|P|) sum_P |Theta(x) - Theta(x')|_1 for the model with weights `state`."""
+        weights = self.fold(state)
+        total = 0.0
+        with autocast(x.device):
+            for start in range(0, len(x), chunk):
+                pair = torch.cat([x[start : start + chunk], x_prime[start : start + chunk]])
+                logits = functional_call(self.module, weights, (pair.contiguous(memory_format=torch.channels_last),))
+                half = len(logits) // 2
+                total += float((logits[:half] - logits[half:]).float().abs().sum())  # sum_P |Theta(x) - Theta(x')|
+        return total / len(x)
+
+
+@torch.no_grad()
+def compute_bias(model: nn.Module, x: torch.Tensor, x_prime: torch.Tensor, chunk: int = 512) -> float:
+    """B = (1/|P|) sum_P |Theta(x) - Theta(x')|_1 for one model, evaluated directly (the reference)."""
+    model.eval()
+    total = 0.0
+    with autocast(x.device):
+        for start in range(0, len(x), chunk):
+            diff = model(x[start : start + chunk]) - model(x_prime[start : start + chunk])
+            total += float(diff.float().abs().sum())
+    return total / len(x)
+
+
+@torch.no_grad()
+def hypothetical_biases(evaluator: FoldedEvaluator, global_state: StateDict, updates: Sequence[StateDict],
+                        x: torch.Tensor, x_prime: torch.Tensor, chunk: int = 512) -> tuple[float, list[float]]:
+    """B_base for Theta_old and B_i for every Theta_test_i = Theta_old + dw_i, through one folded template:
+    no model is deep-copied or loaded; each weight set is swapped in with `functional_call`."""
+    base = evaluator.bias(global_state, x, x_prime, chunk)
+    return base, [evaluator.bias(apply_update(global_state, u), x, x_prime, chunk) for u in updates]
+
+
+__all__ = [
+    "AuditGan",
+    "GeneratorLoss",
+    "PixelSpace",
+    "FoldedEvaluator",
+    "compute_bias",
+    "freeze",
+    "generate_probes",
+    "generator_loss",
+    "hypothetical_biases",
+    "train_fairness_gan",
+]

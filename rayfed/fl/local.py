@@ -1,0 +1,49 @@
+"""Phase 1, local client training: dw_i = w_after - w_before after local SGD on the client's own data."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rayfed.data.datasets import augment_batch
+from rayfed.fl.state import StateDict, clone_state, state_delta
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (as the notebook), plain fp32 elsewhere."""
+    return torch.autocast(device_type=device.type, enabled=device.type == "cuda")
+
+
+def local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, momentum: float,
+                 weight_decay: float, batch_size: int, seed: int,
+                 augment_pad: torch.Tensor | None = None) -> StateDict:
+    """Train `model` (already holding the global weights) in place and return dw = w_after - w_before.
+
+    SGD with momentum and weight decay, as the notebook; a fresh optimizer each round. Minibatch order,
+    augmentation and dropout are drawn from `seed`, so the same seed gives the same update.
+    `augment_pad` enables random crop + flip, padding with those per-channel values.
+    """
+    device = x.device
+    before = clone_state(model.state_dict())
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=generator).to(device)
+        for start in range(0, len(y), batch_size):
+            batch = order[start : start + batch_size]
+            inputs = x[batch]
+            if augment_pad is not None:
+                inputs = augment_batch(inputs, augment_pad.to(device), generator)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                loss = F.cross_entropy(model(inputs), y[batch])
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    return state_delta(model.state_dict(), before)
