@@ -30,16 +30,25 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def _share(setting: float | str, total: float, num_actors: int) -> float:
+    if setting != "auto":
+        return float(setting)
+    if total == 0:
+        return 0.0
+    share = min(1.0, total / max(1, num_actors))
+    return max(0.0001, int(share * 10_000) / 10_000)  # Ray accepts four decimals
+
+
 def gpu_share(setting: float | str, num_actors: int) -> float:
     """GPU fraction per actor: a number as given, or `auto` = the cluster's GPUs shared by num_actors
     (at most one GPU each; 0 without GPUs)."""
-    if setting != "auto":
-        return float(setting)
-    gpus = cluster_gpus()
-    if gpus == 0:
-        return 0.0
-    share = min(1.0, gpus / max(1, num_actors))
-    return max(0.0001, int(share * 10_000) / 10_000)  # Ray accepts four decimals
+    return _share(setting, cluster_gpus(), num_actors)
+
+
+def cpu_share(setting: float | str, num_actors: int) -> float:
+    """CPU fraction per actor: a number as given, or `auto` = the cluster's CPUs shared by num_actors
+    (at most one CPU each), so that all of them can run at once."""
+    return _share(setting, float(ray.cluster_resources().get("CPU", 0.0)), num_actors)
 
 
 def actor_device() -> torch.device:

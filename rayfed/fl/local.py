@@ -17,6 +17,15 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, enabled=device.type == "cuda")
 
 
+def minibatches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """A seeded shuffle of range(n) cut into batches; a last batch of one sample joins the one before it
+    (BatchNorm cannot train on a single sample once the feature map is 1x1)."""
+    batches = list(torch.randperm(n, generator=generator).to(device).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
 def local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, momentum: float,
                  weight_decay: float, batch_size: int, seed: int,
                  augment_pad: torch.Tensor | None = None) -> StateDict:
@@ -34,9 +43,7 @@ def local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: 
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     model.train()
     for _ in range(epochs):
-        order = torch.randperm(len(y), generator=generator).to(device)
-        for start in range(0, len(y), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in minibatches(len(y), batch_size, generator, device):
             inputs = x[batch]
             if augment_pad is not None:
                 inputs = augment_batch(inputs, augment_pad.to(device), generator)

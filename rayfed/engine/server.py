@@ -1,0 +1,111 @@
+"""AuditServer: trains the audit GAN, scores the K hypothetical models, aggregates, evaluates Theta_new."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import ray
+import torch
+
+from rayfed.config import AuditConfig
+from rayfed.engine.runtime import setup_worker
+from rayfed.fl.audit import AuditGan, FoldedEvaluator, PixelSpace, generate_probes, hypothetical_biases, train_fairness_gan
+from rayfed.fl.metrics import accuracy
+from rayfed.fl.setup import derive_seed
+from rayfed.fl.state import NumpyState, aggregate, to_numpy, to_torch, update_problem
+from rayfed.fl.strategies import fairness_scores, fedavg_weights, softmax_weights
+from rayfed.models import build_classifier
+
+
+@dataclass
+class RoundOutcome:
+    """What the server decided in one round (per entry of `client_ids`)."""
+
+    client_ids: list[int]
+    weights: list[float]
+    """alpha_i (0 for a rejected update)."""
+    rejected: dict[int, str] = field(default_factory=dict)
+    """client -> why its update was not aggregated."""
+    bias_base: float | None = None
+    biases: list[float | None] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+    test_accuracy: float = 0.0
+
+
+@ray.remote
+class AuditServer:
+    """Holds the audit split (never any client's data) and the global test set."""
+
+    def __init__(self, model_name: str, shape: tuple[int, int, int], num_classes: int, audit: AuditConfig,
+                 space: PixelSpace, data_ref: list[ray.ObjectRef], seed: int, eval_batch_size: int, threads: int):
+        self.device = setup_worker(threads)
+        audit_x, audit_y, test_x, test_y = (t.to(self.device) for t in ray.get(data_ref[0]))
+        self.audit_x, self.audit_y, self.test_x, self.test_y = audit_x, audit_y, test_x, test_y
+        self.model = build_classifier(model_name, shape, num_classes).to(self.device)
+        self.evaluator = FoldedEvaluator(self.model)
+        self.audit, self.space, self.seed, self.eval_batch_size = audit, space, seed, eval_batch_size
+        self.shape, self.num_classes = shape, num_classes
+        self.gans: dict[str, AuditGan] = {}
+        self.current = ""
+
+    def set_gan_state(self, label: str, state: dict | None) -> None:
+        """Select the method run `label` for the next audit; with `state`, restore its warm-started GAN."""
+        self.current = label
+        if state is not None and label not in self.gans:
+            a = self.audit
+            gan = AuditGan.create(a.latent_dim, self.num_classes, self.shape, a.delta_scale, a.gan_lr, self.device, 0)
+            for name in ("G", "D", "opt_G", "opt_D"):
+                getattr(gan, name).load_state_dict(state[name])
+            self.gans[label] = gan
+
+    def gan_state(self, label: str) -> dict | None:
+        """The warm-started GAN of method run `label` (None without warm start)."""
+        gan = self.gans.get(label) if self.audit.warm_start else None
+        return None if gan is None else {n: getattr(gan, n).state_dict() for n in ("G", "D", "opt_G", "opt_D")}
+
+    def _audit(self, round_index: int, state: dict[str, torch.Tensor], updates: list[dict[str, torch.Tensor]]):
+        a = self.audit
+        warm = a.warm_start and self.current in self.gans
+        if not warm:
+            self.gans[self.current] = AuditGan.create(a.latent_dim, self.num_classes, self.shape, a.delta_scale,
+                                                      a.gan_lr, self.device, derive_seed(self.seed, round_index, 2))
+        gan = self.gans[self.current]
+        self.model.load_state_dict(state)
+        # Phase 2: train G (and D) against the frozen Theta_old on the server's audit split.
+        train_fairness_gan(gan, self.model, self.audit_x, self.audit_y,
+                           epochs=a.gan_epochs_warm if warm else a.gan_epochs, lambda1=a.lambda1,
+                           lambda2=a.lambda2, batch_size=a.gan_batch_size, space=self.space,
+                           seed=derive_seed(self.seed, round_index, 3))
+        x, x_prime = generate_probes(gan.G, a.n_probes, self.space, derive_seed(self.seed, round_index, 4),
+                                     self.device)
+        # Phase 3: B_base for Theta_old, B_i for each Theta_old + dw_i.
+        return hypothetical_biases(self.evaluator, state, updates, x, x_prime, a.score_chunk)
+
+    @ray.method(num_returns=2)
+    def aggregate(self, round_index: int, method: str, gamma: float | None, global_state: NumpyState,
+                  update_refs: list[ray.ObjectRef]) -> tuple[RoundOutcome, NumpyState]:
+        """Check the updates, weight them (FedAvg sizes or softmax(gamma * S)), apply them, evaluate Theta_new."""
+        state = to_torch(global_state, self.device)
+        client_updates = [u for batch in ray.get(update_refs) for u in batch]
+        ids = [u.client_id for u in client_updates]
+        deltas = [to_torch(u.delta, self.device) for u in client_updates]
+        rejected = {cid: why for cid, d in zip(ids, deltas) if (why := update_problem(d, state))}
+        kept = [i for i, cid in enumerate(ids) if cid not in rejected]
+        outcome = RoundOutcome(ids, [0.0] * len(ids), rejected, biases=[None] * len(ids), scores=[None] * len(ids))
+        if kept:
+            kept_deltas = [deltas[i] for i in kept]
+            if method == "fedauditgan":
+                base, biases = self._audit(round_index, state, kept_deltas)
+                scores = fairness_scores(base, biases)  # S_i = B_base - B_i
+                weights = softmax_weights(scores, gamma)  # alpha = softmax(gamma * S)
+                outcome.bias_base = base
+                for i, b, s in zip(kept, biases, scores):
+                    outcome.biases[i], outcome.scores[i] = b, s
+            else:
+                weights = fedavg_weights([client_updates[i].num_samples for i in kept])  # alpha_i ~ n_i
+            for i, w in zip(kept, weights):
+                outcome.weights[i] = w
+            state = aggregate(state, kept_deltas, weights)  # Theta_new = Theta_old + sum alpha_i dw_i
+        self.model.load_state_dict(state)
+        outcome.test_accuracy = accuracy(self.model, self.test_x, self.test_y, self.eval_batch_size)
+        return outcome, to_numpy(state)

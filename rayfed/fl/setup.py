@@ -1,0 +1,85 @@
+"""Everything a federated run starts from, built from the config: data, who holds what, Theta_0, seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rayfed.config import Config
+from rayfed.data import ImageData, black_level, load_dataset, split_federated
+from rayfed.data.partition import FederatedSplit
+from rayfed.fl.audit import PixelSpace
+from rayfed.fl.state import StateDict
+from rayfed.models import build_classifier
+
+
+@dataclass
+class ClientData:
+    """One client's tensors (on CPU until an actor moves them to its device)."""
+
+    client_id: int
+    x: torch.Tensor
+    y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+@dataclass
+class Federation:
+    data: ImageData
+    split: FederatedSplit
+    clients: list[ClientData]
+    initial_state: StateDict
+    """Theta_0, the same for every method of a run."""
+
+    @property
+    def space(self) -> PixelSpace:
+        return PixelSpace(self.data.mean, self.data.std)
+
+    @property
+    def augment_pad(self) -> torch.Tensor | None:
+        """Per-channel padding of the training augmentation, or None without augmentation."""
+        return black_level(self.data.mean, self.data.std) if self.data.augment else None
+
+    @property
+    def num_samples(self) -> list[int]:
+        return [len(c.y) for c in self.clients]
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from (run seed, round, client, ...): independent streams, reproducible."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def initial_model_state(config: Config, shape: tuple[int, int, int], num_classes: int) -> StateDict:
+    """Theta_0 drawn from config.seed."""
+    torch.manual_seed(config.seed)
+    model = build_classifier(config.model.name, shape, num_classes, config.model.pretrained)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def build_federation(config: Config) -> Federation:
+    """Load the dataset, carve the audit split, partition the clients, draw their test subsets and Theta_0."""
+    d = config.data
+    data = load_dataset(d.dataset, d.root, d.download, d.augment)
+    split = split_federated(
+        data.train_y.numpy(), data.test_y.numpy(), data.num_classes, d.num_clients, d.partition,
+        d.audit_fraction, d.client_test_size, config.seed, d.classes_per_client, d.dirichlet_alpha,
+        d.shards_per_client,
+    )
+    clients = [
+        ClientData(cid, data.train_x[idx], data.train_y[idx], data.test_x[test], data.test_y[test])
+        for cid, (idx, test) in enumerate(zip(split.clients, split.client_test))
+    ]
+    return Federation(data, split, clients, initial_model_state(config, data.shape, data.num_classes))
+
+
+def select_clients(num_clients: int, per_round: int | float | None, seed: int, round_index: int) -> list[int]:
+    """The clients taking part in a round: all, or a seeded sample of a count or fraction of them."""
+    if per_round is None:
+        return list(range(num_clients))
+    count = per_round if isinstance(per_round, int) else max(1, int(round(per_round * num_clients)))
+    rng = np.random.RandomState(derive_seed(seed, round_index, 7))
+    return sorted(rng.choice(num_clients, count, replace=False).tolist())

@@ -1,0 +1,86 @@
+"""Bad input through the real `rayfed` command: exit 2, one `error:` line naming the problem, nothing left."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+
+
+def rayfed(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "rayfed", *args], capture_output=True, text=True, env=ENV,
+                          cwd=cwd, timeout=300)
+
+
+def assert_user_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+BAD_SETS = [
+    (["--set", "fl.nonsense=1"], "fl.nonsense"),
+    (["--set", "fl.rounds=many"], "fl.rounds"),
+    (["--set", "fl.rounds=0"], "fl.rounds"),
+    (["--set", "data.num_clients=0"], "data.num_clients"),
+    (["--set", "data.num_clients=5000"], "data.num_clients"),
+    (["--set", "data.dataset=imagenet"], "data.dataset"),
+    (["--set", "data.partition=random"], "data.partition"),
+    (["--set", "fl.methods=[fedavg,fedprox]"], "fl.methods"),
+    (["--set", "model.name=vit"], "model.name"),
+    (["--set", "audit.n_probes=-5"], "audit.n_probes"),
+    (["--set", "audit.gamma=[2, inf]"], "audit.gamma"),
+    (["--set", "fl.clients_per_round=0"], "fl.clients_per_round"),
+    (["--set", "fl.clients_per_round=11"], "fl.clients_per_round"),
+    (["--set", "tracking.wandb=maybe"], "tracking.wandb"),
+    (["--set", "fl.rounds"], "fl.rounds"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD_SETS, ids=[a[1] for a, _ in BAD_SETS])
+def test_bad_values_exit_2_and_leave_no_run_dir(tmp_path, args, needle):
+    out = tmp_path / "run"
+    assert_user_error(rayfed("fl", *args, "--out", str(out)), needle)
+    assert not out.exists()
+
+
+def test_missing_config_file(tmp_path):
+    assert_user_error(rayfed("fl", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")),
+                      "nope.yaml")
+    assert not (tmp_path / "r").exists()
+
+
+def test_malformed_yaml(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("fl:\n  rounds: [1,\n")
+    assert_user_error(rayfed("fl", "--config", str(config), "--out", str(tmp_path / "r")), "bad.yaml", "YAML")
+    assert not (tmp_path / "r").exists()
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    config = tmp_path / "list.yaml"
+    config.write_text("- 1\n- 2\n")
+    assert_user_error(rayfed("fl", "--config", str(config)), "list.yaml")
+
+
+def test_dataset_not_on_disk_names_where_it_looked(tmp_path):
+    out = tmp_path / "r"
+    result = rayfed("fl", "--set", "data.dataset=cifar10", "--set", f"data.root={tmp_path / 'nodata'}",
+                    "--set", "data.download=false", "--out", str(out))
+    assert_user_error(result, "cifar10", str(tmp_path / "nodata"))
+    assert not out.exists()
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    assert_user_error(rayfed("fl", "--out", str(tmp_path)), str(tmp_path))
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_unknown_subcommand_and_option():
+    assert_user_error(rayfed("train"), "train")
+    assert_user_error(rayfed("fl", "--bogus"), "--bogus")

@@ -1,0 +1,141 @@
+"""Datasets, partitions, the audit split, augmentation, and CIFAR-10 through torchvision's own loader."""
+
+import hashlib
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from rayfed.data import augment_batch, black_level, client_test_indices, load_dataset, split_federated
+from rayfed.data.partition import partition_extreme
+from rayfed.errors import UserError
+from rayfed.models import CNN
+
+PARTITIONS = ["extreme", "dirichlet", "iid", "shards"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_digits_is_bundled_and_normalised(digits):
+    assert digits.shape == (1, 8, 8) and digits.num_classes == 10
+    assert len(digits.train_y) + len(digits.test_y) == 1797
+    assert abs(float(digits.train_x.mean())) < 1e-4 and abs(float(digits.train_x.std()) - 1) < 1e-3
+
+
+@pytest.mark.parametrize("partition", PARTITIONS)
+def test_audit_split_is_disjoint_from_every_client(digits, partition):
+    y = digits.train_y.numpy()
+    split = split_federated(y, digits.test_y.numpy(), 10, 8, partition, 0.1, 50, seed=3)
+    audit = set(split.audit.tolist())
+    assert len(audit) == round(0.1 * len(y))
+    for idx in split.clients:
+        assert len(idx) > 0 and not audit & set(idx.tolist())
+
+
+@pytest.mark.parametrize("partition", ["dirichlet", "iid", "shards"])
+def test_disjoint_partitions_cover_the_pool_once(digits, partition):
+    y = digits.train_y.numpy()
+    split = split_federated(y, digits.test_y.numpy(), 10, 8, partition, 0.1, 50, seed=3)
+    held = np.concatenate(split.clients)
+    assert len(held) == len(set(held.tolist())) == len(y) - len(split.audit)
+
+
+def test_extreme_partition_is_the_notebooks_algorithm():
+    labels = np.repeat(np.arange(10), 20)
+    pool = np.arange(200)
+    ours = partition_extreme(labels, pool, 6, 10, 2, np.random.RandomState(42))
+    # the notebook's code, verbatim apart from its global np.random
+    np.random.seed(42)
+    class_indices = {c: np.where(labels == c)[0] for c in range(10)}
+    for cid in range(6):
+        n_classes = np.random.randint(1, 3)
+        client_classes = np.random.choice(10, n_classes, replace=False)
+        idx = []
+        for c in client_classes:
+            n_samples = len(class_indices[c]) // (6 // 2)
+            start = np.random.randint(0, max(1, len(class_indices[c]) - n_samples))
+            idx.extend(class_indices[c][start:start + n_samples])
+        np.random.shuffle(idx)
+        assert np.array_equal(ours[cid], np.array(idx))
+        assert 1 <= len(set(labels[ours[cid]].tolist())) <= 2
+
+
+def test_same_seed_same_split_other_seed_other_split(digits):
+    y, ty = digits.train_y.numpy(), digits.test_y.numpy()
+    a = split_federated(y, ty, 10, 5, "dirichlet", 0.1, 50, seed=1)
+    b = split_federated(y, ty, 10, 5, "dirichlet", 0.1, 50, seed=1)
+    c = split_federated(y, ty, 10, 5, "dirichlet", 0.1, 50, seed=2)
+    assert all(np.array_equal(p, q) for p, q in zip(a.clients, b.clients))
+    assert not all(np.array_equal(p, q) for p, q in zip(a.clients, c.clients))
+
+
+def test_client_test_subset_has_the_clients_label_mix():
+    test_labels = np.repeat(np.arange(4), 50)
+    client_labels = np.array([0] * 30 + [2] * 10)  # 75% class 0, 25% class 2
+    idx = client_test_indices(client_labels, test_labels, 20, 4, np.random.RandomState(0))
+    assert np.bincount(test_labels[idx], minlength=4).tolist() == [15, 0, 5, 0]
+    assert len(set(idx.tolist())) == 20  # without replacement when the test set has enough
+
+
+def test_too_many_clients_is_a_user_error(digits):
+    y = digits.train_y.numpy()
+    with pytest.raises(UserError, match="data.num_clients"):
+        split_federated(y[:20], digits.test_y.numpy(), 10, 50, "iid", 0.1, 5, seed=0)
+
+
+def test_augmentation_crops_and_flips_with_black_padding():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    pad = torch.tensor([-9.0])
+    out = augment_batch(x, pad, torch.Generator().manual_seed(0), padding=1)
+    assert out.shape == x.shape
+    for img, src in zip(out, x):  # each output pixel is padding or a pixel of its own (maybe flipped) image
+        values = set(img.flatten().tolist()) - {-9.0}
+        assert values <= set(src.flatten().tolist())
+    same = augment_batch(x, pad, torch.Generator().manual_seed(0), padding=1)
+    assert torch.equal(out, same)
+    assert black_level((0.5,), (0.25,)).tolist() == [-2.0]
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_cnn_is_shape_generic(shape):
+    assert CNN(shape, 10)(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def _write_cifar(root, n_per_batch=10):
+    """A tiny CIFAR-10 in its own on-disk format (cifar-10-batches-py: pickled dicts of uint8 rows, str keys as the
+    original Python 2 pickles load)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {"data": rng.randint(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 "labels": rng.randint(0, 10, n_per_batch).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    return {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in names + ["batches.meta"]}
+
+
+def test_cifar10_through_torchvisions_loader(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    md5 = _write_cifar(tmp_path)
+    # torchvision checks the real archive's md5 sums; point them at the files this test wrote
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setitem(CIFAR10.meta, "md5", md5["batches.meta"])
+    data = load_dataset("cifar10", tmp_path, download=False)
+    assert data.shape == (3, 32, 32) and len(data.train_y) == 50 and len(data.test_y) == 10
+    assert data.augment  # the notebook trains CIFAR-10 with crop + flip
+    raw = pickle.loads((tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes())["data"][0]
+    pixel = raw.reshape(3, 32, 32)[0, 0, 0] / 255.0
+    assert float(data.train_x[0, 0, 0, 0]) == pytest.approx((pixel - 0.4914) / 0.2023, rel=1e-5)
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path):
+    with pytest.raises(UserError, match=f"cifar10 was not found under {tmp_path}"):
+        load_dataset("cifar10", tmp_path, download=False)
