@@ -100,8 +100,8 @@ class AuditConfig:
     """Weight of ||x - x'||^2 in the generator loss (keeps counterfactual pairs close)."""
     lambda2: float = 1.0
     """Weight of the realism (adversarial) term in the generator loss."""
-    gan_epochs: int = 20
-    """Epochs of GAN training on the audit split per round (Phase 2; the notebook's 20)."""
+    gan_epochs: int = 10
+    """Epochs of GAN training on the audit split per round (Phase 2; the notebook uses 20)."""
     n_probes: int = 1000
     """Counterfactual pairs |P| generated for scoring (Phase 3; the notebook uses 2000)."""
     latent_dim: int = 128
@@ -189,7 +189,10 @@ class ResourcesConfig:
     cpus_per_shard: float | str = "auto"
     """CPU fraction per SISA shard actor; `auto` shares the cluster's CPUs among the shards (at most 1 each)."""
     torch_threads: int = 1
-    """torch intra-op threads per actor (keeps many actors on few cores from thrashing)."""
+    """torch intra-op threads per client or shard actor (keeps many actors on few cores from thrashing)."""
+    server_threads: int | None = None
+    """torch intra-op threads of the audit server; null = every core of its node (the server works while the
+    clients wait for it, and the other way round)."""
 
 
 @dataclass
@@ -458,4 +461,6 @@ def validate(c: Config) -> None:
         _fraction_or_auto(f"resources.{key}", getattr(r, key))
     _require(r.clients_per_actor >= 1, f"resources.clients_per_actor: must be >= 1, got {r.clients_per_actor}")
     _require(r.torch_threads >= 1, f"resources.torch_threads: must be >= 1, got {r.torch_threads}")
+    _require(r.server_threads is None or r.server_threads >= 1,
+             f"resources.server_threads: must be >= 1, got {r.server_threads}")
     _one_of("tracking.wandb", c.tracking.wandb, WANDB_MODES)

@@ -72,6 +72,7 @@ class RoundResult:
     state_ref: ray.ObjectRef
     round_row: dict[str, Any]
     client_rows: list[dict[str, Any]]
+    gan_state: dict[str, Any] | None
 
 
 class FederatedEngine:
@@ -105,10 +106,11 @@ class FederatedEngine:
             num_cpus=cpu_share(r.server_cpus, num_actors), num_gpus=gpu_share(r.server_gpus, num_actors),
             max_restarts=retries, max_task_retries=retries,
         ).remote(config.model.name, d.shape, d.num_classes, config.audit, federation.space, [self.server_data],
-                 config.seed, config.data.eval_batch_size, r.torch_threads)
+                 config.seed, config.data.eval_batch_size, r.server_threads)
         log.info("%d client actors (%.4g CPU, %.4g GPU each) + audit server", len(self.actors), cpus, gpus)
 
-    def round(self, round_index: int, run: MethodRun, state_ref: ray.ObjectRef) -> RoundResult:
+    def round(self, round_index: int, run: MethodRun, state_ref: ray.ObjectRef,
+              gan_state: dict[str, Any] | None = None) -> RoundResult:
         """One round: local updates in parallel, audit + aggregation on the server, evaluation everywhere."""
         started = time.perf_counter()
         config = self.config
@@ -131,7 +133,7 @@ class FederatedEngine:
             if count:
                 log.warning("round %d: client %d was recomputed on a restarted actor", round_index, cid)
         outcome_ref, new_state_ref = self.server.aggregate.remote(round_index, run.method, run.gamma, state_ref,
-                                                                  delivered)
+                                                                  delivered, gan_state)
         outcome = ray.get(outcome_ref)
         evaluations = {}
         for batch in ray.get([actor.evaluate.remote(round_index, new_state_ref) for actor in self.actors]):
@@ -158,7 +160,7 @@ class FederatedEngine:
             "participants": sum(r["participated"] for r in client_rows),
             "seconds": time.perf_counter() - started,
         }
-        return RoundResult(new_state_ref, round_row, client_rows)
+        return RoundResult(new_state_ref, round_row, client_rows, outcome.gan_state)
 
     def shutdown(self) -> None:
         for actor in [*self.actors, self.server]:
@@ -246,17 +248,15 @@ def execute(config: Config, run_dir: RunDirectory, progress: Progress,
             for round_index in range(progress.next_round, config.fl.rounds + 1):
                 for run in runs:
                     bar.set_description(f"round {round_index} {run.label}")
-                    engine.server.set_gan_state.remote(run.file_label, progress.gans.get(run.file_label))
-                    result = engine.round(round_index, run, state_refs[run.file_label])
+                    result = engine.round(round_index, run, state_refs[run.file_label], progress.gans.get(run.file_label))
                     state_refs[run.file_label] = result.state_ref
                     progress.round_rows.append(result.round_row)
                     progress.client_rows += result.client_rows
                     _log_round(trackers[run.file_label], result)
                     if on_round is not None:
                         on_round(result.round_row)
-                    gan = ray.get(engine.server.gan_state.remote(run.file_label))
-                    if gan is not None:
-                        progress.gans[run.file_label] = gan
+                    if result.gan_state is not None:
+                        progress.gans[run.file_label] = result.gan_state
                     bar.update(1)
                     bar.set_postfix(acc=f"{result.round_row['accuracy']:.1f}", jfi=f"{result.round_row['jfi']:.3f}")
                 progress.next_round = round_index + 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 import torch
@@ -30,6 +32,8 @@ class RoundOutcome:
     biases: list[float | None] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)
     test_accuracy: float = 0.0
+    gan_state: dict[str, Any] | None = None
+    """G, D and optimizer states after this round's audit (warm start only)."""
 
 
 @ray.remote
@@ -37,39 +41,24 @@ class AuditServer:
     """Holds the audit split (never any client's data) and the global test set."""
 
     def __init__(self, model_name: str, shape: tuple[int, int, int], num_classes: int, audit: AuditConfig,
-                 space: PixelSpace, data_ref: list[ray.ObjectRef], seed: int, eval_batch_size: int, threads: int):
-        self.device = setup_worker(threads)
+                 space: PixelSpace, data_ref: list[ray.ObjectRef], seed: int, eval_batch_size: int,
+                 threads: int | None):
+        self.device = setup_worker(threads or os.cpu_count() or 1)
         audit_x, audit_y, test_x, test_y = (t.to(self.device) for t in ray.get(data_ref[0]))
         self.audit_x, self.audit_y, self.test_x, self.test_y = audit_x, audit_y, test_x, test_y
         self.model = build_classifier(model_name, shape, num_classes).to(self.device)
         self.evaluator = FoldedEvaluator(self.model)
         self.audit, self.space, self.seed, self.eval_batch_size = audit, space, seed, eval_batch_size
         self.shape, self.num_classes = shape, num_classes
-        self.gans: dict[str, AuditGan] = {}
-        self.current = ""
 
-    def set_gan_state(self, label: str, state: dict | None) -> None:
-        """Select the method run `label` for the next audit; with `state`, restore its warm-started GAN."""
-        self.current = label
-        if state is not None and label not in self.gans:
-            a = self.audit
-            gan = AuditGan.create(a.latent_dim, self.num_classes, self.shape, a.delta_scale, a.gan_lr, self.device, 0)
-            for name in ("G", "D", "opt_G", "opt_D"):
-                getattr(gan, name).load_state_dict(state[name])
-            self.gans[label] = gan
-
-    def gan_state(self, label: str) -> dict | None:
-        """The warm-started GAN of method run `label` (None without warm start)."""
-        gan = self.gans.get(label) if self.audit.warm_start else None
-        return None if gan is None else {n: getattr(gan, n).state_dict() for n in ("G", "D", "opt_G", "opt_D")}
-
-    def _audit(self, round_index: int, state: dict[str, torch.Tensor], updates: list[dict[str, torch.Tensor]]):
+    def _audit(self, round_index: int, state: dict[str, torch.Tensor], updates: list[dict[str, torch.Tensor]],
+               gan_state: dict[str, Any] | None) -> tuple[float, list[float], dict[str, Any] | None]:
         a = self.audit
-        warm = a.warm_start and self.current in self.gans
-        if not warm:
-            self.gans[self.current] = AuditGan.create(a.latent_dim, self.num_classes, self.shape, a.delta_scale,
-                                                      a.gan_lr, self.device, derive_seed(self.seed, round_index, 2))
-        gan = self.gans[self.current]
+        warm = a.warm_start and gan_state is not None
+        gan = AuditGan.create(a.latent_dim, self.num_classes, self.shape, a.delta_scale, a.gan_lr, self.device,
+                              derive_seed(self.seed, round_index, 2))
+        if warm:
+            gan.load_state_dict(gan_state)
         self.model.load_state_dict(state)
         # Phase 2: train G (and D) against the frozen Theta_old on the server's audit split.
         train_fairness_gan(gan, self.model, self.audit_x, self.audit_y,
@@ -79,12 +68,18 @@ class AuditServer:
         x, x_prime = generate_probes(gan.G, a.n_probes, self.space, derive_seed(self.seed, round_index, 4),
                                      self.device)
         # Phase 3: B_base for Theta_old, B_i for each Theta_old + dw_i.
-        return hypothetical_biases(self.evaluator, state, updates, x, x_prime, a.score_chunk)
+        base, biases = hypothetical_biases(self.evaluator, state, updates, x, x_prime, a.score_chunk)
+        return base, biases, gan.state_dict() if a.warm_start else None
 
     @ray.method(num_returns=2)
     def aggregate(self, round_index: int, method: str, gamma: float | None, global_state: NumpyState,
-                  update_refs: list[ray.ObjectRef]) -> tuple[RoundOutcome, NumpyState]:
-        """Check the updates, weight them (FedAvg sizes or softmax(gamma * S)), apply them, evaluate Theta_new."""
+                  update_refs: list[ray.ObjectRef],
+                  gan_state: dict[str, Any] | None = None) -> tuple[RoundOutcome, NumpyState]:
+        """Check the updates, weight them (FedAvg sizes or softmax(gamma * S)), apply them, evaluate Theta_new.
+
+        A pure function of its arguments, so that Ray can retry it on a restarted server with the same result:
+        a warm-started GAN comes in as `gan_state` and its successor leaves in `RoundOutcome.gan_state`.
+        """
         state = to_torch(global_state, self.device)
         client_updates = [u for batch in ray.get(update_refs) for u in batch]
         ids = [u.client_id for u in client_updates]
@@ -95,7 +90,7 @@ class AuditServer:
         if kept:
             kept_deltas = [deltas[i] for i in kept]
             if method == "fedauditgan":
-                base, biases = self._audit(round_index, state, kept_deltas)
+                base, biases, outcome.gan_state = self._audit(round_index, state, kept_deltas, gan_state)
                 scores = fairness_scores(base, biases)  # S_i = B_base - B_i
                 weights = softmax_weights(scores, gamma)  # alpha = softmax(gamma * S)
                 outcome.bias_base = base
@@ -109,3 +104,7 @@ class AuditServer:
         self.model.load_state_dict(state)
         outcome.test_accuracy = accuracy(self.model, self.test_x, self.test_y, self.eval_batch_size)
         return outcome, to_numpy(state)
+
+    def pid(self) -> int:
+        """The server's process id (tests use it to kill the process)."""
+        return os.getpid()

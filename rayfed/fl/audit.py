@@ -100,6 +100,14 @@ class AuditGan:
         return cls(G, D, torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999)),
                    torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.999)))
 
+    def state_dict(self) -> dict[str, dict]:
+        """G, D and both optimizers' states (what a warm start carries to the next round)."""
+        return {name: getattr(self, name).state_dict() for name in ("G", "D", "opt_G", "opt_D")}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        for name in ("G", "D", "opt_G", "opt_D"):
+            getattr(self, name).load_state_dict(state[name])
+
 
 def train_fairness_gan(gan: AuditGan, classifier: nn.Module, real_x: torch.Tensor, real_y: torch.Tensor, *,
                        epochs: int, lambda1: float, lambda2: float, batch_size: int, space: PixelSpace,

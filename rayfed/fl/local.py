@@ -42,6 +42,10 @@ def local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: 
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     model.train()
+    if len(y) == 1:  # one image cannot give batch statistics: BatchNorm uses its running statistics instead
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     for _ in range(epochs):
         for batch in minibatches(len(y), batch_size, generator, device):
             inputs = x[batch]

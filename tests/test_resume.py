@@ -1,0 +1,144 @@
+"""A run killed between rounds resumes from its last round with the same final numbers; bad resumes exit 2."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from rayfed.config import load_config
+from rayfed.engine.fl_run import run_fl
+from rayfed.results import RunDirectory
+
+pytestmark = pytest.mark.slow
+
+SETS = ["data.num_clients=3", "fl.rounds=3", "fl.local_epochs=1", "audit.gamma=[2.0]", "audit.gan_epochs=2",
+        "audit.n_probes=64", "audit.warm_start=true", "data.client_test_size=20", "seed=9"]
+ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+
+
+def rayfed(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "rayfed", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+
+
+def _kill_session(process):
+    """SIGKILL the driver and everything it started in its session (its local Ray too)."""
+    session = os.getsid(process.pid)
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            if os.getsid(pid) == session:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    process.wait()
+
+
+def _sets():
+    return [arg for s in SETS for arg in ("--set", s)]
+
+
+def _checkpointed_round(path):
+    try:
+        return torch.load(path / "checkpoint.pt", weights_only=True)["next_round"] - 1
+    except Exception:  # not written yet
+        return 0
+
+
+@pytest.fixture(scope="module")
+def resumed_and_reference(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("resume")
+    reference = RunDirectory(tmp / "reference")
+    reference.path.mkdir()
+    run_fl(load_config(None, SETS), reference)
+
+    victim = tmp / "victim"
+    process = rayfed("fl", *_sets(), "--out", str(victim))
+    deadline = time.time() + 600
+    while _checkpointed_round(victim) < 1:
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.2)
+    _kill_session(process)
+    killed_after = _checkpointed_round(victim)
+    assert killed_after < 3
+    resumed = subprocess.run([sys.executable, "-m", "rayfed", "fl", "--resume", str(victim)], env=ENV,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    return victim, reference.path
+
+
+def test_resumed_run_equals_uninterrupted_run(resumed_and_reference):
+    victim, reference = resumed_and_reference
+    for name in ("rounds.parquet", "clients.parquet"):
+        left = pd.read_parquet(victim / name).drop(columns=["seconds"])
+        right = pd.read_parquet(reference / name).drop(columns=["seconds"])
+        pd.testing.assert_frame_equal(left, right)
+    for name in ("model_fedavg.pt", "model_fedauditgan_gamma2.pt"):
+        a, b = torch.load(victim / name, weights_only=True), torch.load(reference / name, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_can_extend_fl_rounds(resumed_and_reference, tmp_path):
+    import shutil
+
+    victim, _ = resumed_and_reference
+    longer = tmp_path / "longer"
+    shutil.copytree(victim, longer)
+    result = subprocess.run([sys.executable, "-m", "rayfed", "fl", "--resume", str(longer), "--set", "fl.rounds=4"],
+                            env=ENV, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rounds = pd.read_parquet(longer / "rounds.parquet")
+    assert sorted(set(rounds["round"])) == [1, 2, 3, 4] and len(rounds) == 8
+
+
+def _snapshot(path):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(path.iterdir())}
+
+
+def _assert_user_error(result, needle):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
+
+
+def _resume(path, *extra):
+    return subprocess.run([sys.executable, "-m", "rayfed", "fl", "--resume", str(path), *extra], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("config_change", "audit.lambda1"),
+    ("corrupt_checkpoint", "checkpoint.pt"),
+    ("truncated_table", "rounds.parquet"),
+    ("not_a_run", "not a `rayfed fl` run"),
+    ("sisa_run", "not a `rayfed fl` run"),
+    ("fewer_rounds", "fl.rounds=1"),
+])
+def test_bad_resume_exits_2_and_leaves_the_directory_as_it_was(resumed_and_reference, tmp_path, damage, needle):
+    import shutil
+
+    victim, _ = resumed_and_reference
+    target = tmp_path / "run"
+    shutil.copytree(victim, target)
+    extra = []
+    if damage == "config_change":
+        extra = ["--set", "audit.lambda1=3.0"]
+    elif damage == "corrupt_checkpoint":
+        (target / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    elif damage == "truncated_table":
+        data = (target / "rounds.parquet").read_bytes()
+        (target / "rounds.parquet").write_bytes(data[: len(data) // 2])
+    elif damage == "not_a_run":
+        target = tmp_path / "empty"
+        target.mkdir()
+    elif damage == "sisa_run":
+        (target / "checkpoint.pt").unlink()  # a sisa run directory has a config.yaml but no fl checkpoint
+    elif damage == "fewer_rounds":
+        extra = ["--set", "fl.rounds=1"]
+    before = _snapshot(target)
+    _assert_user_error(_resume(target, *extra), needle)
+    assert _snapshot(target) == before
