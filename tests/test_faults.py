@@ -68,7 +68,7 @@ def test_client_killed_mid_training(ray_session, policy, caplog):
 
 
 def test_server_killed_mid_audit_gives_the_same_round(ray_session):
-    engine, state_ref = _engine(["audit.gan_epochs=400", "fl.local_epochs=1"])
+    engine, state_ref = _engine(["audit.gan_epochs=10", "fl.local_epochs=1"])
     run = MethodRun("fedauditgan", 2.0)
     server_pid = ray.get(engine.server.pid.remote())
     try:
@@ -77,9 +77,9 @@ def test_server_killed_mid_audit_gives_the_same_round(ray_session):
         outcome, new_state = engine.server.aggregate.remote(1, run.method, run.gamma, state_ref, update_refs)
         reference, reference_state = ray.get(outcome), ray.get(new_state)
         outcome, new_state = engine.server.aggregate.remote(1, run.method, run.gamma, state_ref, update_refs)
-        time.sleep(2.0)  # inside GAN training
+        time.sleep(1.0)  # inside GAN training
         os.kill(server_pid, signal.SIGKILL)
-        retried, retried_state = ray.get(outcome, timeout=240), ray.get(new_state, timeout=240)
+        retried, retried_state = ray.get(outcome, timeout=900), ray.get(new_state, timeout=900)
     finally:
         engine.shutdown()
     assert retried.bias_base == reference.bias_base and retried.scores == reference.scores

@@ -1,4 +1,6 @@
-"""Fed-AuditGAN and FedAvg through real Ray actors (local Ray, 2 CPUs, one fake GPU)."""
+"""Fed-AuditGAN and FedAvg through real Ray actors (local Ray, 2 CPUs, one fake GPU).
+
+The second of the two identical runs also logs to wandb (offline): tracking must not change a number."""
 
 import math
 
@@ -29,7 +31,7 @@ def small_run(tmp_path, name, extra=()):
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("fl")
-    return small_run(tmp, "a"), small_run(tmp, "b")
+    return small_run(tmp, "a"), small_run(tmp, "b", ["tracking.wandb=offline"])
 
 
 def test_run_directory_holds_the_contract(two_runs):
@@ -66,6 +68,12 @@ def test_clients_table_weights_and_scores(two_runs):
         row = rounds[(rounds.method == method) & (rounds["round"] == rnd)].iloc[0]
         assert row["min_accuracy"] == group["accuracy"].min() and row["gap"] == pytest.approx(
             group["accuracy"].max() - group["accuracy"].min())
+
+
+def test_wandb_offline_logs_every_method_and_the_summary(two_runs):
+    runs = sorted((two_runs[1] / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3  # FedAvg, gamma=2, Summary-Comparison
+    assert not (two_runs[0] / "wandb").exists()  # disabled by default
 
 
 def test_same_seed_gives_identical_tables(two_runs):

@@ -1,0 +1,1 @@
+"""Audits of unlearning (plain torch + scikit-learn, no Ray): membership inference and backdoor removal."""

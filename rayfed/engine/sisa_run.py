@@ -1,0 +1,230 @@
+"""`rayfed sisa`: train a SISA ensemble on Ray, measure it, unlearn the forget set, verify exactness against an
+ensemble retrained from scratch, and audit with membership inference and a backdoor.
+
+Run directory: config.yaml, layout.parquet, forget.txt, metrics.parquet, unlearning.parquet, exactness.parquet,
+membership.parquet, backdoor.parquet, the PNG figures of rayfed.plots.sisa, and checkpoints/main/shard{s}/slice{k}.pt
+(the trained-then-unlearned ensemble, what later unlearning starts from). The audit-only ensembles (`retrained`
+from scratch, `backdoor`) checkpoint beside it while they train and are deleted once measured.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+
+from rayfed.audits.backdoor import attack_success_rate, choose_poison, poison_data, stamp
+from rayfed.audits.membership import membership_row
+from rayfed.config import Config
+from rayfed.data.datasets import ImageData, black_level, load_dataset
+from rayfed.engine.runtime import init_ray, log
+from rayfed.engine.shard import ShardPool
+from rayfed.plots.sisa import plot_sisa
+from rayfed.results import RunDirectory
+from rayfed.sisa.ensemble import aggregate, classification_metrics, ensemble_loss, shard_probs
+from rayfed.sisa.plan import Layout, affected_shards, make_layout, resolve_forget
+from rayfed.sisa.schedule import epochs_per_stage, expected_speedup
+from rayfed.sisa.train import TrainSettings, model_from_state, warn_untrained_slices
+
+
+@dataclass
+class Plan:
+    """Everything decided (and checked) before any file is written."""
+
+    data: ImageData
+    layout: Layout
+    forget: list[int]
+    poison: np.ndarray | None
+    settings: TrainSettings
+
+
+def make_plan(config: Config) -> Plan:
+    """Load the data and check every input (UserError naming the key) before anything runs."""
+    d, s, b = config.data, config.sisa, config.backdoor
+    data = load_dataset(d.dataset, d.root, d.download, d.augment)
+    n = len(data.train_y)
+    layout = make_layout(n, s.shards, s.slices, config.seed)
+    forget = resolve_forget(config.unlearn.forget, n, config.seed)
+    poison = (choose_poison(data.train_y, target=b.target_class, num_classes=data.num_classes, mode=b.mode,
+                            poison=b.poison, seed=config.seed) if b.enabled else None)
+    epochs = tuple(epochs_per_stage(s.schedule, s.epochs, s.slices))
+    warn_untrained_slices(epochs)
+    settings = TrainSettings(
+        model=config.model.name, input_shape=data.shape, num_classes=data.num_classes, epochs=epochs, lr=s.lr,
+        momentum=s.momentum, batch_size=s.batch_size, seed=config.seed, pretrained=config.model.pretrained,
+        augment_pad=black_level(data.mean, data.std) if data.augment else None)
+    return Plan(data, layout, forget, poison, settings)
+
+
+class Ensemble:
+    """The S shard models that predictions use; replaced as a whole (`switch`) once every shard is final."""
+
+    def __init__(self, settings: TrainSettings, states: list[dict[str, Any]], batch_size: int):
+        self.settings, self.batch_size = settings, batch_size
+        self.switch(states)
+
+    def switch(self, states: list[dict[str, Any]]) -> None:
+        self.states = states
+        self.models = [model_from_state(self.settings, st) for st in states]
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """S x n x C shard softmaxes."""
+        return shard_probs(self.models, x, self.batch_size)
+
+
+def _metric_rows(stage: str, probs: torch.Tensor, y: torch.Tensor, aggregations: list[str]) -> list[dict]:
+    return [{"stage": stage, "aggregation": agg, **classification_metrics(y, *aggregate(probs, agg))}
+            for agg in aggregations]
+
+
+def _exactness_rows(a: Ensemble, b: Ensemble, probs_a: torch.Tensor, probs_b: torch.Tensor,
+                    aggregations: list[str]) -> list[dict]:
+    weights_equal = all(torch.equal(sa[k], sb[k]) for sa, sb in zip(a.states, b.states) for k in sa)
+    rows = []
+    for agg in aggregations:
+        (pred_a, score_a), (pred_b, score_b) = aggregate(probs_a, agg), aggregate(probs_b, agg)
+        rows.append({"aggregation": agg, "predictions_equal": bool(torch.equal(pred_a, pred_b)),
+                     "max_probability_difference": float((score_a - score_b).abs().max()),
+                     "weights_equal": weights_equal, "test_points": len(pred_a)})
+    return rows
+
+
+def _sample(n: int, size: int, seed: int, exclude: list[int] = ()) -> np.ndarray:
+    pool = np.setdiff1d(np.arange(n), np.asarray(exclude, dtype=np.int64))
+    return np.sort(np.random.default_rng(seed).choice(pool, size=min(size, len(pool)), replace=False))
+
+
+def run_sisa(config: Config, run_dir: RunDirectory) -> None:
+    """The whole `rayfed sisa` experiment (see the module docstring)."""
+    plan = make_plan(config)
+    run_dir.write_config(config)
+    run_dir.write_table("layout.parquet", plan.layout.rows())
+    run_dir.write_text("forget.txt", "".join(f"{i}\n" for i in plan.forget))
+    started = init_ray(config.resources.address)
+    try:
+        tables = _experiment(config, run_dir, plan, config.sisa.aggregation)
+    finally:
+        if started:
+            ray.shutdown()
+    plot_sisa(run_dir.path, **tables)
+    _print_summary(tables)
+
+
+def _experiment(config: Config, run_dir: RunDirectory, plan: Plan, aggs: list[str]) -> dict[str, list[dict]]:
+    data, layout, forget, settings = plan.data, plan.layout, plan.forget, plan.settings
+    ckpt, eval_bs = run_dir.file("checkpoints"), config.data.eval_batch_size
+    x, y = data.train_x, data.train_y
+    tables: dict[str, list[dict]] = {k: [] for k in ("metrics", "unlearning", "exactness", "membership", "backdoor")}
+
+    # --- train, unlearn the forget set (one batch request), retrain from scratch as the reference
+    main = ShardPool(layout, x, y, settings, ckpt / "main", config.resources)
+    trained_stats, trained_seconds = main.run(range(layout.num_shards), (), "sisa: train")
+    ensemble = Ensemble(settings, main.states(), eval_bs)
+    member_rows = _sample(len(y), config.unlearn.membership_size, config.seed + 3, forget)
+    test_rows = _sample(len(data.test_y), config.unlearn.membership_size, config.seed + 4)
+    probe_sets = {"test": (data.test_x, data.test_y), "forget": (x[forget], y[forget]),
+                  "train": (x[member_rows], y[member_rows]),
+                  "nonmember": (data.test_x[test_rows], data.test_y[test_rows])}
+    probs = {"trained": {k: ensemble.probs(px) for k, (px, _) in probe_sets.items()}}
+    tables["metrics"] += _metric_rows("trained", probs["trained"]["test"], data.test_y, aggs)
+
+    if forget:
+        first = affected_shards(layout, forget)
+        stats, seconds = main.run(list(first), forget, "sisa: unlearn")
+        ensemble.switch(main.states())  # only now: every affected shard has finished
+        main.close()  # frees its resources for the reference ensemble's actors
+        probs["unlearned"] = {k: ensemble.probs(px) for k, (px, _) in probe_sets.items()}
+        tables["metrics"] += _metric_rows("unlearned", probs["unlearned"]["test"], data.test_y, aggs)
+        full_samples, full_seconds = sum(st.samples for st in trained_stats), trained_seconds
+        if config.unlearn.verify:
+            retrained = ShardPool(layout, x, y, settings, ckpt / "retrained", config.resources)
+            re_stats, full_seconds = retrained.run(range(layout.num_shards), forget, "sisa: retrain from scratch")
+            full_samples = sum(st.samples for st in re_stats)
+            reference = Ensemble(settings, retrained.states(), eval_bs)
+            retrained.close()
+            shutil.rmtree(ckpt / "retrained", ignore_errors=True)
+            probs["retrained"] = {k: reference.probs(px) for k, (px, _) in probe_sets.items()}
+            tables["metrics"] += _metric_rows("retrained", probs["retrained"]["test"], data.test_y, aggs)
+            tables["exactness"] = _exactness_rows(ensemble, reference, probs["unlearned"]["test"],
+                                                  probs["retrained"]["test"], aggs)
+        by_shard = {st.shard: st for st in stats}
+        request_samples = sum(st.samples for st in stats)
+        speedup = expected_speedup(settings.epochs, layout.num_shards, len(forget))
+        shard_of, _ = layout.locate()
+        for index in forget:
+            st = by_shard[int(shard_of[index])]
+            tables["unlearning"].append({
+                "request": 0, "index": index, "shard": st.shard, "first_slice": st.first_stage,
+                "samples_processed": st.samples, "seconds": st.seconds,
+                "request_samples": request_samples, "request_seconds": seconds,
+                "full_samples": full_samples, "full_seconds": full_seconds,
+                "speedup_samples": full_samples / max(1, request_samples),
+                "speedup_seconds": full_seconds / seconds, "expected_speedup": speedup})
+        nonmember = ensemble_losses(probs, "nonmember", probe_sets)
+        for stage in probs:
+            for members in ("forget", "train"):
+                member = ensemble_losses(probs, members, probe_sets)
+                tables["membership"].append(membership_row(stage, f"{members}_vs_test", member[stage],
+                                                           nonmember[stage], config.seed))
+    else:
+        main.close()
+
+    if plan.poison is not None:
+        tables["backdoor"] = _backdoor(config, plan, ckpt / "backdoor", aggs)
+        shutil.rmtree(ckpt / "backdoor", ignore_errors=True)
+
+    for name, rows in tables.items():
+        if rows:
+            run_dir.write_table(f"{name}.parquet", rows)
+    return tables
+
+
+def ensemble_losses(probs: dict[str, dict[str, torch.Tensor]], probe: str,
+                    probe_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """{stage: per-sample ensemble loss on one probe set}."""
+    return {stage: ensemble_loss(p[probe], probe_sets[probe][1]).numpy() for stage, p in probs.items()}
+
+
+def _backdoor(config: Config, plan: Plan, directory, aggs: list[str]) -> list[dict]:
+    """Train on poisoned data, measure clean accuracy and ASR, unlearn exactly the poisoned points, again."""
+    b, data = config.backdoor, plan.data
+    trigger = {"mean": data.mean, "std": data.std, "size": b.trigger_size, "value": b.trigger_value,
+               "position": b.trigger_position}
+    x, y = poison_data(data.train_x, data.train_y, plan.poison, target=b.target_class, mode=b.mode,
+                       seed=config.seed, **trigger)
+    triggered = stamp(data.test_x, seed=config.seed + 5, **trigger)
+    pool = ShardPool(plan.layout, x, y, plan.settings, directory, config.resources)
+    rows = []
+    for stage, shards, removed in (("trained", range(plan.layout.num_shards), ()),
+                                   ("unlearned", list(affected_shards(plan.layout, plan.poison)), plan.poison)):
+        pool.run(shards, removed, f"sisa: backdoor {stage}")
+        ensemble = Ensemble(plan.settings, pool.states(), config.data.eval_batch_size)
+        clean, attacked = ensemble.probs(data.test_x), ensemble.probs(triggered)
+        for agg in aggs:
+            rows.append({"stage": stage, "aggregation": agg, "mode": b.mode, "poisoned": len(plan.poison),
+                         "clean_accuracy": classification_metrics(data.test_y, *aggregate(clean, agg))["accuracy"],
+                         "asr": attack_success_rate(aggregate(attacked, agg)[0], data.test_y, b.target_class)})
+    pool.close()
+    return rows
+
+
+def _print_summary(tables: dict[str, list[dict]]) -> None:
+    pd.set_option("display.width", 160)
+    titles = {"metrics": "test metrics", "exactness": "exactness (unlearned vs retrained from scratch)",
+              "membership": "membership inference", "backdoor": "backdoor"}
+    for name, title in titles.items():
+        if tables[name]:
+            print(f"\n{title}:\n{pd.DataFrame(tables[name]).to_string(index=False, float_format='%.4g')}")
+    if tables["unlearning"]:
+        r = tables["unlearning"][0]
+        shards = sorted({row["shard"] for row in tables["unlearning"]})
+        print(f"\nunlearning {len(tables['unlearning'])} points: shards {shards}, "
+              f"{r['request_samples']} samples in {r['request_seconds']:.1f}s vs retraining everything "
+              f"{r['full_samples']} samples in {r['full_seconds']:.1f}s; speedup {r['speedup_samples']:.2f}x in "
+              f"samples, {r['speedup_seconds']:.2f}x in time (expected {r['expected_speedup']:.2f}x)")
+    log.info("sisa: done")

@@ -1,0 +1,1 @@
+"""Figures of rayfed runs as PNG files (matplotlib, Agg backend)."""

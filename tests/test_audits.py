@@ -1,0 +1,123 @@
+"""Membership inference and backdoor audits (plain torch + scikit-learn)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rayfed.audits.backdoor import attack_success_rate, choose_poison, poison_data, stamp
+from rayfed.audits.membership import lr_cv_accuracy, membership_row, threshold_attack
+from rayfed.data.datasets import denormalise, load_dataset
+from rayfed.errors import UserError
+from rayfed.sisa.ensemble import aggregate, shard_probs
+from rayfed.sisa.plan import affected_shards, make_layout
+from rayfed.sisa.train import ShardTrainer, TrainSettings, model_from_state
+
+# ------------------------------------------------------------------------------------------- membership
+
+
+def test_membership_scores_separate_and_identical_losses():
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.uniform(0, 0.1, 100), rng.uniform(1, 2, 300)
+    assert lr_cv_accuracy(members, nonmembers) == 1.0
+    assert threshold_attack(members, nonmembers) == (1.0, 1.0)
+    same = rng.normal(size=400)
+    acc = lr_cv_accuracy(same[:200], same[200:])
+    auc, _ = threshold_attack(same[:200], same[200:])
+    assert 0.35 < acc < 0.65 and 0.4 < auc < 0.6
+    row = membership_row("trained", "forget_vs_test", members, nonmembers)
+    assert set(row) == {"stage", "comparison", "lr_cv_accuracy", "auc", "tpr_at_1pct_fpr"}
+
+
+def test_membership_uses_equal_size_sets_and_tpr_at_low_fpr():
+    # 10 members all with loss 0, 1000 non-members of which 500 also have loss 0: balanced = 10 vs the first 10
+    members, nonmembers = np.zeros(10), np.concatenate([np.ones(10), np.zeros(990)])
+    auc, tpr = threshold_attack(members, nonmembers)
+    assert auc == 1.0 and tpr == 1.0  # only the first 10 non-members count
+    # one member below every non-member, the rest above: TPR at FPR 0 is 1/100
+    members, nonmembers = np.concatenate([[-1.0], np.full(99, 5.0)]), np.linspace(0, 1, 100)
+    assert threshold_attack(members, nonmembers)[1] == pytest.approx(0.01)
+    assert lr_cv_accuracy(np.zeros(1), np.ones(1)) is None
+
+
+# --------------------------------------------------------------------------------------------- backdoor
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_trigger_is_set_in_pixel_space_then_normalised(digits):
+    x = digits.test_x[:4]
+    out = stamp(x, digits.mean, digits.std, size=3, value=1.0)
+    pixels = denormalise(out, digits.mean, digits.std)
+    assert torch.allclose(pixels[:, :, -3:, -3:], torch.ones(4, 1, 3, 3), atol=1e-6)
+    assert torch.equal(out[:, :, :5], x[:, :, :5]) and torch.equal(x, digits.test_x[:4])  # input untouched
+    random = stamp(x, digits.mean, digits.std, size=2, value=0.5, position="random", seed=1)
+    changed = (random != x).flatten(1).sum(1)
+    assert (changed <= 4).all() and (changed >= 1).all()
+
+
+def test_poisoning_persists_and_badnets_relabels_non_target_images(digits):
+    y = digits.train_y
+    idx = choose_poison(y, target=3, num_classes=10, mode="badnets", poison=0.05, seed=0)
+    assert len(idx) == round(0.05 * len(y)) and (y[idx] != 3).all()
+    x2, y2 = poison_data(digits.train_x, y, idx, target=3, mode="badnets", mean=digits.mean, std=digits.std,
+                         size=3, value=1.0, position="bottom_right", seed=0)
+    assert (y2[idx] == 3).all() and not torch.equal(x2[idx], digits.train_x[idx])  # the notebook's edit did not stick
+    others = np.setdiff1d(np.arange(len(y)), idx)
+    assert torch.equal(x2[others], digits.train_x[others]) and torch.equal(y2[others], y[others])
+    clean = choose_poison(y, target=3, num_classes=10, mode="clean_label", poison=20, seed=0)
+    assert len(clean) == 20 and (y[clean] == 3).all()
+    _, y3 = poison_data(digits.train_x, y, clean, target=3, mode="clean_label", mean=digits.mean, std=digits.std,
+                        size=3, value=1.0, position="bottom_right", seed=0)
+    assert torch.equal(y3, y)
+
+
+def test_bad_target_class_and_poison_count(digits):
+    with pytest.raises(UserError, match="backdoor.target_class"):
+        choose_poison(digits.train_y, target=10, num_classes=10, mode="badnets", poison=5, seed=0)
+    with pytest.raises(UserError, match="backdoor.poison"):
+        choose_poison(digits.train_y, target=0, num_classes=10, mode="clean_label", poison=10_000, seed=0)
+
+
+def test_attack_success_rate_counts_only_non_target_images():
+    pred, y = torch.tensor([0, 0, 1, 0]), torch.tensor([0, 1, 1, 2])
+    assert attack_success_rate(pred, y, target=0) == pytest.approx(100 * 2 / 3)
+
+
+def test_backdoor_is_present_before_unlearning_and_gone_after(digits, tmp_path):
+    """BadNets on digits with a white bottom-right square: the ensemble learns the trigger; unlearning exactly
+    the poisoned points (SISA retraining from the right checkpoints) removes it."""
+    torch.set_num_threads(1)
+    target = 0
+    clean_x, clean_y = digits.train_x[:600], digits.train_y[:600]
+    idx = choose_poison(clean_y, target=target, num_classes=10, mode="badnets", poison=0.1, seed=0)
+    trigger = {"mean": digits.mean, "std": digits.std, "size": 3, "value": 1.0, "position": "bottom_right"}
+    x, y = poison_data(clean_x, clean_y, idx, target=target, mode="badnets", seed=0, **trigger)
+    layout = make_layout(len(y), shards=2, slices=2, seed=0)
+    settings = TrainSettings(model="cnn", input_shape=digits.shape, num_classes=10, epochs=(2, 2), lr=0.01,
+                             momentum=0.9, batch_size=32, seed=1)
+    trainers = [ShardTrainer(s, list(layout.slices[s]), x[torch.from_numpy(layout.shard_indices(s))],
+                             y[torch.from_numpy(layout.shard_indices(s))], settings, tmp_path / f"shard{s}")
+                for s in range(2)]
+    triggered = stamp(digits.test_x, **trigger)
+
+    def asr_and_accuracy():
+        models = [model_from_state(settings, t.final_state()) for t in trainers]
+        pred_triggered = aggregate(shard_probs(models, triggered), "mean")[0]
+        pred_clean = aggregate(shard_probs(models, digits.test_x), "mean")[0]
+        return (attack_success_rate(pred_triggered, digits.test_y, target),
+                100 * float((pred_clean == digits.test_y).float().mean()))
+
+    for t in trainers:
+        t.run()
+    asr_before, acc_before = asr_and_accuracy()
+    for s in affected_shards(layout, idx):
+        trainers[s].run(idx)
+    asr_after, acc_after = asr_and_accuracy()
+    assert acc_before > 80 and acc_after > 80
+    assert asr_before > 80, asr_before
+    assert asr_after < 15, asr_after
