@@ -45,12 +45,12 @@ def _round_while_killing(engine, run, state_ref, pid, delay):
 
 @pytest.mark.parametrize("policy", ["retry", "drop"])
 def test_client_killed_mid_training(ray_session, policy, caplog):
-    engine, state_ref = _engine(["fl.local_epochs=60", f"fl.on_client_failure={policy}"])
+    engine, state_ref = _engine(["fl.local_epochs=25", f"fl.on_client_failure={policy}"])
     run = MethodRun("fedavg", None)
     try:
         reference = engine.round(1, run, state_ref)
         victim = ray.get(engine.actors[1].pid.remote())
-        result = _round_while_killing(engine, run, state_ref, victim, delay=1.0)
+        result = _round_while_killing(engine, run, state_ref, victim, delay=0.7)
     finally:
         engine.shutdown()
     rows = {r["client"]: r for r in result.client_rows}

@@ -6,13 +6,15 @@ import os
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import ray
 import torch
 
 from rayfed.engine.runtime import setup_worker
 from rayfed.fl.local import local_update
-from rayfed.fl.metrics import accuracy
-from rayfed.fl.setup import ClientData, derive_seed
+from rayfed.fl.metrics import accuracy, predictions
+from rayfed.fl.setup import ClientData
+from rayfed.training import derive_seed
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
 from rayfed.models import build_classifier
 
@@ -49,16 +51,18 @@ class ClientUpdate:
 class ClientActor:
     """Holds its clients' data on its device for the whole run (placed in the object store once by the driver)."""
 
-    def __init__(self, settings: LocalSettings, client_refs: list[ray.ObjectRef]):
+    def __init__(self, settings: LocalSettings, client_refs: list[ray.ObjectRef], test_ref: list[ray.ObjectRef]):
         self.settings = settings
         self.device = setup_worker(settings.threads)
         self.model = build_classifier(settings.model_name, settings.shape, settings.num_classes).to(self.device)
         self.clients: dict[int, ClientData] = {}
         for client in ray.get(client_refs):
             self.clients[client.client_id] = ClientData(
-                client.client_id, client.x.to(self.device), client.y.to(self.device),
-                client.test_x.to(self.device), client.test_y.to(self.device),
-            )
+                client.client_id, client.x.to(self.device), client.y.to(self.device), client.test_index)
+        # the test images its clients are scored on, once for all of them (clients' subsets overlap)
+        test_x, test_y = ray.get(test_ref[0])
+        self.test_rows = np.unique(np.concatenate([c.test_index for c in self.clients.values()]))
+        self.test_x, self.test_y = test_x[self.test_rows].to(self.device), test_y[self.test_rows].to(self.device)
         with warnings.catch_warnings():  # Ray's own property calls a deprecated accessor
             warnings.simplefilter("ignore", DeprecationWarning)
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -84,15 +88,18 @@ class ClientActor:
 
     def evaluate(self, round_index: int, global_state: NumpyState) -> list[tuple[int, float, float]]:
         """(client, accuracy on its own training data through the training transform (the notebook's figure),
-        accuracy on its held-out test subset) for every hosted client."""
+        accuracy on its held-out test subset) for every hosted client. The hosted clients' test images are
+        classified once, in one pass, and each client's accuracy is read off its own indices."""
         s = self.settings
         self._load(global_state)
         pad = None if s.augment_pad is None else s.augment_pad.to(self.device)
-        return [
-            (cid, accuracy(self.model, c.x, c.y, s.eval_batch_size, pad, derive_seed(s.seed, round_index, cid, 1)),
-             accuracy(self.model, c.test_x, c.test_y, s.eval_batch_size))
-            for cid, c in self.clients.items()
-        ]
+        correct = (predictions(self.model, self.test_x, s.eval_batch_size) == self.test_y).cpu().numpy()
+        results = []
+        for cid, c in self.clients.items():
+            own = accuracy(self.model, c.x, c.y, s.eval_batch_size, pad, derive_seed(s.seed, round_index, cid, 1))
+            test = 100.0 * float(correct[np.searchsorted(self.test_rows, c.test_index)].mean())
+            results.append((cid, own, test))
+        return results
 
     def pid(self) -> int:
         """The actor's process id (tests use it to kill the process)."""

@@ -95,9 +95,10 @@ class FederatedEngine:
         task_retries = retries if fl.on_client_failure == "retry" else 0
         # Each partition enters the object store once; the engine keeps the refs so restarted actors find them.
         self.client_refs = [ray.put(c) for c in federation.clients]
+        self.test_ref = ray.put((d.test_x, d.test_y))
         self.actors = [
             ClientActor.options(num_cpus=cpus, num_gpus=gpus, max_restarts=retries, max_task_retries=task_retries)
-            .remote(settings, [self.client_refs[cid] for cid in group])
+            .remote(settings, [self.client_refs[cid] for cid in group], [self.test_ref])
             for group in self.groups
         ]
         split = federation.split

@@ -13,10 +13,10 @@ from rayfed.config import AuditConfig
 from rayfed.engine.runtime import setup_worker
 from rayfed.fl.audit import AuditGan, FoldedEvaluator, PixelSpace, generate_probes, hypothetical_biases, train_fairness_gan
 from rayfed.fl.metrics import accuracy
-from rayfed.fl.setup import derive_seed
 from rayfed.fl.state import NumpyState, aggregate, to_numpy, to_torch, update_problem
 from rayfed.fl.strategies import fairness_scores, fedavg_weights, softmax_weights
 from rayfed.models import build_classifier
+from rayfed.training import derive_seed
 
 
 @dataclass

@@ -22,7 +22,7 @@ from torch.fx.experimental import optimization as fx_optimization
 from torch.func import functional_call
 
 from rayfed.data.datasets import denormalise, normalise
-from rayfed.fl.local import autocast
+from rayfed.training import autocast
 from rayfed.fl.state import StateDict, apply_update
 from rayfed.models.gan import Discriminator, FairnessGenerator
 

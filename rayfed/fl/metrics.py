@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from rayfed.data.datasets import augment_batch
-from rayfed.fl.local import autocast
+from rayfed.training import autocast
 
 
 def jain_index(p: Sequence[float]) -> float:
@@ -37,6 +37,14 @@ def fairness_summary(p: Sequence[float]) -> dict[str, float]:
         "mean_accuracy": float(np.mean(arr)),
         "gap": float(np.max(arr) - np.min(arr)),
     }
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """argmax of the model's outputs on x, in eval mode and batches."""
+    model.eval()
+    with autocast(x.device):
+        return torch.cat([model(x[start : start + batch_size]).argmax(1) for start in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()

@@ -13,17 +13,18 @@ from rayfed.data.partition import FederatedSplit
 from rayfed.fl.audit import PixelSpace
 from rayfed.fl.state import StateDict
 from rayfed.models import build_classifier
+from rayfed.training import derive_seed
 
 
 @dataclass
 class ClientData:
-    """One client's tensors (on CPU until an actor moves them to its device)."""
+    """One client's training tensors (on CPU until an actor moves them to its device) and test indices."""
 
     client_id: int
     x: torch.Tensor
     y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    test_index: np.ndarray
+    """The client's held-out test images: indices into the (shared) test set."""
 
 
 @dataclass
@@ -48,11 +49,6 @@ class Federation:
         return [len(c.y) for c in self.clients]
 
 
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed from (run seed, round, client, ...): independent streams, reproducible."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
 def initial_model_state(config: Config, shape: tuple[int, int, int], num_classes: int) -> StateDict:
     """Theta_0 drawn from config.seed."""
     torch.manual_seed(config.seed)
@@ -70,7 +66,7 @@ def build_federation(config: Config) -> Federation:
         d.shards_per_client,
     )
     clients = [
-        ClientData(cid, data.train_x[idx], data.train_y[idx], data.test_x[test], data.test_y[test])
+        ClientData(cid, data.train_x[idx], data.train_y[idx], test)
         for cid, (idx, test) in enumerate(zip(split.clients, split.client_test))
     ]
     return Federation(data, split, clients, initial_model_state(config, data.shape, data.num_classes))

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from rayfed.fl.local import autocast
+from rayfed.training import autocast
 
 
 @torch.no_grad()

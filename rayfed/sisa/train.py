@@ -25,12 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from rayfed.data.datasets import augment_batch
-from rayfed.fl.local import autocast
 from rayfed.models import build_classifier
 from rayfed.results import RunDirectory
+from rayfed.training import derive_seed, sgd_epochs
 
 log = logging.getLogger("rayfed")
 
@@ -67,7 +65,7 @@ class ShardStats:
 
 def stage_seed(seed: int, shard: int, stage: int) -> int:
     """Seed of stage r of shard s, from (seed, s, r); stage -1 seeds the initial weights."""
-    return int(np.random.SeedSequence([seed, shard, stage + 1]).generate_state(1)[0])
+    return derive_seed(seed, shard, stage + 1)
 
 
 def new_model(settings: TrainSettings, shard: int, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -84,35 +82,6 @@ def model_from_state(settings: TrainSettings, state: dict[str, Any]) -> nn.Modul
     model = build_classifier(settings.model, settings.input_shape, settings.num_classes)
     model.load_state_dict(state)
     return model.eval()
-
-
-def train_stage(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-                epochs: int, batch_size: int, seed: int, augment_pad: torch.Tensor | None = None) -> int:
-    """`epochs` passes of minibatch SGD over (x, y), all randomness from `seed`; returns samples processed.
-
-    A trailing minibatch of one sample is skipped (BatchNorm cannot train on a single sample).
-    """
-    device = x.device
-    generator = torch.Generator().manual_seed(seed)  # minibatch order, augmentation
-    torch.manual_seed(seed)  # dropout
-    model.train()
-    samples = 0
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=generator).to(device)
-        for start in range(0, len(y), batch_size):
-            batch = order[start : start + batch_size]
-            if len(batch) < 2:
-                continue
-            inputs = x[batch]
-            if augment_pad is not None:
-                inputs = augment_batch(inputs, augment_pad.to(device), generator)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                loss = F.cross_entropy(model(inputs), y[batch])
-            loss.backward()
-            optimizer.step()
-            samples += len(batch)
-    return samples
 
 
 class ShardTrainer:
@@ -180,10 +149,10 @@ class ShardTrainer:
         samples = 0
         for r in range(start, self.num_slices):
             rows = torch.from_numpy(self._kept(r + 1, removed)).to(self.device)
-            samples += train_stage(model, optimizer, self.x[rows], self.y[rows], epochs=self.settings.epochs[r],
-                                   batch_size=self.settings.batch_size,
-                                   seed=stage_seed(self.settings.seed, self.shard, r),
-                                   augment_pad=self.settings.augment_pad)
+            samples += sgd_epochs(model, optimizer, self.x[rows], self.y[rows], epochs=self.settings.epochs[r],
+                                  batch_size=self.settings.batch_size,
+                                  seed=stage_seed(self.settings.seed, self.shard, r),
+                                  augment_pad=self.settings.augment_pad)
             self._save(r + 1, model, optimizer, removed)
             if on_stage is not None:
                 on_stage(r)

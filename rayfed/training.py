@@ -1,0 +1,63 @@
+"""Minibatch SGD and seeding shared by federated clients (`rayfed.fl.local`) and SISA shards (`rayfed.sisa`)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rayfed.data.datasets import augment_batch
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from (run seed, round or shard, client or stage, ...): independent, reproducible streams."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (as the notebook), plain fp32 elsewhere."""
+    return torch.autocast(device_type=device.type, enabled=device.type == "cuda")
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """A seeded shuffle of range(n) cut into batches; a last batch of one sample joins the one before it
+    (BatchNorm cannot train on a single sample once the feature map is 1x1)."""
+    batches = list(torch.randperm(n, generator=generator).to(device).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+def sgd_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+               epochs: int, batch_size: int, seed: int, augment_pad: torch.Tensor | None = None) -> int:
+    """`epochs` passes of minibatch training of `model` on (x, y) with cross-entropy; returns samples processed.
+
+    Every random draw (minibatch order, augmentation, dropout) comes from `seed`, so the same model, optimizer
+    state, data and seed give the same weights. `augment_pad` turns on random crop + flip, padding with those
+    per-channel values. A single image cannot give batch statistics, so BatchNorm then uses its running ones.
+    """
+    device = x.device
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    model.train()
+    if len(y) == 1:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    pad = None if augment_pad is None else augment_pad.to(device)
+    samples = 0
+    for _ in range(epochs):
+        for batch in minibatches(len(y), batch_size, generator, device):
+            inputs = x[batch] if pad is None else augment_batch(x[batch], pad, generator)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                loss = F.cross_entropy(model(inputs), y[batch])
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            samples += len(batch)
+    return samples

@@ -1,0 +1,179 @@
+"""Tune trainables: the same run functions as the CLI (run_fl, run_sisa) with a thin reporting wrapper.
+
+Every trial builds its config from the sweep's base config + its sampled params + the explicit resource
+fractions of its placement group (rayfed.tune.resources), writes a normal run directory under the sweep's
+`trials/<trial_id>/`, and reports to Tune:
+
+- fl: once per round, the figures of the round's last method run (with `fl.methods: [fedavg, fedauditgan]`,
+  Fed-AuditGAN at the trial's gamma), every method run's accuracy/jfi/gap/bias under `<method label>/...`,
+  and a checkpoint (the files `rayfed fl --resume` needs), so ASHA can stop a trial between rounds and
+  Tuner.restore continues a trial from its last round. run_fl calls `on_round` before it saves the round's
+  checkpoint, so a round is reported when the next round's first method run returns (the last round when
+  the run returns): ASHA decides one method run later than it could.
+- sisa: once, at the end, its final figures read from the run's tables.
+
+wandb inside trials is off (`tracking.wandb: disabled`): Ray's WandbLoggerCallback logs the trials instead.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from rayfed.config import Config, build_config, nest
+from rayfed.engine import fl_run
+from rayfed.engine.fl_run import CHECKPOINT, Progress, execute, method_runs, run_fl
+from rayfed.engine.sisa_run import run_sisa
+from rayfed.fl.state import to_numpy
+from rayfed.results import RunDirectory, read_table
+from rayfed.tune.resources import TrialBudget, TrialPlan, plan_trial
+
+FL_RESUME_FILES = ("config.yaml", "rounds.parquet", "clients.parquet", CHECKPOINT)
+"""What an fl trial's Tune checkpoint holds: enough for the run to continue after its last round."""
+PER_METHOD_METRICS = ("accuracy", "jfi", "gap", "bias")
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a sweep shares."""
+
+    run: str
+    """fl or sisa."""
+    base: dict[str, Any]
+    """The base config mapping (absolute paths)."""
+    budget: TrialBudget
+    trials_dir: str
+    """Absolute folder holding one run directory per trial."""
+
+
+def trial_config(setup: TrialSetup, params: dict[str, Any]) -> tuple[Config, TrialPlan]:
+    """The trial's config (base < params < explicit resource fractions; wandb off) and its resource plan."""
+    mappings = [setup.base, *(nest(key, value) for key, value in params.items()), {"tracking": {"wandb": "disabled"}}]
+    plan = plan_trial(setup.run, build_config(mappings), setup.budget)
+    return build_config([*mappings, {"resources": plan.overrides}]), plan
+
+
+class TrialResources:
+    """`tune.with_resources` callable: a trial's placement group, computed from its own config."""
+
+    def __init__(self, setup: TrialSetup):
+        self.setup = setup
+
+    def __call__(self, params: dict[str, Any]) -> tune.PlacementGroupFactory:
+        return trial_config(self.setup, params)[1].placement_group()
+
+
+def stamped(metrics: dict[str, Any], started_at: float) -> dict[str, Any]:
+    """metrics + when the trial started and when it reported (wall clock; how long trials waited)."""
+    return {**metrics, "started_at": started_at, "reported_at": time.time()}
+
+
+def _trial_run_dir(setup: TrialSetup) -> RunDirectory:
+    path = Path(setup.trials_dir) / tune.get_context().get_trial_id()
+    path.mkdir(parents=True, exist_ok=True)
+    return RunDirectory(path)
+
+
+class RoundReporter:
+    """`on_round` callback of run_fl: gathers a round's rows and reports the round to Tune, with its
+    checkpoint, once the run has saved it (when the next round's first row arrives, or at `finish`)."""
+
+    def __init__(self, run_dir: RunDirectory, methods: int, started_at: float):
+        self.run_dir, self.methods, self.started_at = run_dir, methods, started_at
+        self.rows: list[dict[str, Any]] = []
+
+    def on_round(self, row: dict[str, Any]) -> None:
+        if self.rows and row["round"] != self.rows[-1]["round"]:
+            self.report()
+        self.rows.append(row)
+
+    def metrics(self) -> dict[str, Any]:
+        """The last method run's figures, plus the other method runs' (the references) under their label."""
+        last = self.rows[-1]
+        metrics = {k: v for k, v in last.items() if k not in ("method", "gamma") and v is not None}
+        for row in self.rows[:-1]:
+            label = row["method"] if row["gamma"] is None else f"{row['method']}_gamma{row['gamma']:g}"
+            metrics.update({f"{label}/{k}": row[k] for k in PER_METHOD_METRICS if row[k] is not None})
+        return stamped(metrics, self.started_at)
+
+    def report(self) -> None:
+        """Report the gathered round with a checkpoint of the run directory's resume files."""
+        if len(self.rows) != self.methods:
+            raise RuntimeError(f"round {self.rows[-1]['round']}: {len(self.rows)} of {self.methods} method runs")
+        with tempfile.TemporaryDirectory(prefix="rayfed-ckpt-") as folder:
+            for name in FL_RESUME_FILES:
+                shutil.copy2(self.run_dir.file(name), folder)
+            tune.report(self.metrics(), checkpoint=tune.Checkpoint.from_directory(folder))
+        self.rows = []
+
+    def finish(self) -> None:
+        if self.rows:
+            self.report()
+
+
+def _restored_progress(run_dir: RunDirectory, checkpoint: tune.Checkpoint) -> Progress:
+    """Copy a Tune checkpoint's resume files into the run directory and read where the run stood."""
+    with checkpoint.as_directory() as folder:
+        for name in FL_RESUME_FILES:
+            shutil.copy2(Path(folder) / name, run_dir.file(name))
+    saved = fl_run._load_checkpoint(run_dir.file(CHECKPOINT))
+    return Progress(saved["next_round"], {k: to_numpy(v) for k, v in saved["states"].items()}, saved["gans"],
+                    read_table(run_dir.file("rounds.parquet"))[: saved["rows"]],
+                    read_table(run_dir.file("clients.parquet"))[: saved["client_rows"]])
+
+
+def train_fl(params: dict[str, Any], setup: TrialSetup) -> None:
+    """One fl trial: run_fl (or its continuation from the trial's Tune checkpoint), reporting every round."""
+    started_at = time.time()
+    config, _ = trial_config(setup, params)
+    run_dir = _trial_run_dir(setup)
+    reporter = RoundReporter(run_dir, len(method_runs(config)), started_at)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run_fl(config, run_dir, on_round=reporter.on_round)
+    else:
+        progress = _restored_progress(run_dir, checkpoint)
+        run_dir.write_config(config)
+        execute(config, run_dir, progress, on_round=reporter.on_round)
+    reporter.finish()
+
+
+def sisa_metrics(run_dir: RunDirectory, aggregation: str) -> dict[str, float]:
+    """A sisa run's final figures (names in rayfed.tune.spec.SISA_METRICS) from its tables."""
+    def table(name: str) -> list[dict[str, Any]]:
+        path = run_dir.file(f"{name}.parquet")
+        return read_table(path) if path.exists() else []
+
+    metrics: dict[str, float] = {}
+    prefixes = {"trained": "", "unlearned": "unlearned_", "retrained": "retrained_"}
+    for row in table("metrics"):
+        if row["aggregation"] == aggregation:
+            prefix = prefixes[row["stage"]]
+            metrics[f"{prefix}accuracy"] = row["accuracy"]
+            if not prefix:
+                metrics.update(f1=row["f1"], auroc=row["auroc"])
+    unlearning = table("unlearning")
+    if unlearning:
+        metrics.update({k: unlearning[0][k] for k in ("speedup_samples", "speedup_seconds", "expected_speedup")})
+    for row in table("backdoor"):
+        if row["aggregation"] == aggregation:
+            metrics[f"{prefixes[row['stage']]}backdoor_asr"] = row["asr"]
+    return metrics
+
+
+def train_sisa(params: dict[str, Any], setup: TrialSetup) -> None:
+    """One sisa trial: run_sisa, then one report of its final figures (first of sisa.aggregation)."""
+    started_at = time.time()
+    config, _ = trial_config(setup, params)
+    run_dir = _trial_run_dir(setup)
+    run_sisa(config, run_dir)
+    tune.report(stamped(sisa_metrics(run_dir, config.sisa.aggregation[0]), started_at))
+
+
+TRAINABLES = {"fl": train_fl, "sisa": train_sisa}

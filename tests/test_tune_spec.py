@@ -1,0 +1,196 @@
+"""Sweep files without running a sweep: parsing, overrides, validation before Ray, trial resources, plots."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from rayfed.config import build_config
+from rayfed.errors import UserError
+from rayfed.tune.resources import TrialBudget, budget_for, plan_trial
+from rayfed.tune.spec import load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNE_CONFIGS = sorted((ROOT / "tune_configs").glob("*.yaml"))
+ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+
+MINIMAL = {"run": "fl", "base": {"fl": {"rounds": 2}}, "param_space": {"audit.gamma": {"grid_search": [1, 2]}}}
+
+
+def write_sweep(tmp_path, document, name="sweep.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.mark.parametrize("path", TUNE_CONFIGS, ids=[p.name for p in TUNE_CONFIGS])
+def test_bundled_sweep_files_validate(path):
+    spec = load_sweep(path)
+    assert spec.params and spec.run in ("fl", "sisa")
+    assert Path(spec.base["data"]["root"]).is_absolute()
+
+
+def test_every_sweep_has_a_smoke_twin_on_digits():
+    full = [p for p in TUNE_CONFIGS if not p.stem.endswith("_smoke")]
+    assert {p.stem for p in full} == {"fedaudit_gamma", "fedaudit_lambda", "sisa_grid"}
+    for path in full:
+        twin = path.with_name(f"{path.stem}_smoke.yaml")
+        spec, smoke = load_sweep(path), load_sweep(twin)
+        assert spec.base_config.data.dataset == "cifar10" and smoke.base_config.data.dataset == "digits"
+        assert [p.key for p in spec.params] == [p.key for p in smoke.params]
+
+
+def test_notebook_settings_of_the_full_sweeps():
+    gamma = load_sweep(ROOT / "tune_configs" / "fedaudit_gamma.yaml")
+    c = gamma.base_config
+    assert (c.data.num_clients, c.fl.rounds, c.fl.local_epochs, c.data.batch_size, c.fl.lr) == (20, 50, 3, 512, 0.01)
+    assert (c.audit.gan_epochs, c.audit.n_probes, c.data.partition, c.model.name) == (20, 2000, "extreme", "cnn")
+    assert gamma.params[0].values == [0.5, 1, 2, 4, 8, 16] and c.fl.methods == ["fedavg", "fedauditgan"]
+    sisa = load_sweep(ROOT / "tune_configs" / "sisa_grid.yaml").base_config
+    assert (sisa.model.name, sisa.sisa.epochs, sisa.sisa.schedule, sisa.sisa.lr) == ("resnet18", 5, "union", 0.001)
+
+
+def test_overrides_address_the_sweep_file_and_config_keys_are_base_shorthand(tmp_path):
+    path = write_sweep(tmp_path, MINIMAL)
+    spec = load_sweep(path, ["tune_config.num_samples=3", "base.fl.rounds=4", "data.num_clients=3",
+                             "param_space.audit.lambda1={choice: [0.5, 2]}", "resources.address=auto"])
+    assert spec.num_samples == 3
+    config = spec.base_config
+    assert (config.fl.rounds, config.data.num_clients, config.resources.address) == (4, 3, "auto")
+    assert [(p.key, p.sampler, p.values) for p in spec.params] == [
+        ("audit.gamma", "grid_search", [1, 2]), ("audit.lambda1", "choice", [0.5, 2])]
+
+
+def test_base_may_be_a_path_next_to_the_sweep_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("fl: {rounds: 7}\ndata: {root: mydata}\n")
+    spec = load_sweep(write_sweep(tmp_path, {**MINIMAL, "base": "base.yaml"}), ["base.fl.local_epochs=2"])
+    assert (spec.base_config.fl.rounds, spec.base_config.fl.local_epochs) == (7, 2)
+    assert spec.base["data"]["root"] == str(Path("mydata").resolve())
+
+
+BAD = [
+    ({"runn": "fl"}, "runn"),
+    ({"run": "train"}, "run"),
+    ({"base": {"fl": {"nonsense": 1}}}, "fl.nonsense"),
+    ({"base": {"fl": {"rounds": "many"}}}, "fl.rounds"),
+    ({"param_space": {"audit.gama": {"grid_search": [1]}}}, "audit.gama"),
+    ({"param_space": {"audit.gamma": {"grid_search": [1, -2]}}}, "audit.gamma"),
+    ({"param_space": {"fl.rounds": {"grid_search": [1, "x"]}}}, "fl.rounds"),
+    ({"param_space": {"audit.gamma": {"normal": [0, 1]}}}, "audit.gamma"),
+    ({"param_space": {"audit.gamma": {"uniform": [2, 1]}}}, "audit.gamma"),
+    ({"param_space": {"audit.lambda1": {"loguniform": [0, 1]}}}, "audit.lambda1"),
+    ({"param_space": {"fl.rounds": {"randint": [1, 2.5]}}}, "fl.rounds"),
+    ({"tune_config": {"metrc": "jfi"}}, "tune_config.metrc"),
+    ({"tune_config": {"metric": "f1"}}, "tune_config.metric"),
+    ({"tune_config": {"mode": "up"}}, "tune_config.mode"),
+    ({"tune_config": {"num_samples": 0}}, "tune_config.num_samples"),
+    ({"tune_config": {"scheduler": {"type": "pbt"}}}, "tune_config.scheduler"),
+    ({"tune_config": {"scheduler": {"type": "asha", "grace": 1}}}, "tune_config.scheduler.grace"),
+    ({"tune_config": {"scheduler": {"type": "asha", "grace_period": 5}}}, "grace_period"),
+    ({"run_config": {"path": "x"}}, "run_config.path"),
+    ({"trial_resources": {"gpu": 1}}, "trial_resources.gpu"),
+    ({"trial_resources": {"cpus": 0}}, "trial_resources.cpus"),
+]
+
+
+@pytest.mark.parametrize("change,needle", BAD, ids=[n for _, n in BAD])
+def test_bad_sweep_files_name_the_key(tmp_path, change, needle):
+    path = write_sweep(tmp_path, {**MINIMAL, **change})
+    with pytest.raises(UserError, match=needle.replace(".", r"\.")) as info:
+        load_sweep(path)
+    assert "sweep.yaml" in str(info.value)
+
+
+def test_unknown_override_is_refused(tmp_path):
+    with pytest.raises(UserError, match="fl.nonsense"):
+        load_sweep(write_sweep(tmp_path, MINIMAL), ["fl.nonsense=1"])
+
+
+def test_cli_reports_a_bad_sweep_file_in_one_line_and_leaves_nothing(tmp_path):
+    path = write_sweep(tmp_path, {**MINIMAL, "param_space": {"audit.gama": {"grid_search": [1]}}})
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "rayfed", "sweep", str(path), "--out", str(out)],
+                            capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "audit.gama" in lines[0], result.stderr
+    assert not out.exists()
+
+
+def test_fl_trial_shares_its_budget_among_driver_and_actors():
+    config = build_config([{"data": {"num_clients": 3}}])
+    plan = plan_trial("fl", config, TrialBudget(cpus=1.0, gpus=0.5))
+    assert plan.driver_cpus == 0.2 and plan.actors == ((0.2, 0.125),) * 4  # 3 clients + the server
+    assert plan.total["CPU"] == pytest.approx(1.0) and plan.total["GPU"] == pytest.approx(0.5)
+    assert plan.overrides == {"cpus_per_client": 0.2, "gpus_per_client": 0.125, "server_cpus": 0.2,
+                              "server_gpus": 0.125}
+    bundles = plan.placement_group().bundles
+    assert bundles[0] == {"CPU": 0.2} and bundles[1:] == [{"CPU": 0.2, "GPU": 0.125}] * 4
+
+
+def test_explicit_fractions_are_kept_and_cpu_only_bundles_have_no_gpu():
+    config = build_config([{"data": {"num_clients": 4}, "resources": {"clients_per_actor": 2, "server_cpus": 0.5}}])
+    plan = plan_trial("fl", config, TrialBudget(cpus=2.0, gpus=0.0))
+    assert plan.actors == ((0.5, 0.0), (0.5, 0.0), (0.5, 0.0))  # 2 client actors + the server
+    assert all("GPU" not in b for b in plan.placement_group().bundles)
+
+
+def test_sisa_trial_reserves_both_pools_when_it_verifies():
+    config = build_config([{"sisa": {"shards": 3}}])
+    assert len(plan_trial("sisa", config, TrialBudget(1.4, 1.0)).actors) == 6
+    config = build_config([{"sisa": {"shards": 3}, "unlearn": {"verify": False}}])
+    plan = plan_trial("sisa", config, TrialBudget(1.0, 1.0))
+    assert plan.actors == ((0.25, 0.3333),) * 3 and plan.overrides["gpus_per_shard"] == 0.3333
+
+
+def test_budget_defaults_to_the_cluster_shared_by_concurrent_trials():
+    assert budget_for({"CPU": 8, "GPU": 2}, 4, None, None) == TrialBudget(2, 0.5)
+    assert budget_for({"CPU": 8}, None, 3, None) == TrialBudget(3, 0)
+    with pytest.raises(UserError, match="trial_resources.cpus"):
+        plan_trial("fl", build_config([{"data": {"num_clients": 50}}]), TrialBudget(0.001, 0))
+
+
+def test_sweep_figures(tmp_path):
+    from rayfed.tune.plots import plot_sweep
+
+    fl = pd.DataFrame({"status": "TERMINATED", "audit.lambda1": [0.1, 0.1, 10, 10],
+                       "audit.lambda2": [0.1, 10, 0.1, 10], "accuracy": [50.0, 52, 49, 55],
+                       "jfi": [0.9, 0.92, 0.95, 0.91], "fedavg/accuracy": 51.0, "fedavg/jfi": 0.9})
+    paths = plot_sweep("fl", fl, ["audit.lambda1", "audit.lambda2"], tmp_path)
+    assert [p.name for p in paths] == ["fl_audit.lambda1.png", "fl_audit.lambda2.png"]
+    sisa = pd.DataFrame({"status": "TERMINATED", "sisa.shards": [5, 5, 10, 10], "sisa.slices": [5, 10, 5, 10],
+                         "accuracy": [0.5, 0.6, 0.4, 0.45], "speedup_samples": [3.0, 4, 6, 8]})
+    paths = plot_sweep("sisa", sisa, ["sisa.shards", "sisa.slices"], tmp_path)
+    assert [p.name for p in paths] == ["sisa_heatmaps.png"]
+    assert all(p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
+
+
+def test_params_become_tune_search_spaces(tmp_path):
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from rayfed.tune.sweep import tune_domain
+
+    space = {"audit.gamma": {"grid_search": [1, 2]}, "audit.lambda1": {"choice": [1, 3]},
+             "audit.lambda2": {"loguniform": [0.1, 10]}, "fl.rounds": {"randint": [1, 4]}, "fl.lr": 0.05}
+    document = {**MINIMAL, "param_space": space}
+    domains = {p.key: tune_domain(p) for p in load_sweep(write_sweep(tmp_path, document)).params}
+    assert domains["audit.gamma"] == {"grid_search": [1, 2]} and domains["fl.lr"] == 0.05
+    assert isinstance(domains["audit.lambda1"], Categorical) and domains["audit.lambda1"].categories == [1, 3]
+    lam2 = domains["audit.lambda2"]
+    assert isinstance(lam2, Float) and (lam2.lower, lam2.upper) == (0.1, 10)
+    assert isinstance(domains["fl.rounds"], Integer) and domains["fl.rounds"].upper == 4
+
+
+def test_wandb_tracking_adds_rays_logger_callback(tmp_path):
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    from rayfed.tune.sweep import tracking_callbacks
+
+    assert tracking_callbacks(load_sweep(write_sweep(tmp_path, MINIMAL))) == []
+    spec = load_sweep(write_sweep(tmp_path, MINIMAL), ["tracking.wandb=offline", "tracking.project=p"])
+    [callback] = tracking_callbacks(spec)
+    assert isinstance(callback, WandbLoggerCallback) and callback.project == "p"

@@ -1,0 +1,110 @@
+"""The smoke sweeps, in process, on the session's faked 1-GPU Ray. fedaudit_gamma_smoke whole: trial run
+directories, the sweep table, figures, best config, resources that fit two trials at a time, a resumable
+checkpoint. The lambda and sisa smoke sweeps at one grid point each."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from rayfed.config import build_config
+from rayfed.results import RunDirectory, read_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "tune_configs" / "fedaudit_gamma_smoke.yaml"
+
+# No concurrency cap: each trial reserves 1 CPU + 0.5 GPU, so the 2-CPU, 1-GPU session fits two at a time and
+# the third must wait for resources. Fed-AuditGAN only and one round, to keep the test short.
+OVERRIDES = ["tune_config.max_concurrent_trials=null", "trial_resources.cpus=1", "trial_resources.gpus=0.5",
+             "base.fl.methods=[fedauditgan]", "base.fl.rounds=1"]
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_session, tmp_path_factory):
+    from rayfed.tune.sweep import run_sweep_file
+
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    table = run_sweep_file(str(SMOKE), OVERRIDES, str(out))
+    return out, table
+
+
+@pytest.mark.slow
+def test_one_row_per_trial_with_params_metrics_and_status(sweep):
+    out, table = sweep
+    stored = pd.read_parquet(out / "sweep.parquet")
+    assert len(stored) == 3 and sorted(stored["audit.gamma"]) == [0.5, 4, 16]
+    assert set(stored["status"]) <= {"TERMINATED", "EARLY_STOPPED"}, stored[["status", "error"]]
+    assert stored["trial_id"].is_unique and stored["jfi"].between(0, 1).all()
+    assert (stored.loc[stored["status"] == "TERMINATED", "round"] == 1).all()
+    assert list(table["trial_id"]) == list(stored["trial_id"])
+
+
+@pytest.mark.slow
+def test_each_trial_writes_a_run_directory_with_its_explicit_resources(sweep):
+    out, _ = sweep
+    for _, row in pd.read_parquet(out / "sweep.parquet").iterrows():
+        run_dir = Path(row["run_dir"])
+        assert run_dir.parent == out / "trials"
+        config = build_config([yaml.safe_load((run_dir / "config.yaml").read_text())])
+        assert config.audit.gamma == row["audit.gamma"]
+        assert (config.resources.cpus_per_client, config.resources.gpus_per_client) == (0.2, 0.125)
+        rounds = read_table(run_dir / "rounds.parquet")
+        assert [r["round"] for r in rounds] == list(range(1, row["round"] + 1))
+
+
+@pytest.mark.slow
+def test_at_most_two_trials_ran_at_once_and_the_third_waited(sweep):
+    out, _ = sweep
+    table = pd.read_parquet(out / "sweep.parquet").sort_values("started_at")
+    spans = list(zip(table["started_at"], table["reported_at"]))
+    assert spans[1][0] < spans[0][1], "the first two trials should overlap"
+    assert spans[2][0] >= min(spans[0][1], spans[1][1]) - 1.0, "the third should wait for a finished trial"
+
+
+@pytest.mark.slow
+def test_figures_and_best_config(sweep):
+    out, _ = sweep
+    assert (out / "fl_audit.gamma.png").stat().st_size > 10_000
+    best = build_config([yaml.safe_load((out / "best_config.yaml").read_text())])
+    table = pd.read_parquet(out / "sweep.parquet")
+    assert best.audit.gamma == table.loc[table["jfi"].idxmax(), "audit.gamma"]
+
+
+@pytest.mark.slow
+def test_a_trial_checkpoint_restores_the_run_after_its_first_round(sweep, tmp_path):
+    from ray import tune
+
+    from rayfed.tune.trainables import _restored_progress
+
+    out, _ = sweep
+    checkpoints = sorted((out / "tune").glob("fedaudit_gamma_smoke/*/checkpoint_000000"))
+    assert checkpoints, "every trial checkpoints each round"
+    progress = _restored_progress(RunDirectory(tmp_path), tune.Checkpoint.from_directory(checkpoints[0]))
+    assert progress.next_round == 2 and [r["round"] for r in progress.round_rows] == [1]
+
+
+ONE_TRIAL = {
+    "sisa_grid_smoke.yaml": ["param_space.sisa.shards=2", "param_space.sisa.slices=2"],
+    "fedaudit_lambda_smoke.yaml": ["param_space.audit.lambda1=10", "param_space.audit.lambda2=0.1"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ONE_TRIAL))
+def test_the_other_smoke_sweeps_run_one_trial_each(ray_session, tmp_path, name):
+    """The sisa trainable and the lambda sweep, cut to one grid point (the full grids only add trials)."""
+    from rayfed.tune.spec import load_sweep
+    from rayfed.tune.sweep import run_sweep_file
+
+    spec = load_sweep(ROOT / "tune_configs" / name)
+    table = run_sweep_file(str(ROOT / "tune_configs" / name), ONE_TRIAL[name], str(tmp_path / "out"))
+    [row] = table.to_dict("records")
+    assert row["status"] == "TERMINATED", row["error"]
+    assert row[spec.metric] > 0 and Path(row["run_dir"]).is_dir()
+    if spec.run == "sisa":
+        assert row["speedup_samples"] >= 1 and row["unlearned_accuracy"] > 0
+        assert (tmp_path / "out" / "sisa_heatmaps.png").is_file()
+        assert (Path(row["run_dir"]) / "unlearning.parquet").is_file()
+    else:
+        assert (row["audit.lambda1"], row["audit.lambda2"]) == (10, 0.1)
