@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "sweep":
         from rayfed.tune.sweep import run_sweep_file
 
-        run_sweep_file(args.file, overrides, args.out)
+        run_sweep_file(args.file, overrides, args.out, args.config)
         return 0
     if args.command == "fl" and args.resume:
         from rayfed.engine.fl_run import resume_fl

@@ -229,12 +229,17 @@ def _save_checkpoint(run_dir: RunDirectory, progress: Progress) -> None:
     })
 
 
+RoundCallback = Callable[[list[dict[str, Any]]], None]
+"""Called after each round's checkpoint is written, with that round's rows (one per method run)."""
+
+
 def execute(config: Config, run_dir: RunDirectory, progress: Progress,
-            on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+            on_round: RoundCallback | None = None) -> list[dict[str, Any]]:
     """Run (or continue) every method run to fl.rounds, round-major (round r of every method, then r + 1),
     checkpointing after each round; then write the outputs.
 
-    `on_round` receives each round's rows (Ray Tune trials report through it). Returns the summary rows.
+    `on_round` receives each round's rows once its checkpoint is on disk (Ray Tune trials report through it).
+    Returns the summary rows.
     """
     federation = build_federation(config)
     runs = method_runs(config)
@@ -254,8 +259,6 @@ def execute(config: Config, run_dir: RunDirectory, progress: Progress,
                     progress.round_rows.append(result.round_row)
                     progress.client_rows += result.client_rows
                     _log_round(trackers[run.file_label], result)
-                    if on_round is not None:
-                        on_round(result.round_row)
                     if result.gan_state is not None:
                         progress.gans[run.file_label] = result.gan_state
                     bar.update(1)
@@ -263,6 +266,8 @@ def execute(config: Config, run_dir: RunDirectory, progress: Progress,
                 progress.next_round = round_index + 1
                 progress.states = {label: ray.get(ref) for label, ref in state_refs.items()}
                 _save_checkpoint(run_dir, progress)
+                if on_round is not None:
+                    on_round(progress.round_rows[-len(runs):])
         for run in runs:
             run_dir.save_state(f"model_{run.file_label}.pt", to_torch(progress.states[run.file_label]))
     finally:
@@ -288,8 +293,7 @@ def write_outputs(config: Config, run_dir: RunDirectory, progress: Progress, run
     return summary
 
 
-def run_fl(config: Config, run_dir: RunDirectory,
-           on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def run_fl(config: Config, run_dir: RunDirectory, on_round: RoundCallback | None = None) -> list[dict[str, Any]]:
     """`rayfed fl`: every method of config.fl.methods for fl.rounds rounds, results in run_dir."""
     run_dir.write_config(config)
     return execute(config, run_dir, Progress(1, {}, {}, [], []), on_round)
@@ -303,6 +307,16 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or checkpoint.get("command") != "fl":
         raise UserError(f"{path} is not a `rayfed fl` checkpoint")
     return checkpoint
+
+
+def load_progress(directory: Path) -> Progress:
+    """Where the `rayfed fl` run in `directory` stands (its checkpoint and the table rows it covers);
+    UserError naming the file when one is unreadable."""
+    checkpoint = _load_checkpoint(directory / CHECKPOINT)
+    rounds = read_table(directory / "rounds.parquet")[: checkpoint["rows"]]
+    clients = read_table(directory / "clients.parquet")[: checkpoint["client_rows"]]
+    return Progress(checkpoint["next_round"], {k: to_numpy(v) for k, v in checkpoint["states"].items()},
+                    checkpoint["gans"], rounds, clients)
 
 
 def _first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str | None:
@@ -331,14 +345,10 @@ def resume_fl(path: str, config_file: str | None, overrides: list[str]) -> list[
     changed = _first_difference(mine, theirs)
     if changed:
         raise UserError(f"--resume: {changed} differs from the run's config (only fl.rounds may change)")
-    checkpoint = _load_checkpoint(directory / CHECKPOINT)
-    done = checkpoint["next_round"] - 1
+    progress = load_progress(directory)
+    done = progress.next_round - 1
     if config.fl.rounds < done:
         raise UserError(f"fl.rounds={config.fl.rounds} is fewer than the {done} rounds the run has done")
-    rounds = read_table(directory / "rounds.parquet")[: checkpoint["rows"]]
-    clients = read_table(directory / "clients.parquet")[: checkpoint["client_rows"]]
-    progress = Progress(checkpoint["next_round"], {k: to_numpy(v) for k, v in checkpoint["states"].items()},
-                        checkpoint["gans"], rounds, clients)
     run_dir = RunDirectory(directory)
     run_dir.write_config(config)
     log.info("resuming %s at round %d of %d", directory, progress.next_round, config.fl.rounds)

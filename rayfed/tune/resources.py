@@ -72,14 +72,6 @@ class TrialPlan:
         return {"CPU": self.driver_cpus + sum(c for c, _ in self.actors), "GPU": sum(g for _, g in self.actors)}
 
 
-def peak_shard_actors(config: Config) -> int:
-    """Shard actors alive at once in a sisa run: the trained ensemble's pool stays open while the pool
-    that retrains from scratch (unlearn.verify) runs."""
-    forget = config.unlearn.forget
-    unlearns = forget is not None and forget != 0
-    return config.sisa.shards * (2 if unlearns and config.unlearn.verify else 1)
-
-
 def plan_trial(run: str, config: Config, budget: TrialBudget) -> TrialPlan:
     """Explicit per-actor fractions for a trial of `run` (fl or sisa) within `budget`."""
     r = config.resources
@@ -87,7 +79,7 @@ def plan_trial(run: str, config: Config, budget: TrialBudget) -> TrialPlan:
         clients = math.ceil(config.data.num_clients / r.clients_per_actor)
         actors = clients + 1  # + the audit server
     else:
-        actors = peak_shard_actors(config)
+        actors = config.sisa.shards  # one pool at a time: run_sisa closes each before the next starts
     cpu_share = _floor(budget.cpus / (actors + 1))
     gpu_share = _floor(budget.gpus / actors)
     if cpu_share <= 0:

@@ -179,6 +179,14 @@ def _resolve_paths(base: dict[str, Any]) -> None:
         unlearn["forget"] = _absolute(unlearn["forget"])
 
 
+def merge_mappings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid on `base`, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge_mappings(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def _load_base(document: dict[str, Any], file: Path) -> dict[str, Any]:
     """`base:` as a mapping; a path is read relative to the sweep file's folder."""
     base = document.get("base")
@@ -191,12 +199,15 @@ def _load_base(document: dict[str, Any], file: Path) -> dict[str, Any]:
     return base
 
 
-def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
-    """Read a sweep file, apply overrides and validate everything: keys, the base config and every probe
-    value of every param (build_config), so that a wrong key or type fails before Ray starts."""
+def load_sweep(path: str | Path, overrides: list[str] = (), config_file: str | Path | None = None) -> SweepSpec:
+    """Read a sweep file, layer `config_file` (`--config`) over its base, apply overrides and validate
+    everything: keys, the base config and every probe value of every param (build_config), so that a wrong
+    key or type fails before Ray starts."""
     file = Path(path)
     document = read_yaml_mapping(file, "sweep file")
     document["base"] = _load_base(document, file)  # a path becomes a mapping, so base.* overrides apply
+    if config_file is not None:
+        document["base"] = merge_mappings(document["base"], read_yaml_mapping(config_file))
     apply_overrides(document, list(overrides), file)
     for key in document:
         if key not in SWEEP_KEYS:

@@ -187,10 +187,11 @@ def _document(spec: SweepSpec) -> dict[str, Any]:
             "trial_resources": {"cpus": spec.trial_cpus, "gpus": spec.trial_gpus}}
 
 
-def run_sweep_file(file: str, overrides: list[str], out: str | None) -> pd.DataFrame:
-    """`rayfed sweep FILE [--set KEY=VALUE ...] [--out DIR]`: validate everything, then run the sweep.
-    An --out that already holds a sweep (sweep.yaml) is continued instead of refused."""
-    spec = load_sweep(file, overrides)
+def run_sweep_file(file: str, overrides: list[str], out: str | None, config_file: str | None = None) -> pd.DataFrame:
+    """`rayfed sweep FILE [--config FILE] [--set KEY=VALUE ...] [--out DIR]`: validate everything, then run the
+    sweep. `--config` is laid over the sweep's base config, `--set` over both. An --out that already holds a
+    sweep (sweep.yaml) is continued instead of refused."""
+    spec = load_sweep(file, overrides, config_file)
     if out is not None and (Path(out) / SWEEP_FILE).is_file():
         stored = read_yaml_mapping(Path(out) / SWEEP_FILE, "sweep file")
         given = yaml.safe_load(yaml.safe_dump(_document(spec), sort_keys=False))

@@ -6,10 +6,8 @@ fractions of its placement group (rayfed.tune.resources), writes a normal run di
 
 - fl: once per round, the figures of the round's last method run (with `fl.methods: [fedavg, fedauditgan]`,
   Fed-AuditGAN at the trial's gamma), every method run's accuracy/jfi/gap/bias under `<method label>/...`,
-  and a checkpoint (the files `rayfed fl --resume` needs), so ASHA can stop a trial between rounds and
-  Tuner.restore continues a trial from its last round. run_fl calls `on_round` before it saves the round's
-  checkpoint, so a round is reported when the next round's first method run returns (the last round when
-  the run returns): ASHA decides one method run later than it could.
+  and a checkpoint (the files `rayfed fl --resume` needs, on disk when run_fl calls `on_round`), so ASHA can
+  stop a trial between rounds and Tuner.restore continues a trial from its last round.
 - sisa: once, at the end, its final figures read from the run's tables.
 
 wandb inside trials is off (`tracking.wandb: disabled`): Ray's WandbLoggerCallback logs the trials instead.
@@ -27,10 +25,8 @@ from typing import Any
 from ray import tune
 
 from rayfed.config import Config, build_config, nest
-from rayfed.engine import fl_run
-from rayfed.engine.fl_run import CHECKPOINT, Progress, execute, method_runs, run_fl
+from rayfed.engine.fl_run import CHECKPOINT, Progress, execute, load_progress, run_fl
 from rayfed.engine.sisa_run import run_sisa
-from rayfed.fl.state import to_numpy
 from rayfed.results import RunDirectory, read_table
 from rayfed.tune.resources import TrialBudget, TrialPlan, plan_trial
 
@@ -81,40 +77,26 @@ def _trial_run_dir(setup: TrialSetup) -> RunDirectory:
 
 
 class RoundReporter:
-    """`on_round` callback of run_fl: gathers a round's rows and reports the round to Tune, with its
-    checkpoint, once the run has saved it (when the next round's first row arrives, or at `finish`)."""
+    """`on_round` callback of run_fl: reports each finished round to Tune with its checkpoint."""
 
-    def __init__(self, run_dir: RunDirectory, methods: int, started_at: float):
-        self.run_dir, self.methods, self.started_at = run_dir, methods, started_at
-        self.rows: list[dict[str, Any]] = []
+    def __init__(self, run_dir: RunDirectory, started_at: float):
+        self.run_dir, self.started_at = run_dir, started_at
 
-    def on_round(self, row: dict[str, Any]) -> None:
-        if self.rows and row["round"] != self.rows[-1]["round"]:
-            self.report()
-        self.rows.append(row)
-
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """The last method run's figures, plus the other method runs' (the references) under their label."""
-        last = self.rows[-1]
+        last = rows[-1]
         metrics = {k: v for k, v in last.items() if k not in ("method", "gamma") and v is not None}
-        for row in self.rows[:-1]:
+        for row in rows[:-1]:
             label = row["method"] if row["gamma"] is None else f"{row['method']}_gamma{row['gamma']:g}"
             metrics.update({f"{label}/{k}": row[k] for k in PER_METHOD_METRICS if row[k] is not None})
         return stamped(metrics, self.started_at)
 
-    def report(self) -> None:
-        """Report the gathered round with a checkpoint of the run directory's resume files."""
-        if len(self.rows) != self.methods:
-            raise RuntimeError(f"round {self.rows[-1]['round']}: {len(self.rows)} of {self.methods} method runs")
+    def __call__(self, rows: list[dict[str, Any]]) -> None:
+        """Report the round with a checkpoint of the run directory's resume files."""
         with tempfile.TemporaryDirectory(prefix="rayfed-ckpt-") as folder:
             for name in FL_RESUME_FILES:
                 shutil.copy2(self.run_dir.file(name), folder)
-            tune.report(self.metrics(), checkpoint=tune.Checkpoint.from_directory(folder))
-        self.rows = []
-
-    def finish(self) -> None:
-        if self.rows:
-            self.report()
+            tune.report(self.metrics(rows), checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def _restored_progress(run_dir: RunDirectory, checkpoint: tune.Checkpoint) -> Progress:
@@ -122,10 +104,7 @@ def _restored_progress(run_dir: RunDirectory, checkpoint: tune.Checkpoint) -> Pr
     with checkpoint.as_directory() as folder:
         for name in FL_RESUME_FILES:
             shutil.copy2(Path(folder) / name, run_dir.file(name))
-    saved = fl_run._load_checkpoint(run_dir.file(CHECKPOINT))
-    return Progress(saved["next_round"], {k: to_numpy(v) for k, v in saved["states"].items()}, saved["gans"],
-                    read_table(run_dir.file("rounds.parquet"))[: saved["rows"]],
-                    read_table(run_dir.file("clients.parquet"))[: saved["client_rows"]])
+    return load_progress(run_dir.path)
 
 
 def train_fl(params: dict[str, Any], setup: TrialSetup) -> None:
@@ -133,15 +112,14 @@ def train_fl(params: dict[str, Any], setup: TrialSetup) -> None:
     started_at = time.time()
     config, _ = trial_config(setup, params)
     run_dir = _trial_run_dir(setup)
-    reporter = RoundReporter(run_dir, len(method_runs(config)), started_at)
+    reporter = RoundReporter(run_dir, started_at)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        run_fl(config, run_dir, on_round=reporter.on_round)
+        run_fl(config, run_dir, on_round=reporter)
     else:
         progress = _restored_progress(run_dir, checkpoint)
         run_dir.write_config(config)
-        execute(config, run_dir, progress, on_round=reporter.on_round)
-    reporter.finish()
+        execute(config, run_dir, progress, on_round=reporter)
 
 
 def sisa_metrics(run_dir: RunDirectory, aggregation: str) -> dict[str, float]:
