@@ -19,3 +19,25 @@ def ray_session():
         ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def _assert_same_run(a, b) -> None:
+    """Two `rayfed fl` run directories hold the same tables (but for wall times) and the same final weights."""
+    import pandas as pd
+    import torch
+
+    for name in ("rounds.parquet", "clients.parquet"):
+        left = pd.read_parquet(a / name).drop(columns=["seconds"], errors="ignore")
+        right = pd.read_parquet(b / name).drop(columns=["seconds"], errors="ignore")
+        pd.testing.assert_frame_equal(left, right)
+    models = sorted(p.name for p in a.glob("model_*.pt"))
+    assert models and models == sorted(p.name for p in b.glob("model_*.pt"))
+    for name in models:
+        sa, sb = torch.load(a / name, weights_only=True), torch.load(b / name, weights_only=True)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture
+def assert_same_run():
+    """The check that two fl runs computed the same thing."""
+    return _assert_same_run

@@ -76,15 +76,8 @@ def test_wandb_offline_logs_every_method_and_the_summary(two_runs):
     assert not (two_runs[0] / "wandb").exists()  # disabled by default
 
 
-def test_same_seed_gives_identical_tables(two_runs):
-    a, b = two_runs
-    for name in ("rounds.parquet", "clients.parquet"):
-        left = pd.read_parquet(a / name).drop(columns=["seconds"], errors="ignore")
-        right = pd.read_parquet(b / name).drop(columns=["seconds"], errors="ignore")
-        pd.testing.assert_frame_equal(left, right)
-    for name in ("model_fedavg.pt", "model_fedauditgan_gamma2.pt"):
-        sa, sb = torch.load(a / name, weights_only=True), torch.load(b / name, weights_only=True)
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+def test_same_seed_gives_identical_tables(two_runs, assert_same_run):
+    assert_same_run(*two_runs)
 
 
 @ray.remote(num_cpus=0)

@@ -71,15 +71,8 @@ def resumed_and_reference(tmp_path_factory, ray_session):
     return victim, reference.path
 
 
-def test_resumed_run_equals_uninterrupted_run(resumed_and_reference):
-    victim, reference = resumed_and_reference
-    for name in ("rounds.parquet", "clients.parquet"):
-        left = pd.read_parquet(victim / name).drop(columns=["seconds"], errors="ignore")
-        right = pd.read_parquet(reference / name).drop(columns=["seconds"], errors="ignore")
-        pd.testing.assert_frame_equal(left, right)
-    for name in ("model_fedavg.pt", "model_fedauditgan_gamma2.pt"):
-        a, b = torch.load(victim / name, weights_only=True), torch.load(reference / name, weights_only=True)
-        assert all(torch.equal(a[k], b[k]) for k in a)
+def test_resumed_run_equals_uninterrupted_run(resumed_and_reference, assert_same_run):
+    assert_same_run(*resumed_and_reference)
 
 
 def test_resume_can_extend_fl_rounds(resumed_and_reference, tmp_path):
