@@ -347,11 +347,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return build_config(mappings, overrides)
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config from `to_dict()` output (e.g. a run's config.yaml)."""
-    return build_config([data])
-
-
 def config_keys(obj: Any = None, prefix: str = "") -> list[str]:
     """All dotted leaf keys of the config."""
     obj = Config() if obj is None else obj

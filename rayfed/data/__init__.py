@@ -1,0 +1,17 @@
+"""Datasets, partitions of the training set among clients, and the server's audit split."""
+
+from rayfed.data.datasets import ImageData, augment_batch, black_level, denormalise, load_dataset, normalise
+from rayfed.data.partition import FederatedSplit, client_test_indices, partition_clients, split_federated
+
+__all__ = [
+    "FederatedSplit",
+    "ImageData",
+    "augment_batch",
+    "black_level",
+    "client_test_indices",
+    "denormalise",
+    "load_dataset",
+    "normalise",
+    "partition_clients",
+    "split_federated",
+]

@@ -1,0 +1,145 @@
+"""Datasets as in-memory tensors in the classifier's input space (pixel values normalised by mean/std).
+
+`digits` ships inside scikit-learn (no download); the others go through torchvision's own dataset
+classes, downloaded into `data.root` when allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rayfed.errors import UserError
+
+# Per-channel mean/std of the classifier's input normalisation (CIFAR-10's as in the notebook).
+_NORMALISATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+}
+_AUGMENT_BY_DEFAULT = {"cifar10"}
+DIGITS_TEST_FRACTION = 0.25
+
+
+@dataclass
+class ImageData:
+    """A train/test split held as tensors, images normalised for the classifier."""
+
+    name: str
+    train_x: torch.Tensor
+    """N x C x H x W float32, (pixel - mean) / std."""
+    train_y: torch.Tensor
+    """N int64 labels."""
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    augment: bool
+    """Whether training uses random crop + flip (the dataset's default unless the config says)."""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+
+def normalise(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """[0, 1] pixels -> classifier input space."""
+    m = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+    return (pixels - m) / s
+
+
+def denormalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Classifier input space -> [0, 1] pixels."""
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x * s + m
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = (bunch.images / 16.0).astype(np.float32)[:, None]  # N x 1 x 8 x 8 in [0, 1]
+    labels = bunch.target.astype(np.int64)
+    # A fixed split (independent of the run's seed) so every run is tested on the same images.
+    order = np.random.RandomState(0).permutation(len(labels))
+    n_test = int(round(DIGITS_TEST_FRACTION * len(labels)))
+    test, train = order[:n_test], order[n_test:]
+    return pixels[train], labels[train], pixels[test], labels[test]
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    from torchvision import datasets
+
+    cls = {"cifar10": datasets.CIFAR10, "mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=download)
+        except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError... for a missing dataset
+            how = "and could not be downloaded" if download else "and data.download is false"
+            reason = " ".join(str(exc).split())[:160]
+            raise UserError(f"dataset {name} was not found under {root} {how} ({reason})") from None
+        images = np.asarray(ds.data)
+        if images.ndim == 3:  # MNIST-like N x H x W
+            images = images[:, None]
+        else:  # CIFAR N x H x W x C
+            images = images.transpose(0, 3, 1, 2)
+        splits += [(images.astype(np.float32) / 255.0), np.asarray(ds.targets, dtype=np.int64)]
+    return tuple(splits)
+
+
+def load_dataset(name: str, root: str | Path = "data", download: bool = True, augment: bool | None = None) -> ImageData:
+    """Load a dataset by name into normalised tensors."""
+    if name == "digits":
+        train_p, train_y, test_p, test_y = _load_digits()
+        mean = (float(train_p.mean()),)
+        std = (float(train_p.std()),)
+    elif name in _NORMALISATION:
+        train_p, train_y, test_p, test_y = _load_torchvision(name, Path(root).resolve(), download)
+        mean, std = _NORMALISATION[name]
+    else:
+        raise UserError(f"data.dataset: unknown dataset {name!r}")
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    return ImageData(
+        name=name,
+        train_x=normalise(torch.from_numpy(train_p), mean, std),
+        train_y=torch.from_numpy(train_y),
+        test_x=normalise(torch.from_numpy(test_p), mean, std),
+        test_y=torch.from_numpy(test_y),
+        mean=mean,
+        std=std,
+        num_classes=num_classes,
+        augment=(name in _AUGMENT_BY_DEFAULT) if augment is None else augment,
+    )
+
+
+def augment_batch(x: torch.Tensor, pad_value: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop with padding + random horizontal flip per image (the notebook's RandomCrop(32, 4) + flip).
+
+    x is already normalised, so the padding uses `pad_value`: each channel's normalised black
+    (-mean / std), which is what the notebook's zero padding of [0, 1] pixels becomes after Normalize.
+    """
+    n, c, h, w = x.shape
+    padded = pad_value.view(1, c, 1, 1).expand(n, c, h + 2 * padding, w + 2 * padding).clone()
+    padded[:, :, padding : padding + h, padding : padding + w] = x
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator).to(x.device)
+    flip = (torch.rand(n, 1, generator=generator) < 0.5).to(x.device)
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    cols = torch.where(flip, cols.flip(1), cols) + dx
+    rows = torch.arange(h, device=x.device).expand(n, h) + dy
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, channel, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+def black_level(mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Each channel's value of a black (0) pixel in the classifier's input space."""
+    return torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32)
