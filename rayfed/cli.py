@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted `rayfed fl` run to fl.rounds")
     sisa = sub.add_parser("sisa", help="SISA training, unlearning and audits (default: digits, S=5, R=5)")
     _common(sisa)
+    sisa.add_argument("--resume", metavar="RUN_DIR", help="finish a killed `rayfed sisa` run in its own directory")
     sweep = sub.add_parser("sweep", help="a Ray Tune sweep described by a YAML sweep file")
     sweep.add_argument("file", help="sweep file (see tune_configs/)")
     _common(sweep)
@@ -61,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
         from rayfed.engine.fl_run import resume_fl
 
         resume_fl(args.resume, args.config, overrides)
+        return 0
+    if args.command == "sisa" and args.resume:
+        from rayfed.engine.sisa_run import resume_sisa
+
+        resume_sisa(args.resume, args.config, overrides)
         return 0
     config = load_config(args.config, overrides)
     with run_directory(args.out, args.command) as run_dir:

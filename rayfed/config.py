@@ -347,6 +347,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return build_config(mappings, overrides)
 
 
+def first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str | None:
+    """The first dotted key whose value differs between two `Config.to_dict()` mappings, or None."""
+    for key in a:
+        if isinstance(a[key], dict):
+            found = first_difference(a[key], b[key], f"{prefix}{key}.")
+            if found:
+                return found
+        elif a[key] != b[key]:
+            return f"{prefix}{key}"
+    return None
+
+
 def config_keys(obj: Any = None, prefix: str = "") -> list[str]:
     """All dotted leaf keys of the config."""
     obj = Config() if obj is None else obj

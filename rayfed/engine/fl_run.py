@@ -15,7 +15,7 @@ import torch
 from ray.exceptions import RayActorError
 from tqdm.auto import tqdm
 
-from rayfed.config import Config, build_config, read_yaml_mapping
+from rayfed.config import Config, build_config, first_difference, read_yaml_mapping
 from rayfed.engine.client import ClientActor, LocalSettings
 from rayfed.engine.runtime import cpu_share, gpu_share, init_ray
 from rayfed.engine.server import AuditServer
@@ -319,17 +319,6 @@ def load_progress(directory: Path) -> Progress:
                     checkpoint["gans"], rounds, clients)
 
 
-def _first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str | None:
-    for key in a:
-        if isinstance(a[key], dict):
-            found = _first_difference(a[key], b[key], f"{prefix}{key}.")
-            if found:
-                return found
-        elif a[key] != b[key]:
-            return f"{prefix}{key}"
-    return None
-
-
 def resume_fl(path: str, config_file: str | None, overrides: list[str]) -> list[dict[str, Any]]:
     """`rayfed fl --resume RUN_DIR`: continue an interrupted run to fl.rounds, the only key that may change
     (raising it extends a finished run). Everything is validated before the run directory is touched."""
@@ -342,7 +331,7 @@ def resume_fl(path: str, config_file: str | None, overrides: list[str]) -> list[
     config = build_config(mappings, overrides)
     mine, theirs = config.to_dict(), original.to_dict()
     mine["fl"].pop("rounds"), theirs["fl"].pop("rounds")
-    changed = _first_difference(mine, theirs)
+    changed = first_difference(mine, theirs)
     if changed:
         raise UserError(f"--resume: {changed} differs from the run's config (only fl.rounds may change)")
     progress = load_progress(directory)

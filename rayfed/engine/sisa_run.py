@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,11 @@ import torch
 
 from rayfed.audits.backdoor import attack_success_rate, choose_poison, poison_data, stamp
 from rayfed.audits.membership import membership_row
-from rayfed.config import Config
+from rayfed.config import Config, build_config, first_difference, read_yaml_mapping
 from rayfed.data.datasets import ImageData, black_level, load_dataset
 from rayfed.engine.runtime import init_ray, log
 from rayfed.engine.shard import ShardPool
+from rayfed.errors import UserError
 from rayfed.plots.sisa import plot_sisa
 from rayfed.results import RunDirectory
 from rayfed.sisa.ensemble import aggregate, classification_metrics, ensemble_loss, shard_probs
@@ -113,6 +115,26 @@ def run_sisa(config: Config, run_dir: RunDirectory) -> None:
             ray.shutdown()
     plot_sisa(run_dir.path, **tables)
     _print_summary(tables)
+
+
+def resume_sisa(path: str, config_file: str | None, overrides: list[str]) -> None:
+    """`rayfed sisa --resume RUN_DIR`: run a killed `rayfed sisa` again in its own directory with its own config.
+
+    Every slice checkpoint records the exact indices it has seen, and a shard resumes after its last checkpoint
+    that matches what it is asked for, so the resumed run recomputes only what is missing and ends with the same
+    ensembles, metrics and audits. The cost columns of unlearning.parquet count the resumed process's work.
+    Nothing is written before the directory and the config are checked.
+    """
+    directory = Path(path).resolve()
+    if not (directory / "config.yaml").is_file() or not (directory / "layout.parquet").is_file():
+        raise UserError(f"--resume {directory} is not a `rayfed sisa` run directory (no config.yaml + layout.parquet)")
+    saved = read_yaml_mapping(directory / "config.yaml")
+    config = build_config([saved] + ([read_yaml_mapping(config_file)] if config_file else []), overrides)
+    changed = first_difference(config.to_dict(), build_config([saved]).to_dict())
+    if changed:
+        raise UserError(f"--resume: {changed} differs from the run's config (a sisa run resumes with its own)")
+    log.info("resuming %s", directory)
+    run_sisa(config, RunDirectory(directory))
 
 
 def _experiment(config: Config, run_dir: RunDirectory, plan: Plan, aggs: list[str]) -> dict[str, list[dict]]:
