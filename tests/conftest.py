@@ -41,3 +41,23 @@ def _assert_same_run(a, b) -> None:
 def assert_same_run():
     """The check that two fl runs computed the same thing."""
     return _assert_same_run
+
+
+def _kill_session(process) -> None:
+    """SIGKILL a subprocess started with start_new_session=True and everything in its session (its Ray too)."""
+    import signal
+
+    session = os.getsid(process.pid)
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            if os.getsid(pid) == session:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    process.wait()
+
+
+@pytest.fixture(scope="session")
+def kill_session():
+    """Kill a `rayfed` subprocess the hard way: the driver and the local Ray it started."""
+    return _kill_session

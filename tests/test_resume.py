@@ -1,7 +1,6 @@
 """A run killed between rounds resumes from its last round with the same final numbers; bad resumes exit 2."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,18 +25,6 @@ def rayfed(*args, **kwargs):
                             stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
 
 
-def _kill_session(process):
-    """SIGKILL the driver and everything it started in its session (its local Ray too)."""
-    session = os.getsid(process.pid)
-    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
-        try:
-            if os.getsid(pid) == session:
-                os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    process.wait()
-
-
 def _sets():
     return [arg for s in SETS for arg in ("--set", s)]
 
@@ -50,7 +37,7 @@ def _checkpointed_round(path):
 
 
 @pytest.fixture(scope="module")
-def resumed_and_reference(tmp_path_factory, ray_session):
+def resumed_and_reference(tmp_path_factory, ray_session, kill_session):
     tmp = tmp_path_factory.mktemp("resume")
     reference = RunDirectory(tmp / "reference")
     reference.path.mkdir()
@@ -62,7 +49,7 @@ def resumed_and_reference(tmp_path_factory, ray_session):
     while _checkpointed_round(victim) < 1:
         assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
         time.sleep(0.2)
-    _kill_session(process)
+    kill_session(process)
     killed_after = _checkpointed_round(victim)
     assert killed_after < 3
     resumed = subprocess.run([sys.executable, "-m", "rayfed", "fl", "--resume", str(victim)], env=ENV,

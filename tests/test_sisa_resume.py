@@ -1,7 +1,6 @@
 """A killed `rayfed sisa` resumes in its own directory and ends with the same ensembles, metrics and audits."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,18 +20,7 @@ ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
 RESULTS = ("metrics.parquet", "exactness.parquet", "membership.parquet", "backdoor.parquet", "layout.parquet")
 
 
-def _kill_session(process):
-    session = os.getsid(process.pid)
-    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
-        try:
-            if os.getsid(pid) == session:
-                os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    process.wait()
-
-
-def test_killed_sisa_run_resumes_to_the_same_results(tmp_path, ray_session):
+def test_killed_sisa_run_resumes_to_the_same_results(tmp_path, ray_session, kill_session):
     reference = RunDirectory(tmp_path / "reference")
     reference.path.mkdir()
     run_sisa(load_config(None, SETS), reference)
@@ -46,7 +34,7 @@ def test_killed_sisa_run_resumes_to_the_same_results(tmp_path, ray_session):
     while not first_checkpoint.exists():
         assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
-    _kill_session(process)
+    kill_session(process)
     assert not (victim / "metrics.parquet").exists()  # killed mid-training
 
     resumed = subprocess.run([sys.executable, "-m", "rayfed", "sisa", "--resume", str(victim)], env=ENV,
