@@ -134,8 +134,8 @@ class GpuBusy:
 
 
 class RayfedInProcess:
-    """rayfed's round with its plain functions, in this process, the way ClientActor.train, AuditServer.aggregate
-    and ClientActor.evaluate call them (state through numpy as through the object store, the clients with
+    """rayfed's round with its plain functions, in this process, the way ClientActor.train, AuditServer.audit,
+    AuditServer.aggregate and ClientActor.evaluate call them (state through numpy as through the object store, the clients with
     resources.torch_threads threads, the server with resources.server_threads or every core): the per-phase
     cost of rayfed's work without Ray's parallelism or overheads."""
 
@@ -310,7 +310,8 @@ def main() -> None:
     print(f"config: {d.dataset} {config.model.name}, {d.num_clients} clients ({d.partition}, sizes "
           f"{min(federation.num_samples)}-{max(federation.num_samples)}), clients/round {fl.clients_per_round}, "
           f"local_epochs {fl.local_epochs}, batch {d.batch_size}, gan_epochs {a.gan_epochs} (warm "
-          f"{a.gan_epochs_warm}), n_probes {a.n_probes}, gamma {gamma:g}, audit split {len(federation.split.audit)}")
+          f"{a.gan_epochs_warm}), n_probes {a.n_probes}, gamma {gamma:g}, audit split {len(federation.split.audit)}, "
+          f"resources.clients_per_actor {config.resources.clients_per_actor}")
     print(f"rounds: {args.rounds} per run (first untimed), repeats {args.repeats}")
 
     started_ray = False

@@ -5,8 +5,9 @@ The port keeps the notebook's structure and cost: a loop over clients, each trai
 global model from a `DataLoader(Subset(TensorDataset))` with the configured batch size and shuffling; a fresh G
 and D per round trained for `gan_epochs` over a DataLoader of the audit images with the notebook's loop body
 (G recomputed for the D step, `x.detach()`); per-model deep copies scored by `compute_bias`; state-dict
-aggregation. It runs on the same model, data, partition and hyperparameters as rayfed (built from the same
-Config and `build_federation`).
+aggregation; the notebook's plain layers (nearest Upsample + full 3x3 convolutions: `use_reference_ops`, where
+rayfed computes the same functions with `rayfed.models.layers`' shortcuts). It runs on the same model, data,
+partition and hyperparameters as rayfed (built from the same Config and `build_federation`).
 
 Departures from the notebook's code, all on purpose:
 - the specification's fixes that change results, applied as in rayfed so that both compute the same thing:
@@ -44,6 +45,7 @@ from rayfed.config import Config
 from rayfed.data.datasets import augment_batch
 from rayfed.fl.setup import Federation, select_clients
 from rayfed.models import Discriminator, FairnessGenerator, build_classifier
+from rayfed.models.layers import use_reference_ops
 from rayfed.training import derive_seed
 
 PHASES = ("local training", "GAN training", "probe generation", "scoring", "aggregation", "evaluation")
@@ -168,7 +170,8 @@ class NotebookFedAuditGan:
         self.VAL_LOADER = DataLoader(self.GAN_TRAIN_DATA,
                                      batch_sampler=ShuffledBatches(len(self.GAN_TRAIN_DATA), a.gan_batch_size,
                                                                    self.val_generator, single="keep"), **kwargs)
-        self.global_model = build_classifier(config.model.name, self.IMG_SHAPE, self.NUM_CLASSES).to(self.DEVICE)
+        self.global_model = use_reference_ops(
+            build_classifier(config.model.name, self.IMG_SHAPE, self.NUM_CLASSES)).to(self.DEVICE)
         self.global_model.load_state_dict(federation.initial_state)
         self.scaler = torch.amp.GradScaler(device=self.DEVICE.type, enabled=self.DEVICE.type == "cuda")
         space = federation.space
@@ -263,8 +266,9 @@ class NotebookFedAuditGan:
     def new_gan(self, seed: int) -> tuple[nn.Module, nn.Module]:
         a = self.config.audit
         torch.manual_seed(seed)
-        G = FairnessGenerator(a.latent_dim, self.NUM_CLASSES, self.IMG_SHAPE, a.delta_scale).to(self.DEVICE)
-        D = Discriminator(self.NUM_CLASSES, self.IMG_SHAPE).to(self.DEVICE)
+        G = use_reference_ops(FairnessGenerator(a.latent_dim, self.NUM_CLASSES, self.IMG_SHAPE, a.delta_scale))
+        D = use_reference_ops(Discriminator(self.NUM_CLASSES, self.IMG_SHAPE))
+        G, D = G.to(self.DEVICE), D.to(self.DEVICE)
         return G, D
 
     @torch.no_grad()
@@ -415,14 +419,14 @@ def sisa_training(trainset: Dataset, slices: list[list[np.ndarray]], epochs: lis
     all_models = []
     for s, shard_slices in enumerate(slices):
         torch.manual_seed(stage_seed(config.seed, s, -1))
-        model = build_classifier(config.model.name, tuple(shape), num_classes).to(device)
+        model = use_reference_ops(build_classifier(config.model.name, tuple(shape), num_classes)).to(device)
         criterion = nn.CrossEntropyLoss()
         optimizer = optim.SGD(model.parameters(), lr=s_cfg.lr, momentum=s_cfg.momentum)
         for r in range(len(shard_slices)):
             union_indices = np.concatenate(shard_slices[: r + 1])
             generator = torch.Generator().manual_seed(stage_seed(config.seed, s, r))
             loader = DataLoader(Subset(trainset, union_indices),
-                                batch_sampler=ShuffledBatches(len(union_indices), s_cfg.batch_size, generator, "merge_single"),
+                                batch_sampler=ShuffledBatches(len(union_indices), s_cfg.batch_size, generator),
                                 **loader_kwargs(device, workers))
             model = train_model(model, loader, criterion, optimizer, epochs[r], device)
         all_models.append(model)

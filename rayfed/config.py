@@ -178,8 +178,18 @@ class ResourcesConfig:
     cpus_per_client: float | str = "auto"
     """CPU fraction per client actor; `auto` shares the cluster's CPUs among the client actors and the server
     (at most 1 each), so every actor of a run fits at once."""
-    clients_per_actor: int = 1
-    """Virtual clients hosted by one client actor (1 = one actor per client)."""
+    clients_per_actor: int | str = "auto"
+    """Virtual clients hosted by one client actor (1 = one actor per client). `auto`: 1 where the cluster has
+    GPUs (every client its own GPU fraction); without GPUs, the clients spread evenly over one actor per CPU
+    (a CPU trains one client at a time anyway, and every actor process costs memory and idle CPU)."""
+
+    def actor_capacity(self, num_clients: int, cpus: float, gpus: float) -> int:
+        """clients_per_actor resolved for a cluster (or trial budget) of `cpus` CPUs and `gpus` GPUs."""
+        if self.clients_per_actor != "auto":
+            return int(self.clients_per_actor)
+        if gpus > 0:
+            return 1
+        return math.ceil(num_clients / min(num_clients, max(1, int(cpus))))
     server_gpus: float | str = "auto"
     """GPU fraction of the audit server actor; `auto` = the same share as a client."""
     server_cpus: float | str = "auto"
@@ -466,7 +476,11 @@ def validate(c: Config) -> None:
     r = c.resources
     for key in ("gpus_per_client", "server_gpus", "gpus_per_shard", "cpus_per_client", "server_cpus", "cpus_per_shard"):
         _fraction_or_auto(f"resources.{key}", getattr(r, key))
-    _require(r.clients_per_actor >= 1, f"resources.clients_per_actor: must be >= 1, got {r.clients_per_actor}")
+    if isinstance(r.clients_per_actor, str):
+        _require(r.clients_per_actor == "auto",
+                 f"resources.clients_per_actor: expected an integer >= 1 or 'auto', got {r.clients_per_actor!r}")
+    else:
+        _require(r.clients_per_actor >= 1, f"resources.clients_per_actor: must be >= 1, got {r.clients_per_actor}")
     _require(r.torch_threads >= 1, f"resources.torch_threads: must be >= 1, got {r.torch_threads}")
     _require(r.server_threads is None or r.server_threads >= 1,
              f"resources.server_threads: must be >= 1, got {r.server_threads}")

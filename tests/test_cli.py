@@ -37,6 +37,8 @@ BAD_SETS = [
     (["--set", "fl.clients_per_round=0"], "fl.clients_per_round"),
     (["--set", "fl.clients_per_round=11"], "fl.clients_per_round"),
     (["--set", "tracking.wandb=maybe"], "tracking.wandb"),
+    (["--set", "resources.clients_per_actor=many"], "resources.clients_per_actor"),
+    (["--set", "resources.clients_per_actor=0"], "resources.clients_per_actor"),
     (["--set", "fl.rounds"], "fl.rounds"),
 ]
 

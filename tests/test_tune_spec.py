@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from rayfed.config import build_config
+from rayfed.config import ResourcesConfig, build_config
 from rayfed.errors import UserError
 from rayfed.tune.resources import TrialBudget, budget_for, plan_trial
 from rayfed.tune.spec import load_sweep
@@ -127,7 +127,7 @@ def test_fl_trial_shares_its_budget_among_driver_and_actors():
     assert plan.driver_cpus == 0.2 and plan.actors == ((0.2, 0.125),) * 4  # 3 clients + the server
     assert plan.total["CPU"] == pytest.approx(1.0) and plan.total["GPU"] == pytest.approx(0.5)
     assert plan.overrides == {"cpus_per_client": 0.2, "gpus_per_client": 0.125, "server_cpus": 0.2,
-                              "server_gpus": 0.125}
+                              "server_gpus": 0.125, "clients_per_actor": 1}
     bundles = plan.placement_group().bundles
     assert bundles[0] == {"CPU": 0.2} and bundles[1:] == [{"CPU": 0.2, "GPU": 0.125}] * 4
 
@@ -137,6 +137,23 @@ def test_explicit_fractions_are_kept_and_cpu_only_bundles_have_no_gpu():
     plan = plan_trial("fl", config, TrialBudget(cpus=2.0, gpus=0.0))
     assert plan.actors == ((0.5, 0.0), (0.5, 0.0), (0.5, 0.0))  # 2 client actors + the server
     assert all("GPU" not in b for b in plan.placement_group().bundles)
+
+
+def test_cpu_only_trial_hosts_its_clients_on_one_actor_per_cpu():
+    config = build_config([{"data": {"num_clients": 10}}])
+    plan = plan_trial("fl", config, TrialBudget(cpus=3.0, gpus=0.0))
+    assert len(plan.actors) == 3 + 1  # ceil(10 / 3) = 4 clients per actor: 4 + 4 + 2, and the server
+    assert plan.overrides["clients_per_actor"] == 4
+
+
+def test_clients_per_actor_auto():
+    auto = ResourcesConfig()
+    assert auto.actor_capacity(10, cpus=2, gpus=0) == 5  # one actor per CPU: 5 + 5
+    assert auto.actor_capacity(10, cpus=3, gpus=0) == 4  # 4 + 4 + 2
+    assert auto.actor_capacity(3, cpus=16, gpus=0) == 1  # never more actors than clients
+    assert auto.actor_capacity(10, cpus=0.5, gpus=0) == 10  # less than a CPU: one actor
+    assert auto.actor_capacity(20, cpus=2, gpus=1) == 1  # GPUs: every client its own GPU fraction
+    assert ResourcesConfig(clients_per_actor=3).actor_capacity(10, cpus=2, gpus=0) == 3
 
 
 def test_sisa_trial_reserves_one_pool_of_shards():
@@ -151,7 +168,8 @@ def test_budget_defaults_to_the_cluster_shared_by_concurrent_trials():
     assert budget_for({"CPU": 8, "GPU": 2}, 4, None, None) == TrialBudget(2, 0.5)
     assert budget_for({"CPU": 8}, None, 3, None) == TrialBudget(3, 0)
     with pytest.raises(UserError, match="trial_resources.cpus"):
-        plan_trial("fl", build_config([{"data": {"num_clients": 50}}]), TrialBudget(0.001, 0))
+        plan_trial("fl", build_config([{"data": {"num_clients": 50}, "resources": {"clients_per_actor": 1}}]),
+                   TrialBudget(0.001, 0))
 
 
 def test_sweep_figures(tmp_path):

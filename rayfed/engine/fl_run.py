@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from rayfed.config import Config, build_config, first_difference, read_yaml_mapping
 from rayfed.engine.client import ClientActor, LocalSettings
-from rayfed.engine.runtime import cpu_share, gpu_share, init_ray
+from rayfed.engine.runtime import cluster_cpus, cluster_gpus, cpu_share, gpu_share, init_ray
 from rayfed.engine.server import AuditServer
 from rayfed.errors import UserError
 from rayfed.fl.metrics import fairness_summary
@@ -82,7 +82,8 @@ class FederatedEngine:
         self.config, self.federation = config, federation
         r, fl, d = config.resources, config.fl, federation.data
         ids = list(range(config.data.num_clients))
-        self.groups = [ids[i : i + r.clients_per_actor] for i in range(0, len(ids), r.clients_per_actor)]
+        per_actor = r.actor_capacity(len(ids), cluster_cpus(), cluster_gpus())
+        self.groups = [ids[i : i + per_actor] for i in range(0, len(ids), per_actor)]
         self.actor_of = {cid: a for a, group in enumerate(self.groups) for cid in group}
         num_actors = len(self.groups) + 1  # + the server
         gpus, cpus = gpu_share(r.gpus_per_client, num_actors), cpu_share(r.cpus_per_client, num_actors)
@@ -112,7 +113,8 @@ class FederatedEngine:
 
     def round(self, round_index: int, run: MethodRun, state_ref: ray.ObjectRef,
               gan_state: dict[str, Any] | None = None) -> RoundResult:
-        """One round: local updates in parallel, audit + aggregation on the server, evaluation everywhere."""
+        """One round: local updates in parallel with the server's GAN audit, then scoring + aggregation on the
+        server, evaluation everywhere."""
         started = time.perf_counter()
         config = self.config
         selected = select_clients(config.data.num_clients, config.fl.clients_per_round, config.seed, round_index)
@@ -120,6 +122,9 @@ class FederatedEngine:
         for cid in selected:
             by_actor.setdefault(self.actor_of[cid], []).append(cid)
         pending = {a: self.actors[a].train.remote(round_index, state_ref, cids) for a, cids in by_actor.items()}
+        # Phase 2 needs only Theta_old: the server trains the audit GAN while the clients train.
+        probes_ref = (self.server.audit.remote(round_index, state_ref, gan_state)
+                      if run.method == "fedauditgan" else None)
         delivered, retries, dropped = [], {}, []
         for a, ref in pending.items():
             try:
@@ -134,7 +139,7 @@ class FederatedEngine:
             if count:
                 log.warning("round %d: client %d was recomputed on a restarted actor", round_index, cid)
         outcome_ref, new_state_ref = self.server.aggregate.remote(round_index, run.method, run.gamma, state_ref,
-                                                                  delivered, gan_state)
+                                                                  delivered, probes_ref)
         outcome = ray.get(outcome_ref)
         evaluations = {}
         for batch in ray.get([actor.evaluate.remote(round_index, new_state_ref) for actor in self.actors]):

@@ -30,6 +30,11 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def cluster_cpus() -> float:
+    """CPUs Ray can schedule in the whole cluster."""
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
 def _share(setting: float | str, total: float, num_actors: int) -> float:
     if setting != "auto":
         return float(setting)
@@ -48,7 +53,7 @@ def gpu_share(setting: float | str, num_actors: int) -> float:
 def cpu_share(setting: float | str, num_actors: int) -> float:
     """CPU fraction per actor: a number as given, or `auto` = the cluster's CPUs shared by num_actors
     (at most one CPU each), so that all of them can run at once."""
-    return _share(setting, float(ray.cluster_resources().get("CPU", 0.0)), num_actors)
+    return _share(setting, cluster_cpus(), num_actors)
 
 
 def actor_device() -> torch.device:

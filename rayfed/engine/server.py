@@ -36,6 +36,16 @@ class RoundOutcome:
     """G, D and optimizer states after this round's audit (warm start only)."""
 
 
+@dataclass
+class AuditProbes:
+    """Phase 2's product for one round: the probe pairs (x, x') in classifier space, on the CPU, and the G, D
+    and optimizer states that made them (warm start only)."""
+
+    x: torch.Tensor
+    x_prime: torch.Tensor
+    gan_state: dict[str, Any] | None
+
+
 @ray.remote
 class AuditServer:
     """Holds the audit split (never any client's data) and the global test set."""
@@ -48,37 +58,39 @@ class AuditServer:
         self.audit_x, self.audit_y, self.test_x, self.test_y = audit_x, audit_y, test_x, test_y
         self.model = build_classifier(model_name, shape, num_classes).to(self.device)
         self.evaluator = FoldedEvaluator(self.model)
-        self.audit, self.space, self.seed, self.eval_batch_size = audit, space, seed, eval_batch_size
+        self.audit_config, self.space, self.seed, self.eval_batch_size = audit, space, seed, eval_batch_size
         self.shape, self.num_classes = shape, num_classes
 
-    def _audit(self, round_index: int, state: dict[str, torch.Tensor], updates: list[dict[str, torch.Tensor]],
-               gan_state: dict[str, Any] | None) -> tuple[float, list[float], dict[str, Any] | None]:
-        a = self.audit
+    def audit(self, round_index: int, global_state: NumpyState, gan_state: dict[str, Any] | None = None) -> AuditProbes:
+        """Phase 2: train G (and D) against the frozen Theta_old on the server's audit split and draw the
+        probe set P. It needs nothing from the clients, so the engine starts it with their local training.
+
+        A pure function of its arguments (a warm-started GAN comes in as `gan_state`), so Ray can retry it on
+        a restarted server with the same result.
+        """
+        a = self.audit_config
         warm = a.warm_start and gan_state is not None
         gan = AuditGan.create(a.latent_dim, self.num_classes, self.shape, a.delta_scale, a.gan_lr, self.device,
                               derive_seed(self.seed, round_index, 2))
         if warm:
             gan.load_state_dict(gan_state)
-        self.model.load_state_dict(state)
-        # Phase 2: train G (and D) against the frozen Theta_old on the server's audit split.
+        self.model.load_state_dict(to_torch(global_state, self.device))
         train_fairness_gan(gan, self.model, self.audit_x, self.audit_y,
                            epochs=a.gan_epochs_warm if warm else a.gan_epochs, lambda1=a.lambda1,
                            lambda2=a.lambda2, batch_size=a.gan_batch_size, space=self.space,
                            seed=derive_seed(self.seed, round_index, 3))
         x, x_prime = generate_probes(gan.G, a.n_probes, self.space, derive_seed(self.seed, round_index, 4),
                                      self.device)
-        # Phase 3: B_base for Theta_old, B_i for each Theta_old + dw_i.
-        base, biases = hypothetical_biases(self.evaluator, state, updates, x, x_prime, a.score_chunk)
-        return base, biases, gan.state_dict() if a.warm_start else None
+        return AuditProbes(x.cpu(), x_prime.cpu(), gan.state_dict() if a.warm_start else None)
 
     @ray.method(num_returns=2)
     def aggregate(self, round_index: int, method: str, gamma: float | None, global_state: NumpyState,
                   update_refs: list[ray.ObjectRef],
-                  gan_state: dict[str, Any] | None = None) -> tuple[RoundOutcome, NumpyState]:
-        """Check the updates, weight them (FedAvg sizes or softmax(gamma * S)), apply them, evaluate Theta_new.
+                  probes: AuditProbes | None = None) -> tuple[RoundOutcome, NumpyState]:
+        """Check the updates, weight them (FedAvg sizes, or softmax(gamma * S) with S scored on this round's
+        `probes` from `audit`), apply them, evaluate Theta_new.
 
-        A pure function of its arguments, so that Ray can retry it on a restarted server with the same result:
-        a warm-started GAN comes in as `gan_state` and its successor leaves in `RoundOutcome.gan_state`.
+        A pure function of its arguments, so that Ray can retry it on a restarted server with the same result.
         """
         state = to_torch(global_state, self.device)
         client_updates = [u for batch in ray.get(update_refs) for u in batch]
@@ -87,10 +99,17 @@ class AuditServer:
         rejected = {cid: why for cid, d in zip(ids, deltas) if (why := update_problem(d, state))}
         kept = [i for i, cid in enumerate(ids) if cid not in rejected]
         outcome = RoundOutcome(ids, [0.0] * len(ids), rejected, biases=[None] * len(ids), scores=[None] * len(ids))
+        if method == "fedauditgan":
+            if probes is None:
+                raise ValueError("fedauditgan needs this round's probes from AuditServer.audit")
+            outcome.gan_state = probes.gan_state
         if kept:
             kept_deltas = [deltas[i] for i in kept]
             if method == "fedauditgan":
-                base, biases, outcome.gan_state = self._audit(round_index, state, kept_deltas, gan_state)
+                x, x_prime = probes.x.to(self.device), probes.x_prime.to(self.device)
+                # Phase 3: B_base for Theta_old, B_i for each Theta_old + dw_i.
+                base, biases = hypothetical_biases(self.evaluator, state, kept_deltas, x, x_prime,
+                                                   self.audit_config.score_chunk)
                 scores = fairness_scores(base, biases)  # S_i = B_base - B_i
                 weights = softmax_weights(scores, gamma)  # alpha = softmax(gamma * S)
                 outcome.bias_base = base

@@ -18,7 +18,6 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.experimental import optimization as fx_optimization
 from torch.func import functional_call
 
 from rayfed.data.datasets import denormalise, normalise
@@ -134,10 +133,12 @@ def train_fairness_gan(gan: AuditGan, classifier: nn.Module, real_x: torch.Tenso
             gen_labels = torch.randint(0, G.num_classes, (n,), generator=generator).to(device)
 
             gan.opt_G.zero_grad(set_to_none=True)
+            D.requires_grad_(False)  # the G step needs dL_G/dx through D, not D's weight gradients
             with autocast(device):
                 g_loss = generator_loss(G, D, classifier, z, gen_labels, lambda1, lambda2, space).total
             scaler.scale(g_loss).backward()
             scaler.step(gan.opt_G)
+            D.requires_grad_(True)
 
             gan.opt_D.zero_grad(set_to_none=True)
             with autocast(device):
@@ -166,6 +167,13 @@ def generate_probes(G: FairnessGenerator, n: int, space: PixelSpace, seed: int,
     return space.to_classifier(x).float(), space.to_classifier(x_prime).float()
 
 
+class _ConvLeafTracer(fx.Tracer):
+    """torch.fx's tracer, with every Conv2d (rayfed's shortcut subclasses too) kept as one module call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, module_qualified_name)
+
+
 class FoldedEvaluator:
     """An eval-only twin of a classifier for scoring many weight sets fast, without copying the model.
 
@@ -178,17 +186,31 @@ class FoldedEvaluator:
 
     def __init__(self, model: nn.Module):
         model = copy.deepcopy(model).eval()
-        traced = fx.symbolic_trace(model)
+        traced = fx.GraphModule(model, _ConvLeafTracer().trace(model))
         modules = dict(traced.named_modules())
         self.folds: list[tuple[str, str, float]] = []
-        for node in traced.graph.nodes:
+        for node in list(traced.graph.nodes):
             source = node.args[0] if node.args else None
             if (node.op == "call_module" and isinstance(modules.get(node.target), nn.BatchNorm2d)
                     and isinstance(source, fx.Node) and source.op == "call_module"
                     and isinstance(modules.get(source.target), nn.Conv2d) and len(source.users) == 1):
+                conv = modules[source.target]
+                if conv.bias is None:  # the folded conv needs a bias slot for b'
+                    conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
                 self.folds.append((source.target, node.target, modules[node.target].eps))
-        self.module = fx_optimization.fuse(traced, inplace=True, no_trace=True)
-        self.module.to(memory_format=torch.channels_last)
+                node.replace_all_uses_with(source)
+                traced.graph.erase_node(node)
+        # Keep activations channels-last: on a 1-channel input the first convolution's output would be NCHW
+        # (its strides are ambiguous), and NCHW max-pooling is ~10x slower than channels-last here.
+        for node in list(traced.graph.nodes):
+            if node.op == "call_module" and isinstance(modules.get(node.target), nn.Conv2d):
+                with traced.graph.inserting_after(node):
+                    channels_last = traced.graph.call_method("contiguous", (node,),
+                                                             {"memory_format": torch.channels_last})
+                node.replace_all_uses_with(channels_last, delete_user_cb=lambda user: user is not channels_last)
+        traced.delete_all_unused_submodules()
+        traced.recompile()
+        self.module = traced.to(memory_format=torch.channels_last)
         for p in self.module.parameters():
             p.requires_grad_(False)
 

@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn as nn
 
+from rayfed.models.layers import TrimmedConv2d, UpsampleConv2d
+
 
 class FairnessGenerator(nn.Module):
     """(z, label) -> (x, x'), x' = clamp(x + delta(z), -1, 1) with |delta| <= delta_scale.
@@ -33,12 +35,10 @@ class FairnessGenerator(nn.Module):
         self.l1 = nn.Linear(latent_dim * 2, 256 * self.init_size[0] * self.init_size[1])
         self.conv_blocks = nn.Sequential(
             nn.BatchNorm2d(256),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(256, 256, 3, 1, 1),
+            UpsampleConv2d(256, 256),  # nn.Upsample(scale_factor=2) + nn.Conv2d(256, 256, 3, 1, 1)
             nn.BatchNorm2d(256),
             nn.LeakyReLU(0.2),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(256, 128, 3, 1, 1),
+            UpsampleConv2d(256, 128),  # nn.Upsample(scale_factor=2) + nn.Conv2d(256, 128, 3, 1, 1)
             nn.BatchNorm2d(128),
             nn.LeakyReLU(0.2),
             nn.Conv2d(128, channels, 3, 1, 1),
@@ -64,15 +64,15 @@ class Discriminator(nn.Module):
         self.img_shape = img_shape
         self.label_emb = nn.Embedding(num_classes, num_classes)
         self.conv = nn.Sequential(
-            nn.Conv2d(img_shape[0] + num_classes, 64, 3, 2, 1),
+            TrimmedConv2d(img_shape[0] + num_classes, 64, 3, 2, 1),
             nn.LeakyReLU(0.2),
-            nn.Conv2d(64, 128, 3, 2, 1),
+            TrimmedConv2d(64, 128, 3, 2, 1),
             nn.BatchNorm2d(128),
             nn.LeakyReLU(0.2),
-            nn.Conv2d(128, 256, 3, 2, 1),
+            TrimmedConv2d(128, 256, 3, 2, 1),
             nn.BatchNorm2d(256),
             nn.LeakyReLU(0.2),
-            nn.Conv2d(256, 512, 3, 2, 1),
+            TrimmedConv2d(256, 512, 3, 2, 1),
             nn.BatchNorm2d(512),
             nn.LeakyReLU(0.2),
         )

@@ -76,7 +76,8 @@ def plan_trial(run: str, config: Config, budget: TrialBudget) -> TrialPlan:
     """Explicit per-actor fractions for a trial of `run` (fl or sisa) within `budget`."""
     r = config.resources
     if run == "fl":
-        clients = math.ceil(config.data.num_clients / r.clients_per_actor)
+        per_actor = r.actor_capacity(config.data.num_clients, budget.cpus, budget.gpus)
+        clients = math.ceil(config.data.num_clients / per_actor)
         actors = clients + 1  # + the audit server
     else:
         actors = config.sisa.shards  # one pool at a time: run_sisa closes each before the next starts
@@ -88,7 +89,7 @@ def plan_trial(run: str, config: Config, budget: TrialBudget) -> TrialPlan:
         client = (_fraction(r.cpus_per_client, cpu_share), _fraction(r.gpus_per_client, gpu_share))
         server = (_fraction(r.server_cpus, cpu_share), _fraction(r.server_gpus, gpu_share))
         overrides = {"cpus_per_client": client[0], "gpus_per_client": client[1],
-                     "server_cpus": server[0], "server_gpus": server[1]}
+                     "server_cpus": server[0], "server_gpus": server[1], "clients_per_actor": per_actor}
         return TrialPlan(cpu_share, (client,) * clients + (server,), overrides)
     shard = (_fraction(r.cpus_per_shard, cpu_share), _fraction(r.gpus_per_shard, gpu_share))
     return TrialPlan(cpu_share, (shard,) * actors, {"cpus_per_shard": shard[0], "gpus_per_shard": shard[1]})
