@@ -66,7 +66,7 @@ class UpsampleConv2d(nn.Conv2d):
     Output pixel (2i + a, 2j + b) sees upsampled rows 2i + a - 1 .. 2i + a + 1, i.e. input rows
     (i - 1, i) when a = 0 with taps (w0, w1 + w2), and (i, i + 1) when a = 1 with taps (w0 + w1, w2);
     likewise for columns. So the 3x3 kernel collapses into four 2x2 kernels, one per output phase (a, b):
-    16 instead of 36 multiply-adds per input pixel and channel pair.
+    16 instead of 36 multiply-adds per input pixel and channel pair. The output is stored channels-last.
     """
 
     reference = False  # True: upsample, then the plain 3x3 convolution (see use_reference_ops)
@@ -83,14 +83,18 @@ class UpsampleConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reference:
             return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
+        # Channels-last throughout (the layout oneDNN's CPU convolutions prefer); the result keeps it.
+        padded = F.pad(x.contiguous(memory_format=torch.channels_last), (1, 1, 1, 1))
+        height, width = x.shape[-2:]
         rows = []
         for a, row_kernel in enumerate(self._phase_kernels(self.weight, 2)):
-            phases = [F.conv2d(F.pad(x, (1 - b, b, 1 - a, a)), kernel, self.bias)  # (left, right, top, bottom)
+            # phase (a, b) reads input rows i - 1 + a .. i + a: the padded map's rows a .. a + height
+            phases = [F.conv2d(padded[:, :, a : a + height + 1, b : b + width + 1], kernel, self.bias)
                       for b, kernel in enumerate(self._phase_kernels(row_kernel, 3))]
-            rows.append(torch.stack(phases, dim=-1))  # N, C, H, W, b
-        out = torch.stack(rows, dim=3)  # N, C, H, a, W, b
-        n, c, height, _, width, _ = out.shape
-        return out.reshape(n, c, 2 * height, 2 * width)
+            rows.append(torch.stack([p.permute(0, 2, 3, 1) for p in phases], dim=3))  # N, H, W, b, C
+        out = torch.stack(rows, dim=2)  # N, H, a, W, b, C
+        out = out.reshape(len(x), 2 * height, 2 * width, self.out_channels)
+        return out.permute(0, 3, 1, 2)  # N, C, 2H, 2W, stored channels-last
 
 
 def use_reference_ops(module: nn.Module) -> nn.Module:
