@@ -72,7 +72,7 @@ def test_server_killed_mid_audit_gives_the_same_round(ray_session):
     run = MethodRun("fedauditgan", 2.0)
     server_pid = ray.get(engine.server.pid.remote())
     try:
-        update_refs = [actor.train.remote(1, state_ref, [cid]) for cid, actor in enumerate(engine.actors)]
+        update_refs = [actor.train.remote(1, state_ref, [cid])[1] for cid, actor in enumerate(engine.actors)]
         ray.get(update_refs)
         probes = engine.server.audit.remote(1, state_ref)
         outcome, new_state = engine.server.aggregate.remote(1, run.method, run.gamma, state_ref, update_refs, probes)
@@ -93,12 +93,12 @@ def test_server_killed_mid_audit_gives_the_same_round(ray_session):
 def test_corrupt_updates_are_rejected_and_the_rest_renormalised(ray_session, method):
     engine, state_ref = _engine(["fl.local_epochs=1"])
     try:
-        good = ray.get([actor.train.remote(1, state_ref, [cid]) for cid, actor in enumerate(engine.actors[:2])])
+        good = ray.get([actor.train.remote(1, state_ref, [cid])[1] for cid, actor in enumerate(engine.actors[:2])])
         nan_delta = {k: v.copy() for k, v in good[0][0].delta.items()}
         nan_delta["fc2.weight"][0, 0] = np.nan
         wrong_shape = {k: v.copy() for k, v in good[1][0].delta.items()}
         wrong_shape["fc2.bias"] = np.zeros(3, dtype=np.float32)
-        crafted = [ClientUpdate(7, 10, nan_delta, False), ClientUpdate(8, 10, wrong_shape, False)]
+        crafted = [ClientUpdate(7, 10, nan_delta), ClientUpdate(8, 10, wrong_shape)]
         refs = [ray.put(good[0]), ray.put(good[1]), ray.put(crafted)]
         probes = engine.server.audit.remote(1, state_ref) if method == "fedauditgan" else None
         outcome, new_state = engine.server.aggregate.remote(1, method, 2.0, state_ref, refs, probes)

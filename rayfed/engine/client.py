@@ -43,6 +43,13 @@ class ClientUpdate:
     num_samples: int
     delta: NumpyState
     """dw_i = w_after - w_before."""
+
+
+@dataclass
+class UpdateReceipt:
+    """What the driver learns of an update (the update itself goes from the object store to the server)."""
+
+    client_id: int
     restarted: bool
     """The actor had been restarted (after a crash) when it computed this update."""
 
@@ -70,8 +77,12 @@ class ClientActor:
     def _load(self, state: NumpyState) -> None:
         self.model.load_state_dict(to_torch(state, self.device))
 
-    def train(self, round_index: int, global_state: NumpyState, client_ids: list[int]) -> list[ClientUpdate]:
-        """Phase 1 for each of client_ids: start from Theta_old, return dw_i (seeded by seed, round, client)."""
+    @ray.method(num_returns=2)
+    def train(self, round_index: int, global_state: NumpyState,
+              client_ids: list[int]) -> tuple[list[UpdateReceipt], list[ClientUpdate]]:
+        """Phase 1 for each of client_ids: start from Theta_old, compute dw_i (seeded by seed, round, client).
+
+        Two results: small receipts for the driver, and the updates, which only the server fetches."""
         s = self.settings
         pad = None if s.augment_pad is None else s.augment_pad.to(self.device)
         updates = []
@@ -82,9 +93,10 @@ class ClientActor:
                 self.model, c.x, c.y, epochs=s.epochs, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
                 batch_size=s.batch_size, seed=derive_seed(s.seed, round_index, cid), augment_pad=pad,
             )
-            updates.append(ClientUpdate(cid, len(c.y), to_numpy(delta), self.restarted))
-        self.restarted = False  # report a restart once, with the update it recomputed
-        return updates
+            updates.append(ClientUpdate(cid, len(c.y), to_numpy(delta)))
+        receipts = [UpdateReceipt(cid, self.restarted) for cid in client_ids]
+        self.restarted = False  # report a restart once, with the updates it recomputed
+        return receipts, updates
 
     def evaluate(self, round_index: int, global_state: NumpyState) -> list[tuple[int, float, float]]:
         """(client, accuracy on its own training data through the training transform (the notebook's figure),

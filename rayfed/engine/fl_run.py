@@ -126,11 +126,11 @@ class FederatedEngine:
         probes_ref = (self.server.audit.remote(round_index, state_ref, gan_state)
                       if run.method == "fedauditgan" else None)
         delivered, retries, dropped = [], {}, []
-        for a, ref in pending.items():
+        for a, (receipts_ref, updates_ref) in pending.items():
             try:
-                for update in ray.get(ref):
-                    retries[update.client_id] = int(update.restarted)
-                delivered.append(ref)
+                for receipt in ray.get(receipts_ref):
+                    retries[receipt.client_id] = int(receipt.restarted)
+                delivered.append(updates_ref)
             except RayActorError as exc:
                 dropped += by_actor[a]
                 log.warning("round %d: clients %s dropped, their actor died (%s)", round_index, by_actor[a],
