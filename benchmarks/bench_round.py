@@ -135,9 +135,9 @@ class GpuBusy:
 
 class RayfedInProcess:
     """rayfed's round with its plain functions, in this process, the way ClientActor.train, AuditServer.audit,
-    AuditServer.aggregate and ClientActor.evaluate call them (state through numpy as through the object store, the clients with
-    resources.torch_threads threads, the server with resources.server_threads or every core): the per-phase
-    cost of rayfed's work without Ray's parallelism or overheads."""
+    AuditServer.aggregate and ClientActor.evaluate call them (state through numpy as through the object store,
+    the clients with resources.torch_threads threads, the server with resources.server_threads or every core):
+    the per-phase cost of rayfed's work without Ray's parallelism or overheads."""
 
     def __init__(self, config: Config, federation: Federation, device: torch.device):
         self.config, self.federation, self.device = config, federation, device

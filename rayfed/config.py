@@ -182,14 +182,6 @@ class ResourcesConfig:
     """Virtual clients hosted by one client actor (1 = one actor per client). `auto`: 1 where the cluster has
     GPUs (every client its own GPU fraction); without GPUs, the clients spread evenly over one actor per CPU
     (a CPU trains one client at a time anyway, and every actor process costs memory and idle CPU)."""
-
-    def actor_capacity(self, num_clients: int, cpus: float, gpus: float) -> int:
-        """clients_per_actor resolved for a cluster (or trial budget) of `cpus` CPUs and `gpus` GPUs."""
-        if self.clients_per_actor != "auto":
-            return int(self.clients_per_actor)
-        if gpus > 0:
-            return 1
-        return math.ceil(num_clients / min(num_clients, max(1, int(cpus))))
     server_gpus: float | str = "auto"
     """GPU fraction of the audit server actor; `auto` = the same share as a client."""
     server_cpus: float | str = "auto"
@@ -203,6 +195,14 @@ class ResourcesConfig:
     server_threads: int | None = None
     """torch intra-op threads of the audit server; null = every core of its node (the server works while the
     clients wait for it, and the other way round)."""
+
+    def actor_capacity(self, num_clients: int, cpus: float, gpus: float) -> int:
+        """clients_per_actor resolved for a cluster (or trial budget) of `cpus` CPUs and `gpus` GPUs."""
+        if self.clients_per_actor != "auto":
+            return int(self.clients_per_actor)
+        if gpus > 0:
+            return 1
+        return math.ceil(num_clients / min(num_clients, max(1, int(cpus))))
 
 
 @dataclass

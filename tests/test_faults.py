@@ -74,10 +74,10 @@ def test_server_killed_mid_audit_gives_the_same_round(ray_session):
     try:
         update_refs = [actor.train.remote(1, state_ref, [cid])[1] for cid, actor in enumerate(engine.actors)]
         ray.get(update_refs)
-        probes = engine.server.audit.remote(1, state_ref)
+        probes, _ = engine.server.audit.remote(1, state_ref)
         outcome, new_state = engine.server.aggregate.remote(1, run.method, run.gamma, state_ref, update_refs, probes)
         reference, reference_state = ray.get(outcome), ray.get(new_state)
-        probes = engine.server.audit.remote(1, state_ref)
+        probes, _ = engine.server.audit.remote(1, state_ref)
         outcome, new_state = engine.server.aggregate.remote(1, run.method, run.gamma, state_ref, update_refs, probes)
         time.sleep(1.0)  # inside GAN training
         os.kill(server_pid, signal.SIGKILL)
@@ -100,7 +100,7 @@ def test_corrupt_updates_are_rejected_and_the_rest_renormalised(ray_session, met
         wrong_shape["fc2.bias"] = np.zeros(3, dtype=np.float32)
         crafted = [ClientUpdate(7, 10, nan_delta), ClientUpdate(8, 10, wrong_shape)]
         refs = [ray.put(good[0]), ray.put(good[1]), ray.put(crafted)]
-        probes = engine.server.audit.remote(1, state_ref) if method == "fedauditgan" else None
+        probes = engine.server.audit.remote(1, state_ref)[0] if method == "fedauditgan" else None
         outcome, new_state = engine.server.aggregate.remote(1, method, 2.0, state_ref, refs, probes)
         outcome, new_state = ray.get(outcome), ray.get(new_state)
     finally:

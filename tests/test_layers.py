@@ -13,6 +13,21 @@ from rayfed.models import CNN, Discriminator, FairnessGenerator
 from rayfed.models.layers import TrimmedConv2d, UpsampleConv2d, live_taps, use_reference_ops
 
 
+def assert_same_as_plain(layer: nn.Conv2d, reference, x: torch.Tensor, tol: float) -> None:
+    """layer(x) against reference(plain, x), `plain` an nn.Conv2d with the layer's weights: the same output,
+    and the same gradients for the input, the weight and the bias."""
+    plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding)
+    plain.load_state_dict(layer.state_dict())
+    out, ref = layer(x), reference(plain, x)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    grad = torch.randn_like(ref)
+    ours = torch.autograd.grad(out, (x, layer.weight, layer.bias), grad)
+    theirs = torch.autograd.grad(ref, (x, plain.weight, plain.bias), grad)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
 def test_live_taps_hand_cases():
     # 3x3, stride 2, pad 1 on a 1x1 map: one output, only the centre tap meets the pixel.
     assert live_taps(1, 3, 2, 1) == (1, 1, 0, 0)
@@ -31,18 +46,8 @@ def test_live_taps_hand_cases():
     (2, 5, 1, 2), (3, 5, 2, 2), (1, 5, 1, 2), (3, 3, 1, 0)])
 def test_trimmed_conv_equals_conv(size, kernel, stride, padding):
     torch.manual_seed(0)
-    trimmed = TrimmedConv2d(4, 6, kernel, stride, padding)
-    plain = nn.Conv2d(4, 6, kernel, stride, padding)
-    plain.load_state_dict(trimmed.state_dict())
     x = torch.randn(5, 4, size, size + 1, requires_grad=True)  # also a non-square map
-    out, ref = trimmed(x), plain(x)
-    assert out.shape == ref.shape
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(ref)
-    ours = torch.autograd.grad(out, (x, trimmed.weight, trimmed.bias), grad)
-    theirs = torch.autograd.grad(ref, (x, plain.weight, plain.bias), grad)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_same_as_plain(TrimmedConv2d(4, 6, kernel, stride, padding), lambda plain, x: plain(x), x, tol=1e-5)
 
 
 def test_trimmed_conv_rejects_what_it_cannot_trim():
@@ -71,17 +76,9 @@ def test_upsample_conv_hand_case():
 @pytest.mark.parametrize("size", [2, 4, 8])
 def test_upsample_conv_equals_upsample_then_conv(size):
     torch.manual_seed(1)
-    layer = UpsampleConv2d(3, 5)
-    plain = nn.Conv2d(3, 5, 3, 1, 1)
-    plain.load_state_dict(layer.state_dict())
     x = torch.randn(2, 3, size, size + 2, requires_grad=True)
-    out, ref = layer(x), plain(F.interpolate(x, scale_factor=2, mode="nearest"))
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(ref)
-    ours = torch.autograd.grad(out, (x, layer.weight, layer.bias), grad)
-    theirs = torch.autograd.grad(ref, (x, plain.weight, plain.bias), grad)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_same_as_plain(UpsampleConv2d(3, 5), lambda plain, x: plain(F.interpolate(x, scale_factor=2)), x,
+                         tol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])

@@ -123,8 +123,8 @@ class FederatedEngine:
             by_actor.setdefault(self.actor_of[cid], []).append(cid)
         pending = {a: self.actors[a].train.remote(round_index, state_ref, cids) for a, cids in by_actor.items()}
         # Phase 2 needs only Theta_old: the server trains the audit GAN while the clients train.
-        probes_ref = (self.server.audit.remote(round_index, state_ref, gan_state)
-                      if run.method == "fedauditgan" else None)
+        probes_ref, gan_ref = (self.server.audit.remote(round_index, state_ref, gan_state)
+                               if run.method == "fedauditgan" else (None, None))
         delivered, retries, dropped = [], {}, []
         for a, (receipts_ref, updates_ref) in pending.items():
             try:
@@ -166,7 +166,7 @@ class FederatedEngine:
             "participants": sum(r["participated"] for r in client_rows),
             "seconds": time.perf_counter() - started,
         }
-        return RoundResult(new_state_ref, round_row, client_rows, outcome.gan_state)
+        return RoundResult(new_state_ref, round_row, client_rows, None if gan_ref is None else ray.get(gan_ref))
 
     def shutdown(self) -> None:
         for actor in [*self.actors, self.server]:

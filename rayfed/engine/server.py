@@ -32,18 +32,14 @@ class RoundOutcome:
     biases: list[float | None] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)
     test_accuracy: float = 0.0
-    gan_state: dict[str, Any] | None = None
-    """G, D and optimizer states after this round's audit (warm start only)."""
 
 
 @dataclass
 class AuditProbes:
-    """Phase 2's product for one round: the probe pairs (x, x') in classifier space, on the CPU, and the G, D
-    and optimizer states that made them (warm start only)."""
+    """Phase 2's probe set P for one round: the pairs (x, x') in classifier space, on the CPU."""
 
     x: torch.Tensor
     x_prime: torch.Tensor
-    gan_state: dict[str, Any] | None
 
 
 @ray.remote
@@ -61,12 +57,15 @@ class AuditServer:
         self.audit_config, self.space, self.seed, self.eval_batch_size = audit, space, seed, eval_batch_size
         self.shape, self.num_classes = shape, num_classes
 
-    def audit(self, round_index: int, global_state: NumpyState, gan_state: dict[str, Any] | None = None) -> AuditProbes:
+    @ray.method(num_returns=2)
+    def audit(self, round_index: int, global_state: NumpyState,
+              gan_state: dict[str, Any] | None = None) -> tuple[AuditProbes, dict[str, Any] | None]:
         """Phase 2: train G (and D) against the frozen Theta_old on the server's audit split and draw the
         probe set P. It needs nothing from the clients, so the engine starts it with their local training.
 
-        A pure function of its arguments (a warm-started GAN comes in as `gan_state`), so Ray can retry it on
-        a restarted server with the same result.
+        Returns the probes (for `aggregate`) and, with warm start, G, D and their optimizers' states (for the
+        driver's next round and checkpoint). A pure function of its arguments (a warm-started GAN comes in as
+        `gan_state`), so Ray can retry it on a restarted server with the same result.
         """
         a = self.audit_config
         warm = a.warm_start and gan_state is not None
@@ -81,7 +80,7 @@ class AuditServer:
                            seed=derive_seed(self.seed, round_index, 3))
         x, x_prime = generate_probes(gan.G, a.n_probes, self.space, derive_seed(self.seed, round_index, 4),
                                      self.device)
-        return AuditProbes(x.cpu(), x_prime.cpu(), gan.state_dict() if a.warm_start else None)
+        return AuditProbes(x.cpu(), x_prime.cpu()), gan.state_dict() if a.warm_start else None
 
     @ray.method(num_returns=2)
     def aggregate(self, round_index: int, method: str, gamma: float | None, global_state: NumpyState,
@@ -99,10 +98,8 @@ class AuditServer:
         rejected = {cid: why for cid, d in zip(ids, deltas) if (why := update_problem(d, state))}
         kept = [i for i, cid in enumerate(ids) if cid not in rejected]
         outcome = RoundOutcome(ids, [0.0] * len(ids), rejected, biases=[None] * len(ids), scores=[None] * len(ids))
-        if method == "fedauditgan":
-            if probes is None:
-                raise ValueError("fedauditgan needs this round's probes from AuditServer.audit")
-            outcome.gan_state = probes.gan_state
+        if method == "fedauditgan" and probes is None:
+            raise ValueError("fedauditgan needs this round's probes from AuditServer.audit")
         if kept:
             kept_deltas = [deltas[i] for i in kept]
             if method == "fedauditgan":
