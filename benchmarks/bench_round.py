@@ -74,7 +74,7 @@ from rayfed.fl.audit import (AuditGan, FoldedEvaluator, generate_probes, hypothe
 from rayfed.fl.local import local_update  # noqa: E402
 from rayfed.fl.metrics import accuracy, predictions  # noqa: E402
 from rayfed.fl.setup import Federation, build_federation, select_clients  # noqa: E402
-from rayfed.training import derive_seed  # noqa: E402
+from rayfed.seeds import Stream, stream_seed  # noqa: E402
 from rayfed.fl.state import aggregate, to_numpy, to_torch  # noqa: E402
 from rayfed.fl.strategies import fairness_scores, fedavg_weights, softmax_weights  # noqa: E402
 from rayfed.models import build_classifier  # noqa: E402
@@ -164,7 +164,7 @@ class RayfedInProcess:
                 x, y = self.clients[cid]
                 delta = local_update(self.model, x, y, epochs=fl.local_epochs, lr=fl.lr, momentum=fl.momentum,
                                      weight_decay=fl.weight_decay, batch_size=c.data.batch_size,
-                                     seed=derive_seed(c.seed, round_index, cid), augment_pad=self.pad)
+                                     seed=stream_seed(c.seed, Stream.CLIENT_TRAINING, round_index, cid), augment_pad=self.pad)
                 deltas.append(to_numpy(delta))
         torch.set_num_threads(c.resources.server_threads or os.cpu_count() or 1)
         out: dict = {"clients": selected}
@@ -175,17 +175,17 @@ class RayfedInProcess:
             warm = a.warm_start and gan_state is not None
             with timer.phase("GAN training"):
                 gan = AuditGan.create(a.latent_dim, self.federation.data.num_classes, self.federation.data.shape,
-                                      a.delta_scale, a.gan_lr, dev, derive_seed(c.seed, round_index, 2))
+                                      a.delta_scale, a.gan_lr, dev, stream_seed(c.seed, Stream.GAN_INIT, round_index))
                 if warm:
                     gan.load_state_dict(gan_state)
                 self.server_model.load_state_dict(theta)
                 train_fairness_gan(gan, self.server_model, self.audit_x, self.audit_y,
                                    epochs=a.gan_epochs_warm if warm else a.gan_epochs, lambda1=a.lambda1,
                                    lambda2=a.lambda2, batch_size=a.gan_batch_size, space=self.federation.space,
-                                   seed=derive_seed(c.seed, round_index, 3))
+                                   seed=stream_seed(c.seed, Stream.GAN_TRAINING, round_index))
             with timer.phase("probe generation"):
                 x, x_prime = generate_probes(gan.G, a.n_probes, self.federation.space,
-                                             derive_seed(c.seed, round_index, 4), dev)
+                                             stream_seed(c.seed, Stream.PROBES, round_index), dev)
             with timer.phase("scoring"):
                 base, biases = hypothetical_biases(self.evaluator, theta, deltas, x, x_prime, a.score_chunk)
             scores = fairness_scores(base, biases)
@@ -207,7 +207,7 @@ class RayfedInProcess:
             for client in self.federation.clients:  # as ClientActor.evaluate: test images classified once
                 x, y = self.clients[client.client_id]
                 accs.append((accuracy(self.model, x, y, c.data.eval_batch_size, self.pad,
-                                      derive_seed(c.seed, round_index, client.client_id, 1)),
+                                      stream_seed(c.seed, Stream.CLIENT_EVALUATION, round_index, client.client_id)),
                              100.0 * float(correct[client.test_index].mean())))
             out["client_accs"] = accs
         torch.set_num_threads(threads)

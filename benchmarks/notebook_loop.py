@@ -46,7 +46,7 @@ from rayfed.data.datasets import augment_batch
 from rayfed.fl.setup import Federation, select_clients
 from rayfed.models import Discriminator, FairnessGenerator, build_classifier
 from rayfed.models.layers import use_reference_ops
-from rayfed.training import derive_seed
+from rayfed.seeds import Stream, stream_seed
 
 PHASES = ("local training", "GAN training", "probe generation", "scoring", "aggregation", "evaluation")
 
@@ -186,7 +186,7 @@ class NotebookFedAuditGan:
 
     def local_training(self, rnd: int, cid: int) -> dict[str, torch.Tensor]:
         c, DEVICE = self.config, self.DEVICE
-        seed = derive_seed(c.seed, rnd, cid)
+        seed = stream_seed(c.seed, Stream.CLIENT_TRAINING, rnd, cid)
         self.client_generators[cid].manual_seed(seed)  # minibatch order (the notebook: the global RNG)
         torch.manual_seed(seed)  # dropout
         local = copy.deepcopy(self.global_model).to(DEVICE)
@@ -358,11 +358,11 @@ class NotebookFedAuditGan:
         if method == "fedauditgan":
             # ===== PHASE 2: Server-Side GAN Auditing =====
             with timer.phase("GAN training"):
-                G, D = self.new_gan(derive_seed(c.seed, rnd, 2))
+                G, D = self.new_gan(stream_seed(c.seed, Stream.GAN_INIT, rnd))
                 G, D = self.train_fairness_gan(G, D, self.global_model, self.VAL_LOADER, a.gan_epochs, a.lambda1,
-                                               a.lambda2, derive_seed(c.seed, rnd, 3))
+                                               a.lambda2, stream_seed(c.seed, Stream.GAN_TRAINING, rnd))
             with timer.phase("probe generation"):
-                x_p, xp_p = self.generate_probes(G, a.n_probes, derive_seed(c.seed, rnd, 4))
+                x_p, xp_p = self.generate_probes(G, a.n_probes, stream_seed(c.seed, Stream.PROBES, rnd))
             # ===== PHASE 3: Fairness Contribution Scoring =====
             with timer.phase("scoring"):
                 B_base, B_list, S_list = self.score(updates, x_p, xp_p)
@@ -418,7 +418,7 @@ def sisa_training(trainset: Dataset, slices: list[list[np.ndarray]], epochs: lis
     num_classes = int(trainset.y.max()) + 1
     all_models = []
     for s, shard_slices in enumerate(slices):
-        torch.manual_seed(stage_seed(config.seed, s, -1))
+        torch.manual_seed(stream_seed(config.seed, Stream.SISA_INIT, s))
         model = use_reference_ops(build_classifier(config.model.name, tuple(shape), num_classes)).to(device)
         criterion = nn.CrossEntropyLoss()
         optimizer = optim.SGD(model.parameters(), lr=s_cfg.lr, momentum=s_cfg.momentum)

@@ -1,20 +1,14 @@
-"""Minibatch SGD and seeding shared by federated clients (`rayfed.fl.local`) and SISA shards (`rayfed.sisa`)."""
+"""Minibatch SGD shared by federated clients (`rayfed.fl.local`) and SISA shards (`rayfed.sisa`)."""
 
 from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from rayfed.data.datasets import augment_batch
-
-
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed from (run seed, round or shard, client or stage, ...): independent, reproducible streams."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

@@ -14,7 +14,7 @@ from rayfed.engine.runtime import setup_worker
 from rayfed.fl.local import local_update
 from rayfed.fl.metrics import accuracy, predictions
 from rayfed.fl.setup import ClientData
-from rayfed.training import derive_seed
+from rayfed.seeds import Stream, stream_seed
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
 from rayfed.models import build_classifier
 
@@ -91,7 +91,7 @@ class ClientActor:
             c = self.clients[cid]
             delta = local_update(
                 self.model, c.x, c.y, epochs=s.epochs, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                batch_size=s.batch_size, seed=derive_seed(s.seed, round_index, cid), augment_pad=pad,
+                batch_size=s.batch_size, seed=stream_seed(s.seed, Stream.CLIENT_TRAINING, round_index, cid), augment_pad=pad,
             )
             updates.append(ClientUpdate(cid, len(c.y), to_numpy(delta)))
         receipts = [UpdateReceipt(cid, self.restarted) for cid in client_ids]
@@ -108,7 +108,7 @@ class ClientActor:
         correct = (predictions(self.model, self.test_x, s.eval_batch_size) == self.test_y).cpu().numpy()
         results = []
         for cid, c in self.clients.items():
-            own = accuracy(self.model, c.x, c.y, s.eval_batch_size, pad, derive_seed(s.seed, round_index, cid, 1))
+            own = accuracy(self.model, c.x, c.y, s.eval_batch_size, pad, stream_seed(s.seed, Stream.CLIENT_EVALUATION, round_index, cid))
             test = 100.0 * float(correct[np.searchsorted(self.test_rows, c.test_index)].mean())
             results.append((cid, own, test))
         return results

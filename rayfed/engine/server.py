@@ -16,7 +16,7 @@ from rayfed.fl.metrics import accuracy
 from rayfed.fl.state import NumpyState, aggregate, to_numpy, to_torch, update_problem
 from rayfed.fl.strategies import fairness_scores, fedavg_weights, softmax_weights
 from rayfed.models import build_classifier
-from rayfed.training import derive_seed
+from rayfed.seeds import Stream, stream_seed
 
 
 @dataclass
@@ -70,15 +70,15 @@ class AuditServer:
         a = self.audit_config
         warm = a.warm_start and gan_state is not None
         gan = AuditGan.create(a.latent_dim, self.num_classes, self.shape, a.delta_scale, a.gan_lr, self.device,
-                              derive_seed(self.seed, round_index, 2))
+                              stream_seed(self.seed, Stream.GAN_INIT, round_index))
         if warm:
             gan.load_state_dict(gan_state)
         self.model.load_state_dict(to_torch(global_state, self.device))
         train_fairness_gan(gan, self.model, self.audit_x, self.audit_y,
                            epochs=a.gan_epochs_warm if warm else a.gan_epochs, lambda1=a.lambda1,
                            lambda2=a.lambda2, batch_size=a.gan_batch_size, space=self.space,
-                           seed=derive_seed(self.seed, round_index, 3))
-        x, x_prime = generate_probes(gan.G, a.n_probes, self.space, derive_seed(self.seed, round_index, 4),
+                           seed=stream_seed(self.seed, Stream.GAN_TRAINING, round_index))
+        x, x_prime = generate_probes(gan.G, a.n_probes, self.space, stream_seed(self.seed, Stream.PROBES, round_index),
                                      self.device)
         return AuditProbes(x.cpu(), x_prime.cpu()), gan.state_dict() if a.warm_start else None
 

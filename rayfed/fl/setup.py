@@ -13,7 +13,7 @@ from rayfed.data.partition import FederatedSplit
 from rayfed.fl.audit import PixelSpace
 from rayfed.fl.state import StateDict
 from rayfed.models import build_classifier
-from rayfed.training import derive_seed
+from rayfed.seeds import Stream, stream_seed
 
 
 @dataclass
@@ -77,5 +77,5 @@ def select_clients(num_clients: int, per_round: int | float | None, seed: int, r
     if per_round is None:
         return list(range(num_clients))
     count = per_round if isinstance(per_round, int) else max(1, int(round(per_round * num_clients)))
-    rng = np.random.RandomState(derive_seed(seed, round_index, 7))
+    rng = np.random.RandomState(stream_seed(seed, Stream.CLIENT_SELECTION, round_index))
     return sorted(rng.choice(num_clients, count, replace=False).tolist())

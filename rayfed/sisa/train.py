@@ -28,7 +28,8 @@ import torch.nn as nn
 
 from rayfed.models import build_classifier
 from rayfed.results import RunDirectory
-from rayfed.training import derive_seed, sgd_epochs
+from rayfed.seeds import Stream, stream_seed
+from rayfed.training import sgd_epochs
 
 log = logging.getLogger("rayfed")
 
@@ -64,13 +65,13 @@ class ShardStats:
 
 
 def stage_seed(seed: int, shard: int, stage: int) -> int:
-    """Seed of stage r of shard s, from (seed, s, r); stage -1 seeds the initial weights."""
-    return derive_seed(seed, shard, stage + 1)
+    """Seed of stage r of shard s (minibatch order, augmentation, dropout)."""
+    return stream_seed(seed, Stream.SISA_STAGE, shard, stage)
 
 
 def new_model(settings: TrainSettings, shard: int, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The shard's initial model (weights seeded by (seed, s)) and a fresh SGD optimizer."""
-    torch.manual_seed(stage_seed(settings.seed, shard, -1))
+    torch.manual_seed(stream_seed(settings.seed, Stream.SISA_INIT, shard))
     model = build_classifier(settings.model, settings.input_shape, settings.num_classes, settings.pretrained)
     model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
