@@ -66,17 +66,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from notebook_loop import PHASES, NotebookFedAuditGan, PhaseTimer  # noqa: E402
+from notebook_loop import NotebookFedAuditGan, PhaseTimer  # noqa: E402
 
 from rayfed.config import Config, load_config  # noqa: E402
-from rayfed.fl.audit import (AuditGan, FoldedEvaluator, generate_probes, hypothetical_biases,  # noqa: E402
-                             train_fairness_gan)
-from rayfed.fl.local import local_update  # noqa: E402
-from rayfed.fl.metrics import accuracy, predictions  # noqa: E402
-from rayfed.fl.setup import Federation, build_federation, select_clients  # noqa: E402
-from rayfed.seeds import Stream, stream_seed  # noqa: E402
-from rayfed.fl.state import aggregate, to_numpy, to_torch  # noqa: E402
-from rayfed.fl.strategies import fairness_scores, fedavg_weights, softmax_weights  # noqa: E402
+from rayfed.fl.gan_audit import FoldedEvaluator  # noqa: E402
+from rayfed.fl.metrics import accuracy  # noqa: E402
+from rayfed.fl.round import (LocalTraining, audit_evidence, client_update, draw_probes,  # noqa: E402
+                             evaluate_clients, score_and_aggregate, train_audit)
+from rayfed.fl.setup import ClientData, Federation, build_federation, initial_model_state, select_clients  # noqa: E402
+from rayfed.fl.state import to_numpy, to_torch  # noqa: E402
+from rayfed.fl.strategies import Strategy  # noqa: E402
+from rayfed.fl.strategies.fedauditgan import FedAuditGan  # noqa: E402
 from rayfed.models import build_classifier  # noqa: E402
 
 
@@ -134,84 +134,68 @@ class GpuBusy:
 
 
 class RayfedInProcess:
-    """rayfed's round with its plain functions, in this process, the way ClientActor.train, AuditServer.audit,
-    AuditServer.aggregate and ClientActor.evaluate call them (state through numpy as through the object store,
-    the clients with resources.torch_threads threads, the server with resources.server_threads or every core):
-    the per-phase cost of rayfed's work without Ray's parallelism or overheads."""
+    """rayfed's round, in this process, through the same plain functions the actors wrap (rayfed.fl.round:
+    client_update, train_audit, draw_probes, score_and_aggregate, evaluate_clients), with the state through
+    numpy as through the object store, the clients with resources.torch_threads threads, the server with
+    resources.server_threads or every core: the per-phase cost of rayfed's work without Ray's parallelism."""
 
     def __init__(self, config: Config, federation: Federation, device: torch.device):
         self.config, self.federation, self.device = config, federation, device
-        d = federation.data
+        d, fl = federation.data, config.fl
         self.model = build_classifier(config.model.name, d.shape, d.num_classes).to(device)
         self.server_model = build_classifier(config.model.name, d.shape, d.num_classes).to(device)
         self.evaluator = FoldedEvaluator(self.server_model)
-        self.clients = {c.client_id: [c.x.to(device), c.y.to(device)] for c in federation.clients}
+        self.training = LocalTraining(fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size,
+                                      config.data.eval_batch_size)
+        self.clients = [ClientData(c.client_id, c.x.to(device), c.y.to(device), c.test_index)
+                        for c in federation.clients]
         audit = federation.split.audit
         self.audit_x, self.audit_y = d.train_x[audit].to(device), d.train_y[audit].to(device)
         self.test_x, self.test_y = d.test_x.to(device), d.test_y.to(device)
+        self.test_rows = np.arange(len(d.test_y))
         self.pad = None if federation.augment_pad is None else federation.augment_pad.to(device)
 
-    def round(self, round_index: int, state: dict, method: str, gamma: float | None, timer: PhaseTimer,
+    def round(self, round_index: int, state: dict, run: Strategy, timer: PhaseTimer,
               gan_state: dict | None = None) -> tuple[dict, dict]:
-        c, a, fl, dev = self.config, self.config.audit, self.config.fl, self.device
+        c, a, fl, dev, seed = self.config, self.config.audit, self.config.fl, self.device, self.config.seed
+        d = self.federation.data
         threads = torch.get_num_threads()
-        selected = select_clients(c.data.num_clients, fl.clients_per_round, c.seed, round_index)
+        selected = select_clients(c.data.num_clients, fl.clients_per_round, fl.client_fraction, seed, round_index)
         torch.set_num_threads(c.resources.torch_threads)
         with timer.phase("local training"):
-            deltas = []
-            for cid in selected:
-                self.model.load_state_dict(to_torch(state, dev))
-                x, y = self.clients[cid]
-                delta = local_update(self.model, x, y, epochs=fl.local_epochs, lr=fl.lr, momentum=fl.momentum,
-                                     weight_decay=fl.weight_decay, batch_size=c.data.batch_size,
-                                     seed=stream_seed(c.seed, Stream.CLIENT_TRAINING, round_index, cid), augment_pad=self.pad)
-                deltas.append(to_numpy(delta))
-        torch.set_num_threads(c.resources.server_threads or os.cpu_count() or 1)
-        out: dict = {"clients": selected}
-        with timer.phase("aggregation"):
             theta = to_torch(state, dev)
-            deltas = [to_torch(u, dev) for u in deltas]
-        if method == "fedauditgan":
-            warm = a.warm_start and gan_state is not None
+            results = []
+            for cid in selected:
+                result = client_update(self.model, self.clients[cid], theta, self.training, run_seed=seed,
+                                       round_index=round_index, augment_pad=self.pad)
+                result.delta = to_torch(to_numpy(result.delta), dev)  # as through the object store
+                results.append(result)
+        torch.set_num_threads(c.resources.server_threads or os.cpu_count() or 1)
+        out: dict = {"clients": selected, "updates": [r.delta for r in results]}
+        evidence = None
+        if run.needs_audit:
             with timer.phase("GAN training"):
-                gan = AuditGan.create(a.latent_dim, self.federation.data.num_classes, self.federation.data.shape,
-                                      a.delta_scale, a.gan_lr, dev, stream_seed(c.seed, Stream.GAN_INIT, round_index))
-                if warm:
-                    gan.load_state_dict(gan_state)
-                self.server_model.load_state_dict(theta)
-                train_fairness_gan(gan, self.server_model, self.audit_x, self.audit_y,
-                                   epochs=a.gan_epochs_warm if warm else a.gan_epochs, lambda1=a.lambda1,
-                                   lambda2=a.lambda2, batch_size=a.gan_batch_size, space=self.federation.space,
-                                   seed=stream_seed(c.seed, Stream.GAN_TRAINING, round_index))
+                gan = train_audit(self.server_model, theta, self.audit_x, self.audit_y, a, self.federation.space,
+                                  d.num_classes, d.shape, run_seed=seed, round_index=round_index,
+                                  gan_state=gan_state)
             with timer.phase("probe generation"):
-                x, x_prime = generate_probes(gan.G, a.n_probes, self.federation.space,
-                                             stream_seed(c.seed, Stream.PROBES, round_index), dev)
-            with timer.phase("scoring"):
-                base, biases = hypothetical_biases(self.evaluator, theta, deltas, x, x_prime, a.score_chunk)
-            scores = fairness_scores(base, biases)
-            weights = softmax_weights(scores, gamma)
-            out.update(bias=base, B_list=biases, S_list=scores,
-                       gan_state=gan.state_dict() if a.warm_start else None)
-        else:
-            weights = fedavg_weights([len(self.clients[cid][1]) for cid in selected])
-        with timer.phase("aggregation"):
-            theta = aggregate(theta, deltas, weights)
-            new_state = to_numpy(theta)
+                probes = draw_probes(gan, a.n_probes, self.federation.space, run_seed=seed, round_index=round_index)
+            evidence = audit_evidence(self.evaluator, probes, dev, a.score_chunk)
+            out["gan_state"] = gan.state_dict() if a.warm_start else None
+        with timer.phase("scoring and aggregation"):
+            buffers = frozenset(name for name, _ in self.server_model.named_buffers())
+            outcome = score_and_aggregate(run, theta, results, evidence, buffers)
+            new_state = to_numpy(outcome.state)
+        out.update(bias=outcome.bias_base, B_list=outcome.biases, S_list=outcome.scores, alphas=outcome.weights)
         with timer.phase("evaluation"):
-            self.server_model.load_state_dict(theta)
+            self.server_model.load_state_dict(outcome.state)
             out["accuracy"] = accuracy(self.server_model, self.test_x, self.test_y, c.data.eval_batch_size)
             torch.set_num_threads(c.resources.torch_threads)
-            self.model.load_state_dict(to_torch(new_state, dev))
-            correct = (predictions(self.model, self.test_x, c.data.eval_batch_size) == self.test_y).cpu().numpy()
-            accs = []
-            for client in self.federation.clients:  # as ClientActor.evaluate: test images classified once
-                x, y = self.clients[client.client_id]
-                accs.append((accuracy(self.model, x, y, c.data.eval_batch_size, self.pad,
-                                      stream_seed(c.seed, Stream.CLIENT_EVALUATION, round_index, client.client_id)),
-                             100.0 * float(correct[client.test_index].mean())))
-            out["client_accs"] = accs
+            evaluations = evaluate_clients(self.model, to_torch(new_state, dev), self.clients, self.test_x,
+                                           self.test_y, self.test_rows, eval_batch_size=c.data.eval_batch_size,
+                                           augment_pad=self.pad, run_seed=seed, round_index=round_index)
+            out["client_accs"] = [(e.train_accuracy, e.test_accuracy) for e in evaluations]
         torch.set_num_threads(threads)
-        out.update(alphas=weights, updates=deltas)
         return out, new_state
 
 
@@ -241,11 +225,11 @@ def run_rayfed(config: Config, federation: Federation, rounds: int, gamma: float
     With `feed_states`, round r starts from feed_states[r - 1] (another run's state) instead of its own."""
     import ray
 
-    from rayfed.engine.fl_run import FederatedEngine, MethodRun
+    from rayfed.engine.fl_engine import FederatedEngine
 
     engine = FederatedEngine(config, federation)
-    run = MethodRun("fedauditgan", gamma)
-    state_ref = ray.put(to_numpy(federation.initial_state))
+    run = FedAuditGan(gamma)
+    state_ref = ray.put(to_numpy(initial_model_state(config, federation, config.seed)))
     times, scores, states, gan_state = [], [], [state_ref], None
     try:
         with GpuBusy() as busy:
@@ -255,7 +239,7 @@ def run_rayfed(config: Config, federation: Federation, rounds: int, gamma: float
                 if feed_states is not None:
                     state_ref = feed_states[rnd - 1]
                 start = time.perf_counter()
-                result = engine.round(rnd, run, state_ref, gan_state)
+                result = engine.round(rnd, run, config.seed, state_ref, gan_state)
                 ray.wait([result.state_ref], fetch_local=False)
                 elapsed = time.perf_counter() - start
                 if rnd > 1:
@@ -284,9 +268,9 @@ def spearman_per_round(a: list[list[float]], b: list[list[float]]) -> list[float
 def print_profile(title: str, timer: PhaseTimer, rounds: int) -> None:
     total = sum(timer.seconds.values())
     print(f"  {title}: {total / rounds:.3f} s/round in phases")
-    for name in PHASES:
-        s = timer.seconds.get(name, 0.0) / rounds
-        print(f"    {name:<17} {s:8.3f} s  {100 * s / max(total / rounds, 1e-12):5.1f}%")
+    for name in timer.seconds:
+        s = timer.seconds[name] / rounds
+        print(f"    {name:<23} {s:8.3f} s  {100 * s / max(total / rounds, 1e-12):5.1f}%")
 
 
 def main() -> None:
@@ -366,9 +350,10 @@ def main() -> None:
             print_profile("notebook loop", nb_timer, timed)
         for label, cfg in (("rayfed strict, in-process", strict), ("rayfed warm start, in-process", warm)):
             inproc = RayfedInProcess(cfg, federation, device)
-            timer, state, gan_state = PhaseTimer(device), to_numpy(federation.initial_state), None
+            initial = initial_model_state(cfg, federation, cfg.seed)
+            timer, state, gan_state = PhaseTimer(device), to_numpy(initial), None
             for rnd in range(1, args.rounds + 1):
-                out, state = inproc.round(rnd, state, "fedauditgan", gamma, timer if rnd > 1 else PhaseTimer(device),
+                out, state = inproc.round(rnd, state, FedAuditGan(gamma), timer if rnd > 1 else PhaseTimer(device),
                                           gan_state)
                 gan_state = out.get("gan_state")
             print_profile(label, timer, timed)

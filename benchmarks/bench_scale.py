@@ -94,9 +94,10 @@ def main() -> None:
     import torch
 
     from rayfed.config import load_config
-    from rayfed.engine.fl_run import FederatedEngine, MethodRun
+    from rayfed.engine.fl_engine import FederatedEngine
     from rayfed.engine.runtime import init_ray
-    from rayfed.fl.setup import build_federation
+    from rayfed.fl.setup import build_federation, initial_model_state
+    from rayfed.fl.strategies import REGISTRY
     from rayfed.fl.state import to_numpy
 
     config = load_config(None, DEFAULTS + list(args.overrides))
@@ -119,11 +120,13 @@ def main() -> None:
         medians = {}
         try:
             for method in args.methods.split(","):
-                run = MethodRun(method, None if method == "fedavg" else gamma)
-                state_ref, gan_state, times = ray.put(to_numpy(federation.initial_state)), None, []
+                strategy = REGISTRY[method]
+                run = strategy() if strategy.parameter is None else strategy(gamma)
+                initial = to_numpy(initial_model_state(config, federation, config.seed))
+                state_ref, gan_state, times = ray.put(initial), None, []
                 for rnd in range(1, args.rounds + 1):
                     start = time.perf_counter()
-                    result = engine.round(rnd, run, state_ref, gan_state)
+                    result = engine.round(rnd, run, config.seed, state_ref, gan_state)
                     elapsed = time.perf_counter() - start
                     state_ref, gan_state = result.state_ref, result.gan_state
                     row = result.round_row

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from rayfed.fl.audit import FoldedEvaluator, hypothetical_biases
+from rayfed.fl.gan_audit import FoldedEvaluator, hypothetical_biases
 from rayfed.models import build_classifier
 from rayfed.models.layers import use_reference_ops
 

@@ -15,7 +15,7 @@ Departures from the notebook's code, all on purpose:
   are frozen while G trains); the GAN trains on the server's held-out audit split (defect 2); images are mapped
   from GAN space [-1, 1] into the classifier's input space before the classifier sees them (defect 3); integer
   buffers are aggregated in float64 and rounded (defect 5); the norms of L_G are per-sample squared norms
-  (sum over classes / pixels, batch mean), the specification's ||.||^2, as in `rayfed.fl.audit.generator_loss`;
+  (sum over classes / pixels, batch mean), the specification's ||.||^2, as in `rayfed.fl.gan_audit.generator_loss`;
 - seeds: each loader shuffles with a torch.Generator seeded from (seed, round, client), the GAN's z and labels
   and the probes are drawn from seeded generators and moved to the device (as rayfed does), so that on CPU
   the port reproduces rayfed's numbers and `tests/test_benchmarks.py` can compare them;
@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from rayfed.config import Config
 from rayfed.data.datasets import augment_batch
-from rayfed.fl.setup import Federation, select_clients
+from rayfed.fl.setup import Federation, initial_model_state, select_clients
 from rayfed.models import Discriminator, FairnessGenerator, build_classifier
 from rayfed.models.layers import use_reference_ops
 from rayfed.seeds import Stream, stream_seed
@@ -172,7 +172,8 @@ class NotebookFedAuditGan:
                                                                    self.val_generator, single="keep"), **kwargs)
         self.global_model = use_reference_ops(
             build_classifier(config.model.name, self.IMG_SHAPE, self.NUM_CLASSES)).to(self.DEVICE)
-        self.global_model.load_state_dict(federation.initial_state)
+        self.global_model.load_state_dict(
+            initial_model_state(config, federation, config.seed))
         self.scaler = torch.amp.GradScaler(device=self.DEVICE.type, enabled=self.DEVICE.type == "cuda")
         space = federation.space
         self.mean = torch.tensor(space.mean, device=self.DEVICE).view(1, -1, 1, 1)
@@ -350,7 +351,7 @@ class NotebookFedAuditGan:
         """One round of run_strict_fed_audit_gan (or run_fedavg); returns what the notebook records."""
         c, a = self.config, self.config.audit
         timer = timer or PhaseTimer(self.DEVICE, sync=False)
-        selected = select_clients(self.N_CLIENTS, c.fl.clients_per_round, c.seed, rnd)
+        selected = select_clients(self.N_CLIENTS, c.fl.clients_per_round, c.fl.client_fraction, c.seed, rnd)
         out: dict = {"clients": selected}
         # ===== PHASE 1: Local Training =====
         with timer.phase("local training"):

@@ -1,7 +1,8 @@
 """The `rayfed` command: `rayfed fl`, `rayfed sisa`, `rayfed sweep FILE`.
 
 Bad input exits with status 2 and one line on stderr starting with `error:`; no traceback, no run
-directory left behind.
+directory left behind. A run that stalls (no progress for resources.stall_timeout seconds) exits with status 3
+and one `error:` line naming what it waited for; its run directory stays for --resume.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from rayfed.errors import UserError
+from rayfed.errors import RunStalled, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    except RunStalled as exc:  # the run directory stays, for --resume
+        sys.stderr.write(f"error: {exc}\n")
+        return 3
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130

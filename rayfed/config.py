@@ -21,12 +21,12 @@ from rayfed.errors import UserError
 DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist")
 PARTITIONS = ("extreme", "dirichlet", "iid", "shards")
 MODELS = ("cnn", "resnet18")
-FL_METHODS = ("fedavg", "fedauditgan")
 SISA_AGGREGATIONS = ("mean", "vote")
 SISA_SCHEDULES = ("union", "distributed")
 BACKDOOR_MODES = ("badnets", "clean_label")
 TRIGGER_POSITIONS = ("bottom_right", "random")
 WANDB_MODES = ("disabled", "offline", "online")
+CLIENT_ACCURACY_BASES = ("test", "train")
 FAILURE_POLICIES = ("retry", "drop")
 
 
@@ -51,8 +51,12 @@ class DataConfig:
     """`shards`: label-sorted shards per client (McMahan et al. 2017)."""
     audit_fraction: float = 0.1
     """Share of the training set held by the server for the audit GAN, disjoint from every client."""
-    client_test_size: int = 200
-    """Held-out test samples per client, drawn from the test set with the client's label mix."""
+    client_test_size: int | str = "max"
+    """Held-out test samples per client, drawn from the test set with the client's label mix: a count, or
+    `max` = the largest subset with that mix the test set holds without repeating an image."""
+    partition_seed: int | None = None
+    """Seed of the partition, the audit split and the clients' test subsets; null = `seed`. Kept apart from
+    `seeds`, so that every seed of a run trains on the same federation (paired comparisons)."""
     augment: bool | None = None
     """Training-time augmentation (random crop + flip); null = the dataset's default (on for cifar10)."""
     batch_size: int = 16
@@ -82,10 +86,14 @@ class FLConfig:
     """Local SGD momentum."""
     weight_decay: float = 1e-4
     """Local SGD weight decay."""
-    methods: list[str] = field(default_factory=lambda: ["fedavg", "fedauditgan"])
-    """Methods to run, in order: `fedavg`, `fedauditgan` (one run per value of audit.gamma)."""
-    clients_per_round: int | float | None = None
-    """Clients sampled per round: a count, a fraction in (0, 1], or null for all."""
+    methods: list[str] = field(default_factory=lambda: ["fedavg", "uniform", "qffl", "fedauditgan"])
+    """Methods to run, in order (`rayfed.fl.strategies`): `fedavg` (size weights), `uniform` (1/K),
+    `fedauditgan` (one run per value of audit.gamma), `qffl` (q-FedAvg, one run per value of qffl.q)."""
+    clients_per_round: int | None = None
+    """Clients sampled per round: a count (1 = one client), or null for all (see also client_fraction)."""
+    client_fraction: float | None = None
+    """Clients sampled per round as a fraction in (0, 1] of data.num_clients; not together with
+    clients_per_round."""
     on_client_failure: str = "retry"
     """A client actor that dies mid-round: `retry` (restart it, recompute) or `drop` (aggregate the others)."""
     max_retries: int = 3
@@ -112,12 +120,24 @@ class AuditConfig:
     """Minibatch size of GAN training."""
     delta_scale: float = 0.1
     """Largest per-pixel perturbation x' - x, in the GAN's [-1, 1] pixel space."""
+    normalize_scores: bool = False
+    """Divide S_i by their standard deviation over the round's clients before the softmax, so that a gamma
+    means the same in every round and run (off: the specification's softmax(gamma * S))."""
     warm_start: bool = False
     """Continue G and D from the previous round instead of training fresh ones each round."""
     gan_epochs_warm: int = 1
     """GAN epochs per round after the first when warm_start is on."""
     score_chunk: int = 512
     """Probes per chunk of the batched scoring of the K hypothetical models (bounds memory)."""
+
+
+@dataclass
+class QFFLConfig:
+    q: float | list[float] = field(default_factory=lambda: [1.0])
+    """q-FedAvg's fairness exponent (0 = uniform averaging; larger = more weight on high-loss clients); a list
+    runs qffl once per value."""
+    lipschitz: float | None = None
+    """L of q-FedAvg's step (dW_k = L (w^t - w_k)); null = 1 / fl.lr, the paper's choice."""
 
 
 @dataclass
@@ -190,6 +210,9 @@ class ResourcesConfig:
     """GPU fraction per SISA shard actor; `auto` shares the visible GPUs among the shards."""
     cpus_per_shard: float | str = "auto"
     """CPU fraction per SISA shard actor; `auto` shares the cluster's CPUs among the shards (at most 1 each)."""
+    stall_timeout: float = 1800.0
+    """Seconds any one wait of a round (or a SISA stage) may take before the run stops with an `error:` line
+    naming what it waited for (exit status 3; the run directory stays for --resume)."""
     torch_threads: int = 1
     """torch intra-op threads per client or shard actor (keeps many actors on few cores from thrashing)."""
     server_threads: int | None = None
@@ -206,6 +229,14 @@ class ResourcesConfig:
 
 
 @dataclass
+class MetricsConfig:
+    client_accuracy: str = "test"
+    """What the fairness figures (jfi, max_min, variance, min/max/mean_accuracy, gap) are computed over:
+    `test` = each client's accuracy on its held-out test subset; `train` = on its own training images (the
+    notebook's figure, near 100% for clients that memorise their data)."""
+
+
+@dataclass
 class TrackingConfig:
     wandb: str = "disabled"
     """Weights & Biases: `disabled`, `offline` or `online`."""
@@ -219,20 +250,35 @@ class TrackingConfig:
 class Config:
     seed: int = 42
     """Seed of every random draw: partitions, initial weights, minibatches, GANs, forget sets."""
+    seeds: int | list[int] = 1
+    """`rayfed fl`: run every method once per seed: a count n (seeds seed, seed+1, ..., seed+n-1) or a list.
+    Each seed draws its own initial weights, SGD order and GANs; the partition stays (data.partition_seed)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     fl: FLConfig = field(default_factory=FLConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    qffl: QFFLConfig = field(default_factory=QFFLConfig)
     sisa: SisaConfig = field(default_factory=SisaConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def gammas(self) -> list[float]:
         """audit.gamma as a list."""
         return list(self.audit.gamma) if isinstance(self.audit.gamma, list) else [self.audit.gamma]
+
+    @property
+    def seed_list(self) -> list[int]:
+        """`seeds` as the list of run seeds."""
+        return list(self.seeds) if isinstance(self.seeds, list) else [self.seed + i for i in range(self.seeds)]
+
+    @property
+    def partition_seed(self) -> int:
+        """The seed of the federation's split."""
+        return self.seed if self.data.partition_seed is None else self.data.partition_seed
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain nested dicts (what config.yaml holds)."""
@@ -412,7 +458,11 @@ def validate(c: Config) -> None:
     _require(d.dirichlet_alpha > 0, f"data.dirichlet_alpha: must be > 0, got {d.dirichlet_alpha}")
     _require(d.shards_per_client >= 1, f"data.shards_per_client: must be >= 1, got {d.shards_per_client}")
     _require(0 < d.audit_fraction < 1, f"data.audit_fraction: must be in (0, 1), got {d.audit_fraction}")
-    _require(d.client_test_size >= 1, f"data.client_test_size: must be >= 1, got {d.client_test_size}")
+    if isinstance(d.client_test_size, str):
+        _require(d.client_test_size == "max",
+                 f"data.client_test_size: expected an integer >= 1 or 'max', got {d.client_test_size!r}")
+    else:
+        _require(d.client_test_size >= 1, f"data.client_test_size: must be >= 1, got {d.client_test_size}")
     _require(d.batch_size >= 1, f"data.batch_size: must be >= 1, got {d.batch_size}")
     _require(d.eval_batch_size >= 1, f"data.eval_batch_size: must be >= 1, got {d.eval_batch_size}")
 
@@ -422,23 +472,32 @@ def validate(c: Config) -> None:
     _require(fl.momentum >= 0, f"fl.momentum: must be >= 0, got {fl.momentum}")
     _require(fl.weight_decay >= 0, f"fl.weight_decay: must be >= 0, got {fl.weight_decay}")
     _require(len(fl.methods) >= 1, "fl.methods: needs at least one method")
+    from rayfed.fl.strategies import REGISTRY  # the strategies' registry; imported here, as it imports torch
+
     for method in fl.methods:
-        _one_of("fl.methods", method, FL_METHODS)
+        _one_of("fl.methods", method, tuple(REGISTRY))
     _require(len(set(fl.methods)) == len(fl.methods), f"fl.methods: repeated method in {fl.methods}")
     cpr = fl.clients_per_round
-    if isinstance(cpr, float):
-        _require(0 < cpr <= 1, f"fl.clients_per_round: a fraction must be in (0, 1], got {cpr}")
-    elif isinstance(cpr, int):
+    if cpr is not None:
         _require(
             1 <= cpr <= d.num_clients,
             f"fl.clients_per_round: must be between 1 and data.num_clients={d.num_clients}, got {cpr}",
         )
+    if fl.client_fraction is not None:
+        _require(0 < fl.client_fraction <= 1, f"fl.client_fraction: must be in (0, 1], got {fl.client_fraction}")
+        _require(cpr is None, "fl.client_fraction: set either it or fl.clients_per_round, not both")
     _one_of("fl.on_client_failure", fl.on_client_failure, FAILURE_POLICIES)
     _require(fl.max_retries >= 0, f"fl.max_retries: must be >= 0, got {fl.max_retries}")
 
     _require(len(c.gammas) >= 1, "audit.gamma: needs at least one value")
     for gamma in c.gammas:
         _require(math.isfinite(gamma) and gamma >= 0, f"audit.gamma: must be finite and >= 0, got {gamma}")
+    qs = c.qffl.q if isinstance(c.qffl.q, list) else [c.qffl.q]
+    _require(len(qs) >= 1, "qffl.q: needs at least one value")
+    for q in qs:
+        _require(math.isfinite(q) and q >= 0, f"qffl.q: must be finite and >= 0, got {q}")
+    _require(c.qffl.lipschitz is None or (math.isfinite(c.qffl.lipschitz) and c.qffl.lipschitz > 0),
+             f"qffl.lipschitz: must be > 0, got {c.qffl.lipschitz}")
     _require(a.lambda1 >= 0, f"audit.lambda1: must be >= 0, got {a.lambda1}")
     _require(a.lambda2 >= 0, f"audit.lambda2: must be >= 0, got {a.lambda2}")
     _require(a.gan_epochs >= 1, f"audit.gan_epochs: must be >= 1, got {a.gan_epochs}")
@@ -482,6 +541,15 @@ def validate(c: Config) -> None:
     else:
         _require(r.clients_per_actor >= 1, f"resources.clients_per_actor: must be >= 1, got {r.clients_per_actor}")
     _require(r.torch_threads >= 1, f"resources.torch_threads: must be >= 1, got {r.torch_threads}")
+    _require(r.stall_timeout > 0, f"resources.stall_timeout: must be > 0, got {r.stall_timeout}")
     _require(r.server_threads is None or r.server_threads >= 1,
              f"resources.server_threads: must be >= 1, got {r.server_threads}")
     _one_of("tracking.wandb", c.tracking.wandb, WANDB_MODES)
+    _one_of("metrics.client_accuracy", c.metrics.client_accuracy, CLIENT_ACCURACY_BASES)
+    _require(c.seed >= 0, f"seed: must be >= 0, got {c.seed}")
+    _require(d.partition_seed is None or d.partition_seed >= 0,
+             f"data.partition_seed: must be >= 0, got {d.partition_seed}")
+    seeds = c.seed_list
+    _require(len(seeds) >= 1, f"seeds: needs at least one seed, got {c.seeds!r}")
+    _require(min(seeds) >= 0, f"seeds: seeds must be >= 0, got {seeds}")
+    _require(len(set(seeds)) == len(seeds), f"seeds: repeated seed in {seeds}")

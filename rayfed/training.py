@@ -11,15 +11,29 @@ import torch.nn.functional as F
 from rayfed.data.datasets import augment_batch
 
 
+def reduced_precision(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype on `device`: bf16 on GPUs that support it (no loss scaling needed), fp16 on older
+    GPUs (as the notebook), None (plain fp32) on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (as the notebook), plain fp32 elsewhere."""
-    return torch.autocast(device_type=device.type, enabled=device.type == "cuda")
+    """Mixed precision in `reduced_precision(device)`, or nothing (fp32)."""
+    dtype = reduced_precision(device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """One loss scaler per training run, enabled only for fp16 (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(device.type, enabled=reduced_precision(device) == torch.float16)
 
 
 def minibatches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
     """A seeded shuffle of range(n) cut into batches; a last batch of one sample joins the one before it
     (BatchNorm cannot train on a single sample once the feature map is 1x1)."""
-    batches = list(torch.randperm(n, generator=generator).to(device).split(batch_size))
+    batches = list(torch.randperm(n, generator=generator, device=generator.device).to(device).split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2:] = [torch.cat(batches[-2:])]
     return batches
@@ -36,7 +50,7 @@ def sgd_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     device = x.device
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    scaler = grad_scaler(device)
     model.train()
     if len(y) == 1:
         for module in model.modules():

@@ -1,6 +1,6 @@
 """The benchmark's notebook-loop port computes what rayfed computes: one tiny Fed-AuditGAN round of the port
 (benchmarks/notebook_loop.py) against rayfed's plain functions run in-process the way the actors call them
-(benchmarks/bench_round.RayfedInProcess), on CPU with the same seeds: same dw_i, same G (hence same probes),
+(benchmarks/bench_round.RayfedInProcess, which calls the same rayfed.fl.round functions as the actors), on CPU with the same seeds: same dw_i, same G (hence same probes),
 same B_i and S_i, same aggregated Theta (integer buffers included)."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from notebook_loop import NotebookFedAuditGan, PhaseTimer, ShuffledBatches  # no
 
 from rayfed.config import load_config  # noqa: E402
 from rayfed.training import minibatches  # noqa: E402
-from rayfed.fl.setup import build_federation  # noqa: E402
+from rayfed.fl.setup import build_federation, initial_model_state  # noqa: E402
+from rayfed.fl.strategies.fedauditgan import FedAuditGan  # noqa: E402
 from rayfed.fl.state import to_numpy, to_torch  # noqa: E402
 from rayfed.models.layers import TrimmedConv2d, UpsampleConv2d  # noqa: E402
 
@@ -55,7 +56,7 @@ def test_port_round_equals_rayfed_functions(tiny, monkeypatch):
     port = NotebookFedAuditGan(config, federation, cpu, workers=0)
     port_out = port.round(1, "fedauditgan", 2.0)
     ours, new_state = RayfedInProcess(config, federation, cpu).round(
-        1, to_numpy(federation.initial_state), "fedauditgan", 2.0, PhaseTimer(cpu))
+        1, to_numpy(initial_model_state(config, federation, config.seed)), FedAuditGan(2.0), PhaseTimer(cpu))
 
     assert port_out["clients"] == ours["clients"] == [0, 1, 2]
     for a, b in zip(port_out["updates"], ours["updates"]):  # Phase 1: dw_i

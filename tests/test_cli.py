@@ -40,6 +40,13 @@ BAD_SETS = [
     (["--set", "resources.clients_per_actor=many"], "resources.clients_per_actor"),
     (["--set", "resources.clients_per_actor=0"], "resources.clients_per_actor"),
     (["--set", "fl.rounds"], "fl.rounds"),
+    (["--set", "fl.clients_per_round=1.0"], "fl.clients_per_round"),  # a fraction goes to fl.client_fraction
+    (["--set", "fl.client_fraction=1.5"], "fl.client_fraction"),
+    (["--set", "fl.client_fraction=0.5", "--set", "fl.clients_per_round=2"], "fl.client_fraction"),
+    (["--set", "seeds=[1, 1]"], "seeds"),
+    (["--set", "seeds=0"], "seeds"),
+    (["--set", "metrics.client_accuracy=validation"], "metrics.client_accuracy"),
+    (["--set", "data.client_test_size=most"], "data.client_test_size"),
 ]
 
 

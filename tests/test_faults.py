@@ -9,18 +9,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
-import torch
 
 from rayfed.config import load_config
-from rayfed.engine.client import ClientUpdate
-from rayfed.engine.fl_run import FederatedEngine, MethodRun, run_fl
-from rayfed.fl.setup import build_federation
+from rayfed.engine.fl_engine import FederatedEngine
+from rayfed.engine.fl_run import run_fl
+from rayfed.fl.setup import build_federation, initial_model_state
+from rayfed.fl.strategies import LocalResult
+from rayfed.fl.strategies.fedauditgan import FedAuditGan
+from rayfed.fl.strategies.fedavg import FedAvg
 from rayfed.fl.state import to_numpy
 from rayfed.results import RunDirectory
 
 pytestmark = pytest.mark.slow
 
-BASE = ["data.num_clients=3", "audit.gamma=[2.0]", "audit.n_probes=64", "data.client_test_size=20", "seed=3"]
+SEED = 3
+BASE = ["fl.methods=[fedavg,fedauditgan]", "data.num_clients=3", "audit.gamma=[2.0]", "audit.n_probes=64", "data.client_test_size=20", f"seed={SEED}"]
 
 
 def _engine(extra):
@@ -28,13 +31,13 @@ def _engine(extra):
     federation = build_federation(config)
     engine = FederatedEngine(config, federation)
     ray.get([a.pid.remote() for a in engine.actors] + [engine.server.pid.remote()])  # all started
-    return engine, ray.put(to_numpy(federation.initial_state))
+    return engine, ray.put(to_numpy(initial_model_state(config, federation, config.seed)))
 
 
 def _round_while_killing(engine, run, state_ref, pid, delay):
     """engine.round in a thread; SIGKILL the process `pid` after `delay` seconds (mid-work)."""
     box = {}
-    worker = threading.Thread(target=lambda: box.setdefault("result", engine.round(1, run, state_ref)))
+    worker = threading.Thread(target=lambda: box.setdefault("result", engine.round(1, run, SEED, state_ref)))
     worker.start()
     time.sleep(delay)
     os.kill(pid, signal.SIGKILL)
@@ -46,9 +49,9 @@ def _round_while_killing(engine, run, state_ref, pid, delay):
 @pytest.mark.parametrize("policy", ["retry", "drop"])
 def test_client_killed_mid_training(ray_session, policy, caplog):
     engine, state_ref = _engine(["fl.local_epochs=25", f"fl.on_client_failure={policy}"])
-    run = MethodRun("fedavg", None)
+    run = FedAvg()
     try:
-        reference = engine.round(1, run, state_ref)
+        reference = engine.round(1, run, SEED, state_ref)
         victim = ray.get(engine.actors[1].pid.remote())
         result = _round_while_killing(engine, run, state_ref, victim, delay=0.7)
     finally:
@@ -69,16 +72,16 @@ def test_client_killed_mid_training(ray_session, policy, caplog):
 
 def test_server_killed_mid_audit_gives_the_same_round(ray_session):
     engine, state_ref = _engine(["audit.gan_epochs=10", "fl.local_epochs=1"])
-    run = MethodRun("fedauditgan", 2.0)
+    run = FedAuditGan(2.0)
     server_pid = ray.get(engine.server.pid.remote())
     try:
-        update_refs = [actor.train.remote(1, state_ref, [cid])[1] for cid, actor in enumerate(engine.actors)]
+        update_refs = [actor.train.remote(1, SEED, state_ref, [cid])[1] for cid, actor in enumerate(engine.actors)]
         ray.get(update_refs)
-        probes, _ = engine.server.audit.remote(1, state_ref)
-        outcome, new_state = engine.server.aggregate.remote(1, run.method, run.gamma, state_ref, update_refs, probes)
+        probes, _ = engine.server.audit.remote(1, SEED, state_ref)
+        outcome, new_state = engine.server.score_and_aggregate.remote(run, state_ref, update_refs, probes)
         reference, reference_state = ray.get(outcome), ray.get(new_state)
-        probes, _ = engine.server.audit.remote(1, state_ref)
-        outcome, new_state = engine.server.aggregate.remote(1, run.method, run.gamma, state_ref, update_refs, probes)
+        probes, _ = engine.server.audit.remote(1, SEED, state_ref)
+        outcome, new_state = engine.server.score_and_aggregate.remote(run, state_ref, update_refs, probes)
         time.sleep(1.0)  # inside GAN training
         os.kill(server_pid, signal.SIGKILL)
         retried, retried_state = ray.get(outcome, timeout=900), ray.get(new_state, timeout=900)
@@ -93,26 +96,28 @@ def test_server_killed_mid_audit_gives_the_same_round(ray_session):
 def test_corrupt_updates_are_rejected_and_the_rest_renormalised(ray_session, method):
     engine, state_ref = _engine(["fl.local_epochs=1"])
     try:
-        good = ray.get([actor.train.remote(1, state_ref, [cid])[1] for cid, actor in enumerate(engine.actors[:2])])
+        good = ray.get([actor.train.remote(1, SEED, state_ref, [cid])[1] for cid, actor in enumerate(engine.actors[:2])])
         nan_delta = {k: v.copy() for k, v in good[0][0].delta.items()}
         nan_delta["fc2.weight"][0, 0] = np.nan
         wrong_shape = {k: v.copy() for k, v in good[1][0].delta.items()}
         wrong_shape["fc2.bias"] = np.zeros(3, dtype=np.float32)
-        crafted = [ClientUpdate(7, 10, nan_delta), ClientUpdate(8, 10, wrong_shape)]
+        crafted = [LocalResult(7, 10, nan_delta, 1.0), LocalResult(8, 10, wrong_shape, 1.0),
+                   LocalResult(9, 10, good[1][0].delta, float("inf"))]
         refs = [ray.put(good[0]), ray.put(good[1]), ray.put(crafted)]
-        probes = engine.server.audit.remote(1, state_ref)[0] if method == "fedauditgan" else None
-        outcome, new_state = engine.server.aggregate.remote(1, method, 2.0, state_ref, refs, probes)
+        probes = engine.server.audit.remote(1, SEED, state_ref)[0] if method == "fedauditgan" else None
+        run = FedAuditGan(2.0) if method == "fedauditgan" else FedAvg()
+        outcome, new_state = engine.server.score_and_aggregate.remote(run, state_ref, refs, probes)
         outcome, new_state = ray.get(outcome), ray.get(new_state)
     finally:
         engine.shutdown()
-    assert set(outcome.rejected) == {7, 8}
-    assert "NaN" in outcome.rejected[7] and "shape" in outcome.rejected[8]
-    assert outcome.weights[2:] == [0.0, 0.0] and sum(outcome.weights[:2]) == pytest.approx(1.0)
+    assert set(outcome.rejected) == {7, 8, 9}
+    assert "NaN" in outcome.rejected[7] and "shape" in outcome.rejected[8] and "loss" in outcome.rejected[9]
+    assert outcome.weights[2:] == [0.0, 0.0, 0.0] and sum(outcome.weights[:2]) == pytest.approx(1.0)
     assert all(np.isfinite(v).all() for v in new_state.values() if v.dtype.kind == "f")
 
 
 def test_partial_participation_and_many_clients_per_actor(ray_session, tmp_path):
-    common = ["data.num_clients=4", "fl.clients_per_round=2", "fl.rounds=2", "fl.local_epochs=1",
+    common = ["fl.methods=[fedavg,fedauditgan]", "data.num_clients=4", "fl.clients_per_round=2", "fl.rounds=2", "fl.local_epochs=1",
               "audit.gamma=[1.0]", "audit.n_probes=32", "audit.gan_epochs=1", "data.client_test_size=10", "seed=11"]
     tables = []
     for per_actor in (1, 2):
@@ -130,3 +135,21 @@ def test_partial_participation_and_many_clients_per_actor(ray_session, tmp_path)
     assert audit["score"].isna().all()  # only the selected updates are scored
     # one actor per client or two clients per actor: the same numbers
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_a_stalled_round_stops_with_an_error_naming_what_it_waited_for(tmp_path):
+    """resources.stall_timeout: a wait that outlasts it ends the run with exit status 3 and one `error:` line
+    naming the wait (here the audit server's scoring, behind a 5-epoch GAN), and the run directory stays."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "stalled"
+    result = subprocess.run(
+        [sys.executable, "-m", "rayfed", "fl", "--out", str(out), *[a for s in BASE + [
+            "fl.rounds=1", "fl.methods=[fedauditgan]", "audit.gan_epochs=5", "fl.local_epochs=1",
+            "resources.stall_timeout=0.01"] for a in ("--set", s)]],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert result.returncode == 3, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "waiting for" in errors[0] and "resources.stall_timeout" in errors[0], errors
+    assert (out / "config.yaml").is_file()  # kept for --resume

@@ -16,7 +16,7 @@ from rayfed.results import RunDirectory
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["data.num_clients=3", "fl.rounds=2", "fl.local_epochs=1", "audit.gamma=[2.0]", "audit.gan_epochs=2",
+SMALL = ["fl.methods=[fedavg,fedauditgan]", "data.num_clients=3", "fl.rounds=2", "fl.local_epochs=1", "audit.gamma=[2.0]", "audit.gan_epochs=2",
          "audit.n_probes=64", "data.client_test_size=20", "seed=5"]
 
 
@@ -40,8 +40,10 @@ def test_run_directory_holds_the_contract(two_runs):
                  "model_fedavg.pt", "model_fedauditgan_gamma2.pt"):
         assert (path / name).is_file(), name
     rounds = pd.read_parquet(path / "rounds.parquet")
-    assert list(rounds.columns[:13]) == ["method", "gamma", "round", "accuracy", "bias", "jfi", "max_min", "variance",
-                                         "min_accuracy", "max_accuracy", "mean_accuracy", "gap", "participants"]
+    contract = ["method", "gamma", "q", "seed", "round", "accuracy", "bias", "jfi", "max_min", "variance",
+                "min_accuracy", "max_accuracy", "mean_accuracy", "gap", "fairness_basis", "participants",
+                "effective_clients", "max_weight", "score_spread", "seconds"]
+    assert list(rounds.columns) == contract
     assert len(rounds) == 4 and set(rounds["round"]) == {1, 2}
     fedavg, audit = rounds[rounds.method == "fedavg"], rounds[rounds.method == "fedauditgan"]
     assert fedavg["gamma"].isna().all() and fedavg["bias"].isna().all()
@@ -64,15 +66,21 @@ def test_clients_table_weights_and_scores(two_runs):
             assert group["score"].tolist() == pytest.approx((base - group["bias"]).tolist())
             exp = [math.exp(2.0 * s) for s in group["score"]]
             assert group["weight"].tolist() == pytest.approx([e / sum(exp) for e in exp])
-        # the fairness figures are over the per-client accuracies
+        # the fairness figures are over the clients' held-out test accuracies (metrics.client_accuracy: test)
         row = rounds[(rounds.method == method) & (rounds["round"] == rnd)].iloc[0]
-        assert row["min_accuracy"] == group["accuracy"].min() and row["gap"] == pytest.approx(
-            group["accuracy"].max() - group["accuracy"].min())
+        assert row["fairness_basis"] == "test"
+        assert row["min_accuracy"] == group["test_accuracy"].min() and row["gap"] == pytest.approx(
+            group["test_accuracy"].max() - group["test_accuracy"].min())
+        assert row["jfi"] == pytest.approx(group["test_accuracy"].sum() ** 2
+                                           / (len(group) * (group["test_accuracy"] ** 2).sum()))
+        assert row["effective_clients"] == pytest.approx(1 / (group["weight"] ** 2).sum())
+        assert row["max_weight"] == pytest.approx(group["weight"].max())
+        assert (group["test_samples"] == 20).all() and (group["loss"] > 0).all()
 
 
 def test_wandb_offline_logs_every_method_and_the_summary(two_runs):
     runs = sorted((two_runs[1] / "wandb").glob("offline-run-*"))
-    assert len(runs) == 3  # FedAvg, gamma=2, Summary-Comparison
+    assert len(runs) == 3  # FedAvg seed 5, gamma=2 seed 5, Summary-Comparison
     assert not (two_runs[0] / "wandb").exists()  # disabled by default
 
 
@@ -94,3 +102,72 @@ def test_client_actors_share_the_fake_gpu_by_fractions(ray_session):
         assert ray.get(_device_inside_actor_process.remote()) == "cpu"  # device from torch, not Ray's GPU id
     finally:
         engine.shutdown()
+
+
+def test_saved_model_is_theta_old_plus_weighted_client_deltas(ray_session, tmp_path):
+    """model_*.pt after one round = Theta_0 + sum alpha_i dw_i, with dw_i recomputed here from each client's data
+    by the plain Phase 1 function and alpha_i read from clients.parquet."""
+    from rayfed.fl.round import LocalTraining, client_update
+    from rayfed.fl.setup import initial_model_state
+    from rayfed.models import build_classifier
+
+    path = small_run(tmp_path, "one", ["fl.rounds=1", "fl.methods=[fedauditgan]"])
+    config = load_config(None, SMALL + ["fl.rounds=1", "fl.methods=[fedauditgan]"])
+    federation = build_federation(config)
+    theta = initial_model_state(config, federation, config.seed)
+    fl = config.fl
+    training = LocalTraining(fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size,
+                             config.data.eval_batch_size)
+    model = build_classifier(config.model.name, federation.data.shape, federation.data.num_classes)
+    torch.set_num_threads(1)  # as the actors (resources.torch_threads)
+    deltas = [client_update(model, c, theta, training, run_seed=config.seed, round_index=1,
+                            augment_pad=federation.augment_pad).delta for c in federation.clients]
+    weights = pd.read_parquet(path / "clients.parquet").sort_values("client")["weight"].tolist()
+    saved = torch.load(path / "model_fedauditgan_gamma2.pt", weights_only=True)
+    for key, value in theta.items():
+        if value.is_floating_point():
+            expected = value + sum(w * d[key] for w, d in zip(weights, deltas))
+            torch.testing.assert_close(saved[key], expected, rtol=1e-5, atol=1e-6, msg=key)
+        else:  # BatchNorm's num_batches_tracked: the rounded weighted sum, kept integer
+            assert saved[key].dtype == value.dtype
+            assert saved[key] == value + round(sum(w * float(d[key]) for w, d in zip(weights, deltas)))
+    assert max(weights) - min(weights) > 0  # a weighting that differs per client was applied
+
+
+def test_seeds_run_side_by_side_on_one_partition(ray_session, tmp_path):
+    """seeds: 2 runs every method once per seed: a seed column, its own Theta_0 and SGD order, one partition;
+    summary.md gives intervals and the paired difference against FedAvg."""
+    path = small_run(tmp_path, "seeds", ["seeds=2", "fl.rounds=1", "audit.gan_epochs=1"])
+    rounds = pd.read_parquet(path / "rounds.parquet")
+    clients = pd.read_parquet(path / "clients.parquet")
+    assert sorted(rounds["seed"].unique()) == [5, 6] and len(rounds) == 4
+    by_seed = clients[clients.method == "fedavg"].groupby("seed")
+    assert by_seed["num_samples"].apply(list).map(tuple).nunique() == 1  # the same partition for both seeds
+    assert rounds[rounds.method == "fedavg"]["accuracy"].nunique() == 2  # different init and SGD order
+    assert {p.name for p in path.glob("model_*.pt")} == {"model_fedavg_seed5.pt", "model_fedavg_seed6.pt",
+                                                         "model_fedauditgan_gamma2_seed5.pt",
+                                                         "model_fedauditgan_gamma2_seed6.pt"}
+    summary = (path / "summary.md").read_text()
+    assert "95% Student-t interval" in summary and "Paired differences" in summary and " ± " in summary
+
+
+def test_qffl_reports_losses_before_training_and_weights_by_their_shares(ray_session, tmp_path):
+    """q-FFL through the actors: each client's `loss` is F_k(Theta_0) (measured here on the client's data with
+    the initial weights: a loss taken after local training would be far lower), its weight F_k^q / sum F^q."""
+    from rayfed.fl.round import training_loss
+    from rayfed.fl.setup import initial_model_state
+    from rayfed.models import build_classifier
+
+    extra = ["fl.rounds=1", "fl.methods=[qffl]", "qffl.q=[2.0]"]
+    path = small_run(tmp_path, "qffl", extra)
+    config = load_config(None, SMALL + extra)
+    federation = build_federation(config)
+    model = build_classifier(config.model.name, federation.data.shape, federation.data.num_classes)
+    model.load_state_dict(initial_model_state(config, federation, config.seed))
+    clients = pd.read_parquet(path / "clients.parquet").sort_values("client")
+    before = [training_loss(model, c.x, c.y, 1024) for c in federation.clients]
+    assert clients["loss"].tolist() == pytest.approx(before, rel=1e-4)
+    shares = [f**2 for f in before]
+    assert clients["weight"].tolist() == pytest.approx([s / sum(shares) for s in shares], rel=1e-4)
+    rounds = pd.read_parquet(path / "rounds.parquet")
+    assert rounds["q"].tolist() == [2.0] and rounds["gamma"].isna().all() and rounds["bias"].isna().all()

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rayfed.fl.audit import compute_bias
+from rayfed.fl.gan_audit import compute_bias
 from rayfed.fl.metrics import fairness_summary, jain_index, max_min_fairness
-from rayfed.fl.state import aggregate, state_delta, update_problem, weighted_sum
+from rayfed.fl.state import apply_weighted_updates, state_delta, update_problem, weighted_sum
 from rayfed.fl.strategies import fairness_scores, fedavg_weights, softmax_weights
 
 
@@ -51,7 +51,7 @@ def test_aggregate_floats_and_integer_buffer():
     theta = {"w": torch.tensor([1.0, 2.0]), "num_batches_tracked": torch.tensor(10)}
     dw1 = {"w": torch.tensor([1.0, 0.0]), "num_batches_tracked": torch.tensor(3)}
     dw2 = {"w": torch.tensor([0.0, -1.0]), "num_batches_tracked": torch.tensor(4)}
-    new = aggregate(theta, [dw1, dw2], [0.3, 0.7])
+    new = apply_weighted_updates(theta, [dw1, dw2], [0.3, 0.7])
     assert torch.allclose(new["w"], torch.tensor([1.3, 1.3]))
     # 0.3 * 3 + 0.7 * 4 = 3.7: rounded to 4 and kept integer (the notebook's float sum truncates to 13)
     assert new["num_batches_tracked"].dtype == torch.int64
@@ -72,7 +72,7 @@ def test_notebook_integer_arithmetic_would_truncate():
 def test_delta_then_aggregate_single_client_recovers_after():
     before = {"w": torch.randn(3, 3), "n": torch.tensor(5)}
     after = {"w": torch.randn(3, 3), "n": torch.tensor(9)}
-    restored = aggregate(before, [state_delta(after, before)], [1.0])
+    restored = apply_weighted_updates(before, [state_delta(after, before)], [1.0])
     assert torch.allclose(restored["w"], after["w"]) and int(restored["n"]) == 9
 
 

@@ -15,7 +15,7 @@ from rayfed.results import RunDirectory
 
 pytestmark = pytest.mark.slow
 
-SETS = ["data.num_clients=3", "fl.rounds=3", "fl.local_epochs=1", "audit.gamma=[2.0]", "audit.gan_epochs=2",
+SETS = ["fl.methods=[fedavg,fedauditgan]", "data.num_clients=3", "fl.rounds=3", "fl.local_epochs=1", "audit.gamma=[2.0]", "audit.gan_epochs=2",
         "audit.n_probes=64", "audit.warm_start=true", "data.client_test_size=20", "seed=9"]
 ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
 
@@ -75,6 +75,20 @@ def test_resume_can_extend_fl_rounds(resumed_and_reference, tmp_path):
     assert sorted(set(rounds["round"])) == [1, 2, 3, 4] and len(rounds) == 8
 
 
+def test_a_run_killed_in_its_first_round_resumes_from_round_1(resumed_and_reference, tmp_path, assert_same_run):
+    """Killed before its first checkpoint, a run directory holds only config.yaml (and maybe half a round's
+    wandb files): --resume starts it again from round 1 and ends with the uninterrupted run's numbers."""
+    import shutil
+
+    victim, reference = resumed_and_reference
+    early = tmp_path / "early"
+    early.mkdir()
+    shutil.copy(victim / "config.yaml", early / "config.yaml")
+    result = _resume(early)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_run(early, reference)
+
+
 def _snapshot(path):
     return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(path.iterdir())}
 
@@ -115,8 +129,9 @@ def test_bad_resume_exits_2_and_leaves_the_directory_as_it_was(resumed_and_refer
     elif damage == "not_a_run":
         target = tmp_path / "empty"
         target.mkdir()
-    elif damage == "sisa_run":
-        (target / "checkpoint.pt").unlink()  # a sisa run directory has a config.yaml but no fl checkpoint
+    elif damage == "sisa_run":  # a sisa run directory: a config.yaml, its layout, no fl checkpoint
+        (target / "checkpoint.pt").unlink()
+        (target / "layout.parquet").write_bytes((target / "rounds.parquet").read_bytes())
     elif damage == "fewer_rounds":
         extra = ["--set", "fl.rounds=1"]
     before = _snapshot(target)

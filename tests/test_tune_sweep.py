@@ -108,3 +108,21 @@ def test_the_other_smoke_sweeps_run_one_trial_each(ray_session, tmp_path, name):
         assert (Path(row["run_dir"]) / "unlearning.parquet").is_file()
     else:
         assert (row["audit.lambda1"], row["audit.lambda2"]) == (10, 0.1)
+
+
+@pytest.mark.slow
+def test_qffl_q_smoke_sweep_reports_q_ffl_beside_its_controls_over_seeds(ray_session, tmp_path):
+    """qffl.q swept: each trial's metrics are q-FFL's, means over its 2 seeds with 95% half-widths, beside
+    FedAvg's and uniform's; at q = 0 q-FFL is the uniform average, so its figures are uniform's."""
+    from rayfed.tune.sweep import run_sweep_file
+
+    table = run_sweep_file(str(ROOT / "tune_configs" / "qffl_q_smoke.yaml"), [], str(tmp_path / "out"))
+    table = table.set_index("qffl.q")
+    assert sorted(table.index) == [0, 1, 5] and (table["status"] == "TERMINATED").all(), table["error"]
+    assert (table["seeds"] == 2).all() and (table["min_accuracy_ci"] >= 0).all()
+    assert {"fedavg/jfi", "uniform/min_accuracy"} <= set(table.columns)
+    assert abs(table.loc[0, "accuracy"] - table.loc[0, "uniform/accuracy"]) <= 0.5  # float rounding at most
+    for q in (0, 1, 5):
+        rounds = pd.read_parquet(Path(table.loc[q, "run_dir"]) / "rounds.parquet")
+        assert rounds.loc[rounds.method == "qffl", "q"].unique().tolist() == [q]
+        assert sorted(rounds["seed"].unique()) == [42, 43]

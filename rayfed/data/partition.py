@@ -109,10 +109,22 @@ def partition_clients(partition: str, labels: np.ndarray, pool: np.ndarray, num_
     return clients
 
 
-def client_test_indices(client_labels: np.ndarray, test_labels: np.ndarray, size: int, num_classes: int,
+def largest_test_size(client_labels: np.ndarray, test_labels: np.ndarray, num_classes: int) -> int:
+    """The largest subset with the client's label mix that the test set holds without repeating an image:
+    min over the client's classes c of floor(n_test_c / p_c) (p_c the client's share of class c)."""
+    counts = np.bincount(client_labels, minlength=num_classes).astype(float)
+    available = np.bincount(test_labels, minlength=num_classes).astype(float)
+    share = counts / counts.sum()
+    present = share > 0
+    return max(1, int(np.floor(np.min(available[present] / share[present]) + 1e-9)))
+
+
+def client_test_indices(client_labels: np.ndarray, test_labels: np.ndarray, size: int | str, num_classes: int,
                         rng: np.random.RandomState) -> np.ndarray:
-    """`size` test indices whose label mix matches client_labels (largest-remainder rounding; drawn without
-    replacement where the test set has enough of a class)."""
+    """`size` test indices (or `max`: `largest_test_size`) whose label mix matches client_labels
+    (largest-remainder rounding; drawn without replacement where the test set has enough of a class)."""
+    if size == "max":
+        size = largest_test_size(client_labels, test_labels, num_classes)
     counts = np.bincount(client_labels, minlength=num_classes).astype(float)
     quota = counts / counts.sum() * size
     take = np.floor(quota).astype(int)
@@ -128,7 +140,7 @@ def client_test_indices(client_labels: np.ndarray, test_labels: np.ndarray, size
 
 
 def split_federated(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: int, num_clients: int,
-                    partition: str, audit_fraction: float, client_test_size: int, seed: int,
+                    partition: str, audit_fraction: float, client_test_size: int | str, seed: int,
                     classes_per_client: int = 2, dirichlet_alpha: float = 0.5,
                     shards_per_client: int = 2) -> FederatedSplit:
     """Carve the server's audit split, partition the rest among clients, and draw each client's test subset."""

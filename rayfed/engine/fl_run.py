@@ -1,305 +1,152 @@
-"""The federated driver: actors, the round loop of FedAvg and Fed-AuditGAN, tables, checkpoints, resume."""
+"""`rayfed fl`: every method run x seed to fl.rounds on one FederatedEngine, round-major, a checkpoint after
+each round, and `--resume` from the last one. Tables and figures are written by `rayfed.fl.report`."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import ray
 import torch
-from ray.exceptions import RayActorError
 from tqdm.auto import tqdm
 
 from rayfed.config import Config, build_config, first_difference, read_yaml_mapping
-from rayfed.engine.client import ClientActor, LocalSettings
-from rayfed.engine.runtime import cluster_cpus, cluster_gpus, cpu_share, gpu_share, init_ray
-from rayfed.engine.server import AuditServer
+from rayfed.engine.fl_engine import FederatedEngine
+from rayfed.engine.runtime import init_ray
 from rayfed.errors import UserError
-from rayfed.fl.metrics import fairness_summary
-from rayfed.fl.setup import Federation, build_federation, select_clients
+from rayfed.fl.report import write_outputs
+from rayfed.fl.rows import ClientRow, RoundRow, schema
+from rayfed.fl.setup import build_federation, initial_model_state
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
-from rayfed.plots.fl import plot_fairness
+from rayfed.fl.strategies import Strategy, strategy_runs
 from rayfed.results import RunDirectory, Tracker, read_table
 
 log = logging.getLogger("rayfed")
 
-ROUNDS_SCHEMA = pa.schema([
-    ("method", pa.string()), ("gamma", pa.float64()), ("round", pa.int64()), ("accuracy", pa.float64()),
-    ("bias", pa.float64()), ("jfi", pa.float64()), ("max_min", pa.float64()), ("variance", pa.float64()),
-    ("min_accuracy", pa.float64()), ("max_accuracy", pa.float64()), ("mean_accuracy", pa.float64()),
-    ("gap", pa.float64()), ("participants", pa.int64()), ("seconds", pa.float64()),
-])
-CLIENTS_SCHEMA = pa.schema([
-    ("method", pa.string()), ("gamma", pa.float64()), ("round", pa.int64()), ("client", pa.int64()),
-    ("num_samples", pa.int64()), ("accuracy", pa.float64()), ("test_accuracy", pa.float64()),
-    ("bias", pa.float64()), ("score", pa.float64()), ("weight", pa.float64()), ("participated", pa.bool_()),
-    ("retries", pa.int64()), ("rejected", pa.string()),
-])
 CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
-class MethodRun:
-    """One line of the comparison: FedAvg, or Fed-AuditGAN with one gamma."""
+class SeededRun:
+    """One method run under one seed."""
 
-    method: str
-    gamma: float | None
-
-    @property
-    def label(self) -> str:
-        return "FedAvg" if self.method == "fedavg" else f"gamma={self.gamma:g}"
+    run: Strategy
+    seed: int
 
     @property
-    def file_label(self) -> str:
-        return "fedavg" if self.method == "fedavg" else f"fedauditgan_gamma{self.gamma:g}"
+    def key(self) -> str:
+        """Its name in checkpoints: `fedauditgan_gamma2@42`."""
+        return f"{self.run.file_label}@{self.seed}"
 
 
-def method_runs(config: Config) -> list[MethodRun]:
-    """fl.methods in order, Fed-AuditGAN expanded once per audit.gamma."""
-    runs = []
-    for method in config.fl.methods:
-        runs += [MethodRun(method, None)] if method == "fedavg" else [MethodRun(method, g) for g in config.gammas]
-    return runs
-
-
-@dataclass
-class RoundResult:
-    state_ref: ray.ObjectRef
-    round_row: dict[str, Any]
-    client_rows: list[dict[str, Any]]
-    gan_state: dict[str, Any] | None
-
-
-class FederatedEngine:
-    """Starts the client actors and the audit server, and runs rounds on them."""
-
-    def __init__(self, config: Config, federation: Federation):
-        self.config, self.federation = config, federation
-        r, fl, d = config.resources, config.fl, federation.data
-        ids = list(range(config.data.num_clients))
-        per_actor = r.actor_capacity(len(ids), cluster_cpus(), cluster_gpus())
-        self.groups = [ids[i : i + per_actor] for i in range(0, len(ids), per_actor)]
-        self.actor_of = {cid: a for a, group in enumerate(self.groups) for cid in group}
-        num_actors = len(self.groups) + 1  # + the server
-        gpus, cpus = gpu_share(r.gpus_per_client, num_actors), cpu_share(r.cpus_per_client, num_actors)
-        settings = LocalSettings(
-            config.model.name, d.shape, d.num_classes, fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay,
-            config.data.batch_size, config.data.eval_batch_size, config.seed, federation.augment_pad,
-            r.torch_threads,
-        )
-        retries = fl.max_retries
-        task_retries = retries if fl.on_client_failure == "retry" else 0
-        # Each partition enters the object store once; the engine keeps the refs so restarted actors find them.
-        self.client_refs = [ray.put(c) for c in federation.clients]
-        self.test_ref = ray.put((d.test_x, d.test_y))
-        self.actors = [
-            ClientActor.options(num_cpus=cpus, num_gpus=gpus, max_restarts=retries, max_task_retries=task_retries)
-            .remote(settings, [self.client_refs[cid] for cid in group], [self.test_ref])
-            for group in self.groups
-        ]
-        split = federation.split
-        self.server_data = ray.put((d.train_x[split.audit], d.train_y[split.audit], d.test_x, d.test_y))
-        self.server = AuditServer.options(
-            num_cpus=cpu_share(r.server_cpus, num_actors), num_gpus=gpu_share(r.server_gpus, num_actors),
-            max_restarts=retries, max_task_retries=retries,
-        ).remote(config.model.name, d.shape, d.num_classes, config.audit, federation.space, [self.server_data],
-                 config.seed, config.data.eval_batch_size, r.server_threads)
-        log.info("%d client actors (%.4g CPU, %.4g GPU each) + audit server", len(self.actors), cpus, gpus)
-
-    def round(self, round_index: int, run: MethodRun, state_ref: ray.ObjectRef,
-              gan_state: dict[str, Any] | None = None) -> RoundResult:
-        """One round: local updates in parallel with the server's GAN audit, then scoring + aggregation on the
-        server, evaluation everywhere."""
-        started = time.perf_counter()
-        config = self.config
-        selected = select_clients(config.data.num_clients, config.fl.clients_per_round, config.seed, round_index)
-        by_actor: dict[int, list[int]] = {}
-        for cid in selected:
-            by_actor.setdefault(self.actor_of[cid], []).append(cid)
-        pending = {a: self.actors[a].train.remote(round_index, state_ref, cids) for a, cids in by_actor.items()}
-        # Phase 2 needs only Theta_old: the server trains the audit GAN while the clients train.
-        probes_ref, gan_ref = (self.server.audit.remote(round_index, state_ref, gan_state)
-                               if run.method == "fedauditgan" else (None, None))
-        delivered, retries, dropped = [], {}, []
-        for a, (receipts_ref, updates_ref) in pending.items():
-            try:
-                for receipt in ray.get(receipts_ref):
-                    retries[receipt.client_id] = int(receipt.restarted)
-                delivered.append(updates_ref)
-            except RayActorError as exc:
-                dropped += by_actor[a]
-                log.warning("round %d: clients %s dropped, their actor died (%s)", round_index, by_actor[a],
-                            str(exc).splitlines()[0])
-        for cid, count in retries.items():
-            if count:
-                log.warning("round %d: client %d was recomputed on a restarted actor", round_index, cid)
-        outcome_ref, new_state_ref = self.server.aggregate.remote(round_index, run.method, run.gamma, state_ref,
-                                                                  delivered, probes_ref)
-        outcome = ray.get(outcome_ref)
-        evaluations = {}
-        for batch in ray.get([actor.evaluate.remote(round_index, new_state_ref) for actor in self.actors]):
-            evaluations.update({cid: (acc, test_acc) for cid, acc, test_acc in batch})
-        per_client = [evaluations[cid][0] for cid in range(config.data.num_clients)]
-        index = {cid: i for i, cid in enumerate(outcome.client_ids)}
-        client_rows = []
-        for cid in range(config.data.num_clients):
-            i = index.get(cid)
-            client_rows.append({
-                "method": run.method, "gamma": run.gamma, "round": round_index, "client": cid,
-                "num_samples": self.federation.num_samples[cid], "accuracy": evaluations[cid][0],
-                "test_accuracy": evaluations[cid][1],
-                "bias": None if i is None else outcome.biases[i], "score": None if i is None else outcome.scores[i],
-                "weight": 0.0 if i is None else outcome.weights[i],
-                "participated": i is not None and cid not in outcome.rejected,
-                "retries": retries.get(cid, 0), "rejected": outcome.rejected.get(cid),
-            })
-        for cid, why in outcome.rejected.items():
-            log.warning("round %d: update of client %d rejected: %s", round_index, cid, why)
-        round_row = {
-            "method": run.method, "gamma": run.gamma, "round": round_index, "accuracy": outcome.test_accuracy,
-            "bias": outcome.bias_base, **fairness_summary(per_client),
-            "participants": sum(r["participated"] for r in client_rows),
-            "seconds": time.perf_counter() - started,
-        }
-        return RoundResult(new_state_ref, round_row, client_rows, None if gan_ref is None else ray.get(gan_ref))
-
-    def shutdown(self) -> None:
-        for actor in [*self.actors, self.server]:
-            ray.kill(actor)
-
-
-def _log_round(tracker: Tracker, result: RoundResult) -> None:
-    row = result.round_row
-    data = {k: row[k] for k in ("round", "accuracy", "jfi", "max_min", "variance", "min_accuracy", "max_accuracy")}
-    data.update({"accuracy_gap": row["gap"], "bias": row["bias"]})
-    for c in result.client_rows:
-        data[f"client_{c['client']}_accuracy"] = c["accuracy"]
-        if c["score"] is not None:
-            data[f"client_{c['client']}_score"] = c["score"]
-            data[f"client_{c['client']}_weight"] = c["weight"]
-    tracker.log({k: v for k, v in data.items() if v is not None})
-
-
-def summary_table(round_rows: list[dict[str, Any]], runs: list[MethodRun]) -> list[dict[str, Any]]:
-    """The notebook's summary: each method's figures at its last round."""
-    rows = []
-    for run in runs:
-        mine = [r for r in round_rows if r["method"] == run.method and r["gamma"] == run.gamma]
-        if mine:
-            last = max(mine, key=lambda r: r["round"])
-            rows.append({"Method": run.label, "Round": last["round"], "Global Acc": last["accuracy"],
-                         "JFI": last["jfi"], "Max-Min": last["max_min"], "Variance": last["variance"],
-                         "Min Acc": last["min_accuracy"], "Max Acc": last["max_accuracy"], "Gap": last["gap"],
-                         "Bias": last["bias"]})
-    return rows
-
-
-def format_summary(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of `summary_table` rows."""
-    def cell(v: Any) -> str:
-        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(r[h]) for h in header) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+def seeded_runs(config: Config) -> list[SeededRun]:
+    """Every method run of fl.methods, once per seed of `seeds`."""
+    return [SeededRun(run, seed) for run in strategy_runs(config) for seed in config.seed_list]
 
 
 @dataclass
 class Progress:
-    """Where a run stands: rounds before `next_round` are done for every method run."""
+    """Where a run stands: rounds before `next_round` are done for every seeded run."""
 
     next_round: int
     states: dict[str, NumpyState]
-    """Each method run's Theta after round next_round - 1 (file_label -> state)."""
+    """Each seeded run's Theta after round next_round - 1 (key -> state)."""
     gans: dict[str, dict[str, Any]]
-    """Each warm-started method run's G, D and optimizer states."""
+    """Each warm-started seeded run's G, D and optimizer states."""
     round_rows: list[dict[str, Any]]
     client_rows: list[dict[str, Any]]
 
 
 def _save_checkpoint(run_dir: RunDirectory, progress: Progress) -> None:
     """Tables first, then the checkpoint that points past them: a crash in between only repeats a round."""
-    run_dir.write_table("rounds.parquet", progress.round_rows, ROUNDS_SCHEMA)
-    run_dir.write_table("clients.parquet", progress.client_rows, CLIENTS_SCHEMA)
+    run_dir.write_table("rounds.parquet", progress.round_rows, schema(RoundRow))
+    run_dir.write_table("clients.parquet", progress.client_rows, schema(ClientRow))
     run_dir.save_state(CHECKPOINT, {
         "command": "fl", "next_round": progress.next_round,
-        "states": {label: to_torch(state) for label, state in progress.states.items()}, "gans": progress.gans,
+        "states": {key: to_torch(state) for key, state in progress.states.items()}, "gans": progress.gans,
         "rows": len(progress.round_rows), "client_rows": len(progress.client_rows),
     })
 
 
+def _log_round(tracker: Tracker, row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
+    data = {k: row[k] for k in ("round", "accuracy", "jfi", "max_min", "variance", "min_accuracy", "max_accuracy",
+                                "effective_clients", "max_weight", "score_spread")}
+    data.update({"accuracy_gap": row["gap"], "bias": row["bias"], f"fairness_basis/{row['fairness_basis']}": 1})
+    for c in client_rows:
+        data[f"client_{c['client']}_accuracy"] = c["accuracy"]
+        data[f"client_{c['client']}_test_accuracy"] = c["test_accuracy"]
+        if c["score"] is not None:
+            data[f"client_{c['client']}_score"] = c["score"]
+        data[f"client_{c['client']}_weight"] = c["weight"]
+    tracker.log({k: v for k, v in data.items() if v is not None})
+
+
 RoundCallback = Callable[[list[dict[str, Any]]], None]
-"""Called after each round's checkpoint is written, with that round's rows (one per method run)."""
+"""Called after each round's checkpoint is written, with that round's rows (one per seeded run)."""
+
+
+def model_file(seeded: SeededRun, config: Config) -> str:
+    """model_<run>.pt, or model_<run>_seed<s>.pt when the run has several seeds."""
+    suffix = f"_seed{seeded.seed}" if len(config.seed_list) > 1 else ""
+    return f"model_{seeded.run.file_label}{suffix}.pt"
 
 
 def execute(config: Config, run_dir: RunDirectory, progress: Progress,
             on_round: RoundCallback | None = None) -> list[dict[str, Any]]:
-    """Run (or continue) every method run to fl.rounds, round-major (round r of every method, then r + 1),
+    """Run (or continue) every seeded run to fl.rounds, round-major (round r of every run, then r + 1),
     checkpointing after each round; then write the outputs.
 
-    `on_round` receives each round's rows once its checkpoint is on disk (Ray Tune trials report through it).
-    Returns the summary rows.
+    In each round every seeded run's updates and audit are submitted before the first is collected, so the
+    seeds and methods run side by side as far as the actors allow. `on_round` receives each round's rows once
+    its checkpoint is on disk (Ray Tune trials report through it). Returns the summary rows.
     """
     federation = build_federation(config)
-    runs = method_runs(config)
+    runs = seeded_runs(config)
     started_ray = init_ray(config.resources.address)
     engine = FederatedEngine(config, federation)
-    initial = to_numpy(federation.initial_state)
-    state_refs = {run.file_label: ray.put(progress.states.get(run.file_label, initial)) for run in runs}
-    trackers = {run.file_label: Tracker(config, run.label, run_dir.path, group=run_dir.path.name) for run in runs}
+    initial = {seed: to_numpy(initial_model_state(config, federation, seed))
+               for seed in config.seed_list}
+    state_refs = {r.key: ray.put(progress.states.get(r.key, initial[r.seed])) for r in runs}
+    trackers = {r.key: Tracker(config, f"{r.run.label} seed {r.seed}", run_dir.path, group=run_dir.path.name)
+                for r in runs}
     try:
         with tqdm(total=len(runs) * config.fl.rounds, initial=len(runs) * (progress.next_round - 1),
                   unit="round") as bar:
             for round_index in range(progress.next_round, config.fl.rounds + 1):
-                for run in runs:
-                    bar.set_description(f"round {round_index} {run.label}")
-                    result = engine.round(round_index, run, state_refs[run.file_label], progress.gans.get(run.file_label))
-                    state_refs[run.file_label] = result.state_ref
+                bar.set_description(f"round {round_index}")
+                pending = [engine.start_round(round_index, r.run, r.seed, state_refs[r.key], progress.gans.get(r.key))
+                           for r in runs]
+                for seeded, started in zip(runs, pending):
+                    result = engine.finish_round(started)
+                    state_refs[seeded.key] = result.state_ref
                     progress.round_rows.append(result.round_row)
                     progress.client_rows += result.client_rows
-                    _log_round(trackers[run.file_label], result)
+                    _log_round(trackers[seeded.key], result.round_row, result.client_rows)
                     if result.gan_state is not None:
-                        progress.gans[run.file_label] = result.gan_state
+                        progress.gans[seeded.key] = result.gan_state
                     bar.update(1)
                     bar.set_postfix(acc=f"{result.round_row['accuracy']:.1f}", jfi=f"{result.round_row['jfi']:.3f}")
                 progress.next_round = round_index + 1
-                progress.states = {label: ray.get(ref) for label, ref in state_refs.items()}
+                progress.states = {key: ray.get(ref) for key, ref in state_refs.items()}
                 _save_checkpoint(run_dir, progress)
                 if on_round is not None:
                     on_round(progress.round_rows[-len(runs):])
-        for run in runs:
-            run_dir.save_state(f"model_{run.file_label}.pt", to_torch(progress.states[run.file_label]))
+        for seeded in runs:
+            run_dir.save_state(model_file(seeded, config), to_torch(progress.states[seeded.key]))
     finally:
         for tracker in trackers.values():
             tracker.finish()
         engine.shutdown()
         if started_ray:
             ray.shutdown()
-    return write_outputs(config, run_dir, progress, runs)
-
-
-def write_outputs(config: Config, run_dir: RunDirectory, progress: Progress, runs: list[MethodRun]) -> list[dict]:
-    """summary.md, fairness.png and the printed summary table (and their wandb copies when tracking)."""
-    summary = summary_table(progress.round_rows, runs)
-    text = format_summary(summary)
-    run_dir.write_text("summary.md", f"# rayfed fl summary ({config.data.dataset}, {config.fl.rounds} rounds)\n\n{text}")
-    plot_fairness(progress.round_rows, progress.client_rows, runs, run_dir.file("fairness.png"))
-    tracker = Tracker(config, "Summary-Comparison", run_dir.path, group=run_dir.path.name)
-    tracker.log_image("comparison_plot", run_dir.file("fairness.png"))
-    tracker.log_table("summary_table", summary)
-    tracker.finish()
-    print(text)
-    return summary
+    return write_outputs(config, run_dir, progress.round_rows, progress.client_rows)
 
 
 def run_fl(config: Config, run_dir: RunDirectory, on_round: RoundCallback | None = None) -> list[dict[str, Any]]:
-    """`rayfed fl`: every method of config.fl.methods for fl.rounds rounds, results in run_dir."""
+    """`rayfed fl`: every method of config.fl.methods, once per seed, for fl.rounds rounds, results in run_dir."""
     run_dir.write_config(config)
     return execute(config, run_dir, Progress(1, {}, {}, [], []), on_round)
 
@@ -315,8 +162,10 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def load_progress(directory: Path) -> Progress:
-    """Where the `rayfed fl` run in `directory` stands (its checkpoint and the table rows it covers);
-    UserError naming the file when one is unreadable."""
+    """Where the `rayfed fl` run in `directory` stands (its checkpoint and the table rows it covers); a run
+    killed before its first checkpoint stands at round 1. UserError naming the file when one is unreadable."""
+    if not (directory / CHECKPOINT).is_file():
+        return Progress(1, {}, {}, [], [])
     checkpoint = _load_checkpoint(directory / CHECKPOINT)
     rounds = read_table(directory / "rounds.parquet")[: checkpoint["rows"]]
     clients = read_table(directory / "clients.parquet")[: checkpoint["client_rows"]]
@@ -326,10 +175,11 @@ def load_progress(directory: Path) -> Progress:
 
 def resume_fl(path: str, config_file: str | None, overrides: list[str]) -> list[dict[str, Any]]:
     """`rayfed fl --resume RUN_DIR`: continue an interrupted run to fl.rounds, the only key that may change
-    (raising it extends a finished run). Everything is validated before the run directory is touched."""
+    (raising it extends a finished run); a run killed during its first round starts again from round 1.
+    Everything is validated before the run directory is touched."""
     directory = Path(path).resolve()
-    if not (directory / "config.yaml").is_file() or not (directory / CHECKPOINT).is_file():
-        raise UserError(f"--resume {directory} is not a `rayfed fl` run directory (no config.yaml + {CHECKPOINT})")
+    if not (directory / "config.yaml").is_file() or (directory / "layout.parquet").is_file():
+        raise UserError(f"--resume {directory} is not a `rayfed fl` run directory (no config.yaml, or a sisa run)")
     saved = read_yaml_mapping(directory / "config.yaml")
     original = build_config([saved])
     mappings = [saved] + ([read_yaml_mapping(config_file)] if config_file else [])

@@ -10,7 +10,7 @@ import torch
 from rayfed.config import Config
 from rayfed.data import ImageData, black_level, load_dataset, split_federated
 from rayfed.data.partition import FederatedSplit
-from rayfed.fl.audit import PixelSpace
+from rayfed.fl.gan_audit import PixelSpace
 from rayfed.fl.state import StateDict
 from rayfed.models import build_classifier
 from rayfed.seeds import Stream, stream_seed
@@ -32,8 +32,6 @@ class Federation:
     data: ImageData
     split: FederatedSplit
     clients: list[ClientData]
-    initial_state: StateDict
-    """Theta_0, the same for every method of a run."""
 
     @property
     def space(self) -> PixelSpace:
@@ -49,33 +47,37 @@ class Federation:
         return [len(c.y) for c in self.clients]
 
 
-def initial_model_state(config: Config, shape: tuple[int, int, int], num_classes: int) -> StateDict:
-    """Theta_0 drawn from config.seed."""
-    torch.manual_seed(config.seed)
-    model = build_classifier(config.model.name, shape, num_classes, config.model.pretrained)
+def initial_model_state(config: Config, federation: Federation, seed: int) -> StateDict:
+    """Theta_0 of the run seeded `seed` (every method of that seed starts from it)."""
+    torch.manual_seed(seed)
+    data = federation.data
+    model = build_classifier(config.model.name, data.shape, data.num_classes, config.model.pretrained)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def build_federation(config: Config) -> Federation:
-    """Load the dataset, carve the audit split, partition the clients, draw their test subsets and Theta_0."""
+    """Load the dataset, carve the audit split, partition the clients and draw their test subsets (all from
+    the partition seed)."""
     d = config.data
     data = load_dataset(d.dataset, d.root, d.download, d.augment)
     split = split_federated(
         data.train_y.numpy(), data.test_y.numpy(), data.num_classes, d.num_clients, d.partition,
-        d.audit_fraction, d.client_test_size, config.seed, d.classes_per_client, d.dirichlet_alpha,
+        d.audit_fraction, d.client_test_size, config.partition_seed, d.classes_per_client, d.dirichlet_alpha,
         d.shards_per_client,
     )
     clients = [
         ClientData(cid, data.train_x[idx], data.train_y[idx], test)
         for cid, (idx, test) in enumerate(zip(split.clients, split.client_test))
     ]
-    return Federation(data, split, clients, initial_model_state(config, data.shape, data.num_classes))
+    return Federation(data, split, clients)
 
 
-def select_clients(num_clients: int, per_round: int | float | None, seed: int, round_index: int) -> list[int]:
-    """The clients taking part in a round: all, or a seeded sample of a count or fraction of them."""
-    if per_round is None:
+def select_clients(num_clients: int, count: int | None, fraction: float | None, seed: int,
+                   round_index: int) -> list[int]:
+    """The clients taking part in a round: all, or a seeded sample (CLIENT_SELECTION stream of the round)
+    of `count` clients or of `fraction` of them (at least one)."""
+    if count is None and fraction is None:
         return list(range(num_clients))
-    count = per_round if isinstance(per_round, int) else max(1, int(round(per_round * num_clients)))
+    size = count if count is not None else max(1, int(round(fraction * num_clients)))
     rng = np.random.RandomState(stream_seed(seed, Stream.CLIENT_SELECTION, round_index))
-    return sorted(rng.choice(num_clients, count, replace=False).tolist())
+    return sorted(rng.choice(num_clients, size, replace=False).tolist())

@@ -53,7 +53,7 @@ def apply_update(state: StateDict, update: StateDict) -> StateDict:
     return {k: (v + update[k].to(v.dtype)) if k in update else v.clone() for k, v in state.items()}
 
 
-def aggregate(state: StateDict, updates: Sequence[StateDict], weights: Sequence[float]) -> StateDict:
+def apply_weighted_updates(state: StateDict, updates: Sequence[StateDict], weights: Sequence[float]) -> StateDict:
     """Theta_new = Theta_old + sum_i alpha_i * dw_i."""
     return apply_update(state, weighted_sum(updates, weights))
 

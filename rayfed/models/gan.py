@@ -1,6 +1,6 @@
 """The Fed-AuditGAN notebook's fairness generator and conditional discriminator, made shape-generic.
 
-Both work in the GAN's pixel space [-1, 1] (tanh output); `rayfed.fl.audit` maps generated images into
+Both work in the GAN's pixel space [-1, 1] (tanh output); `rayfed.fl.gan_audit` maps generated images into
 the classifier's input space before the classifier sees them.
 """
 

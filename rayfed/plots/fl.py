@@ -1,7 +1,9 @@
-"""fairness.png: the Fed-AuditGAN notebook's six panels, from the rounds and clients tables."""
+"""fairness.png: the Fed-AuditGAN notebook's six panels, from the rounds and clients tables; with several
+seeds, each curve is the mean over seeds with a 95% Student-t band, each bar the mean with its interval."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
 
 PANELS = [
     ("accuracy", "Accuracy (%)", "Global Test Accuracy"),
@@ -18,31 +21,62 @@ PANELS = [
     ("variance", "Variance", "Per-Client Accuracy Variance (lower=fairer)"),
     ("gap", "Gap (%)", "Best-Worst Client Gap (lower=fairer)"),
 ]
+BASIS_NAMES = {"test": "held-out test", "train": "own training"}
+
+
+def _band(values_by_x: dict[int, list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, mean and 95% half-width (0 where there is one value) of grouped values."""
+    xs = np.array(sorted(values_by_x))
+    means, halves = [], []
+    for x in xs:
+        v = np.asarray(values_by_x[x], dtype=np.float64)
+        means.append(v.mean())
+        halves.append(0.0 if len(v) < 2 else stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return xs, np.array(means), np.array(halves)
+
+
+def _same_run(row: dict[str, Any], run: Any) -> bool:
+    return row["method"] == run.name and all(row.get(k) == v for k, v in run.parameters.items())
 
 
 def plot_fairness(round_rows: list[dict[str, Any]], client_rows: list[dict[str, Any]], runs: list[Any],
-                  path: Path) -> None:
-    """Five curves over rounds and the final per-client accuracy bars, one colour per method run."""
+                  basis: str, path: Path) -> None:
+    """Five curves over rounds and the final per-client accuracy bars (on the fairness basis), one colour per
+    method run; the fairness panels' titles name the basis."""
     fig, axes = plt.subplots(2, 3, figsize=(18, 10))
-    colours = plt.cm.tab10(np.arange(len(runs)))
+    colours = plt.cm.tab10(np.arange(len(runs)) % 10)
     for ax, (key, ylabel, title) in zip(axes.flat, PANELS):
         for run, colour in zip(runs, colours):
-            mine = sorted((r for r in round_rows if r["method"] == run.method and r["gamma"] == run.gamma),
-                          key=lambda r: r["round"])
-            ax.plot([r["round"] for r in mine], [r[key] for r in mine], label=run.label, color=colour,
-                    linestyle="--" if run.method == "fedavg" else "-", linewidth=2)
-        ax.set(xlabel="Round", ylabel=ylabel, title=title)
+            by_round: dict[int, list[float]] = defaultdict(list)
+            for r in round_rows:
+                if _same_run(r, run) and r[key] is not None:
+                    by_round[r["round"]].append(r[key])
+            if not by_round:
+                continue
+            xs, mean, half = _band(by_round)
+            ax.plot(xs, mean, label=run.label, color=colour, linestyle="--" if run.reference else "-", linewidth=2)
+            if half.any():
+                ax.fill_between(xs, mean - half, mean + half, color=colour, alpha=0.2)
+        ax.set(xlabel="Round", ylabel=ylabel, title=title if key == "accuracy" else f"{title}\nover clients' "
+               f"{BASIS_NAMES[basis]} accuracy")
         ax.legend()
         ax.grid(True, alpha=0.3)
     ax = axes[1, 2]
     last_round = max((r["round"] for r in round_rows), default=0)
     width = 0.8 / max(1, len(runs))
+    column = "test_accuracy" if basis == "test" else "accuracy"
     for i, (run, colour) in enumerate(zip(runs, colours)):
-        final = sorted((c for c in client_rows if c["method"] == run.method and c["gamma"] == run.gamma
-                        and c["round"] == last_round), key=lambda c: c["client"])
-        ax.bar(np.array([c["client"] for c in final]) + i * width, [c["accuracy"] for c in final], width,
-               label=run.label, color=colour, alpha=0.8)
-    ax.set(xlabel="Client ID", ylabel="Accuracy (%)", title=f"Per-Client Accuracy (Round {last_round})")
+        by_client: dict[int, list[float]] = defaultdict(list)
+        for c in client_rows:
+            if _same_run(c, run) and c["round"] == last_round:
+                by_client[c["client"]].append(c[column])
+        if not by_client:
+            continue
+        xs, mean, half = _band(by_client)
+        ax.bar(xs + i * width, mean, width, yerr=half if half.any() else None, label=run.label, color=colour,
+               alpha=0.8, capsize=2)
+    ax.set(xlabel="Client ID", ylabel="Accuracy (%)",
+           title=f"Per-Client {BASIS_NAMES[basis].capitalize()} Accuracy (Round {last_round})")
     ax.legend()
     ax.grid(True, alpha=0.3)
     fig.tight_layout()

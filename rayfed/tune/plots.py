@@ -16,9 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from rayfed.fl.strategies import REGISTRY  # noqa: E402
+
 FL_PANELS = (("accuracy", "final accuracy (%)"), ("jfi", "final JFI"))
 SISA_PANELS = (("accuracy", "accuracy"), ("speedup_samples", "unlearning speedup (samples)"))
-REFERENCE = "fedavg"
+REFERENCE = next(cls.name for cls in REGISTRY.values() if cls.reference)
+"""The baseline method whose per-trial figures are drawn as a dashed line (`fedavg/accuracy`, ...)."""
 FINISHED = ("TERMINATED", "EARLY_STOPPED")
 """Trials whose final figures are plotted (ASHA's early-stopped ones at the round they reached)."""
 

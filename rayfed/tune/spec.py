@@ -26,6 +26,7 @@ from typing import Any
 
 from rayfed.config import Config, build_config, config_keys, nest, parse_override, read_yaml_mapping
 from rayfed.errors import UserError
+from rayfed.fl.rows import ROUND_METRICS
 
 RUNS = ("fl", "sisa")
 SWEEP_KEYS = ("run", "base", "param_space", "tune_config", "run_config", "trial_resources")
@@ -35,9 +36,9 @@ TRIAL_RESOURCE_KEYS = ("cpus", "gpus")
 MODES = ("max", "min")
 SAMPLERS = ("grid_search", "choice", "uniform", "loguniform", "randint")
 SCHEDULER_PARAMS = {"fifo": (), "asha": ("grace_period", "reduction_factor", "max_t", "brackets")}
-FL_METRICS = ("accuracy", "jfi", "gap", "bias", "max_min", "variance", "min_accuracy", "max_accuracy",
-              "mean_accuracy", "participants", "seconds", "round")
-"""What an fl trial reports each round: the figures of the last method run of the round (the swept one)."""
+FL_METRICS = ROUND_METRICS
+"""What an fl trial reports each round: the figures of the last method run of the round (the swept one),
+averaged over its seeds (rayfed.fl.rows.RoundRow's numeric fields)."""
 SISA_METRICS = ("accuracy", "f1", "auroc", "unlearned_accuracy", "retrained_accuracy", "speedup_samples",
                 "speedup_seconds", "expected_speedup", "backdoor_asr", "unlearned_backdoor_asr")
 """What a sisa trial reports once, at its end."""

@@ -121,7 +121,8 @@ def sweep_rows(results: tune.ResultGrid, spec: SweepSpec, setup: TrialSetup) -> 
         row: dict[str, Any] = {"trial_id": trial.trial_id, "status": _status(result, trial.status, setup)}
         row.update({p.key: result.config.get(p.key) for p in spec.params})
         for key, value in metrics.items():
-            if key in RUN_METRICS[spec.run] or "/" in key or key in ("started_at", "reported_at", "time_total_s"):
+            if (key in RUN_METRICS[spec.run] or "/" in key or key.endswith("_ci")
+                    or key in ("seeds", "started_at", "reported_at", "time_total_s")):
                 row[key] = value
         row["run_dir"] = str(Path(setup.trials_dir) / trial.trial_id)
         row["error"] = None if result.error is None else str(result.error).strip().splitlines()[-1][:300]

@@ -22,17 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray import tune
 
 from rayfed.config import Config, build_config, nest
 from rayfed.engine.fl_run import CHECKPOINT, Progress, execute, load_progress, run_fl
 from rayfed.engine.sisa_run import run_sisa
+from rayfed.fl.report import mean_interval
+from rayfed.fl.rows import ROUND_METRICS
+from rayfed.fl.strategies import Strategy, strategy_for
 from rayfed.results import RunDirectory, read_table
 from rayfed.tune.resources import TrialBudget, TrialPlan, plan_trial
 
 FL_RESUME_FILES = ("config.yaml", "rounds.parquet", "clients.parquet", CHECKPOINT)
 """What an fl trial's Tune checkpoint holds: enough for the run to continue after its last round."""
-PER_METHOD_METRICS = ("accuracy", "jfi", "gap", "bias")
+PER_METHOD_METRICS = ("accuracy", "jfi", "gap", "min_accuracy", "bias")
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,24 @@ class RoundReporter:
         self.run_dir, self.started_at = run_dir, started_at
 
     def metrics(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """The last method run's figures, plus the other method runs' (the references) under their label."""
-        last = rows[-1]
-        metrics = {k: v for k, v in last.items() if k not in ("method", "gamma") and v is not None}
-        for row in rows[:-1]:
-            label = row["method"] if row["gamma"] is None else f"{row['method']}_gamma{row['gamma']:g}"
-            metrics.update({f"{label}/{k}": row[k] for k in PER_METHOD_METRICS if row[k] is not None})
+        """The last method run's figures (mean over its seeds), plus the other method runs' (the references,
+        e.g. `fedavg/jfi`) under their file label, and `seeds` (how many each mean covers)."""
+        by_run: dict[Strategy, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_run.setdefault(strategy_for(row["method"], row), []).append(row)
+        runs = list(by_run)
+
+        def means(run_rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
+            return {k: float(np.mean([r[k] for r in run_rows])) for k in keys
+                    if all(r[k] is not None for r in run_rows)}
+
+        last = by_run[runs[-1]]
+        metrics: dict[str, Any] = {**means(last, ROUND_METRICS), "seeds": len(last)}
+        if len(last) > 1:  # the 95% Student-t half-widths over seeds, as in summary.md
+            metrics.update({f"{k}_ci": mean_interval([r[k] for r in last])[1] for k in PER_METHOD_METRICS
+                            if all(r[k] is not None for r in last)})
+        for run in runs[:-1]:
+            metrics.update({f"{run.file_label}/{k}": v for k, v in means(by_run[run], PER_METHOD_METRICS).items()})
         return stamped(metrics, self.started_at)
 
     def __call__(self, rows: list[dict[str, Any]]) -> None:

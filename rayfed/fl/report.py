@@ -1,0 +1,173 @@
+"""What a `rayfed fl` run concludes, from its rows: per method run the final round's figures (mean and 95%
+Student-t interval over seeds), paired differences against the reference method (FedAvg) on the same seeds,
+and what the weights did; written as summary.md, fairness.png and their wandb copies."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from rayfed.config import Config
+from rayfed.fl.strategies import Strategy, strategy_for, strategy_runs
+from rayfed.plots.fl import plot_fairness
+from rayfed.results import RunDirectory, Tracker
+
+FINAL_FIGURES = (("Global Acc", "accuracy"), ("JFI", "jfi"), ("Max-Min", "max_min"), ("Variance", "variance"),
+                 ("Min Acc", "min_accuracy"), ("Max Acc", "max_accuracy"), ("Gap", "gap"), ("Bias", "bias"),
+                 ("Eff. clients", "effective_clients"))
+"""Summary columns -> the RoundRow figure they show at the final round."""
+PAIRED_FIGURES = (("Global Acc", "accuracy"), ("JFI", "jfi"), ("Worst client", "min_accuracy"), ("Gap", "gap"))
+"""Figures whose difference against the reference method is reported per seed pair."""
+UNIFORM_TOLERANCE = 0.01
+"""Weights within this relative distance of 1/K in every round count as uniform."""
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None]:
+    """(mean, half-width of the Student-t confidence interval); the half-width is None for fewer than 2 values."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2:
+        return float(x.mean()), None
+    sem = x.std(ddof=1) / np.sqrt(len(x))
+    return float(x.mean()), float(stats.t.ppf((1 + confidence) / 2, len(x) - 1) * sem)
+
+
+def _run_of(row: dict[str, Any]) -> Strategy:
+    return strategy_for(row["method"], row)
+
+
+def final_by_seed(round_rows: list[dict[str, Any]]) -> dict[Strategy, dict[int, dict[str, Any]]]:
+    """run -> seed -> that seeded run's row at its last round."""
+    out: dict[Strategy, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for row in round_rows:
+        mine = out[_run_of(row)]
+        if row["seed"] not in mine or row["round"] > mine[row["seed"]]["round"]:
+            mine[row["seed"]] = row
+    return out
+
+
+def summary_table(round_rows: list[dict[str, Any]], runs: list[Strategy]) -> list[dict[str, Any]]:
+    """Per method run: seeds, final round, and each final figure's mean with its interval (`<name> ±`)."""
+    finals = final_by_seed(round_rows)
+    table = []
+    for run in runs:
+        by_seed = finals.get(run)
+        if not by_seed:
+            continue
+        row: dict[str, Any] = {"Method": run.label, "Seeds": len(by_seed),
+                               "Round": max(r["round"] for r in by_seed.values())}
+        for name, key in FINAL_FIGURES:
+            values = [r[key] for r in by_seed.values() if r[key] is not None]
+            mean, half = mean_interval(values) if values else (None, None)
+            row[name], row[f"{name} ±"] = mean, half
+        table.append(row)
+    return table
+
+
+def paired_differences(round_rows: list[dict[str, Any]], runs: list[Strategy]) -> list[dict[str, Any]]:
+    """Per method run other than the reference: the mean difference (run - reference) over seeds both ran,
+    with its 95% interval; empty when the reference method was not run."""
+    finals = final_by_seed(round_rows)
+    references = [run for run in finals if type(run).reference]
+    if not references:
+        return []
+    reference = finals[references[0]]
+    table = []
+    for run in runs:
+        if run in references or run not in finals:
+            continue
+        seeds = sorted(set(finals[run]) & set(reference))
+        row: dict[str, Any] = {"Method": run.label, "vs": references[0].label, "Pairs": len(seeds)}
+        for name, key in PAIRED_FIGURES:
+            diffs = [finals[run][s][key] - reference[s][key] for s in seeds]
+            row[f"Δ {name}"], row[f"Δ {name} ±"] = mean_interval(diffs) if diffs else (None, None)
+        table.append(row)
+    return table
+
+
+def uniform_weight_runs(client_rows: list[dict[str, Any]]) -> dict[Strategy, float]:
+    """Runs of adaptive strategies (weights that respond to the updates) whose weights stayed within
+    UNIFORM_TOLERANCE of 1/K in every round and seed: run -> the largest |alpha_i K - 1| seen."""
+    rounds: dict[tuple[Strategy, int, int], list[float]] = defaultdict(list)
+    for c in client_rows:
+        if c["participated"]:
+            rounds[(_run_of(c), c["seed"], c["round"])].append(c["weight"])
+    deviation: dict[Strategy, float] = {}
+    for (run, _, _), weights in rounds.items():
+        if not run.adaptive:
+            continue
+        w = np.asarray(weights)
+        deviation[run] = max(deviation.get(run, 0.0), float(np.max(np.abs(w * len(w) - 1))))
+    return {run: d for run, d in deviation.items() if d <= UNIFORM_TOLERANCE}
+
+
+def _cell(mean: Any, half: Any = None) -> str:
+    if mean is None:
+        return "-"
+    if not isinstance(mean, float):
+        return str(mean)
+    digits = 4 if abs(mean) < 10 else 2
+    return f"{mean:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table; a column `X ±` is folded into `X` as `mean ± half-width`."""
+    header = [h for h in rows[0] if not h.endswith(" ±")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(r[h], r.get(f"{h} ±")) for h in header) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def basis_sentence(config: Config, client_rows: list[dict[str, Any]]) -> str:
+    """Which per-client accuracy the fairness figures are computed over, and the test subsets' sizes."""
+    sizes = [c["test_samples"] for c in client_rows]
+    if config.metrics.client_accuracy == "test":
+        return (f"Fairness figures (JFI, Max-Min, Variance, Min/Max Acc, Gap) are over each client's accuracy on "
+                f"its held-out test subset (`metrics.client_accuracy: test`; {min(sizes)}-{max(sizes)} test images "
+                "per client, with the client's label mix).")
+    return ("Fairness figures are over each client's accuracy on its own training images "
+            "(`metrics.client_accuracy: train`, the notebook's figure): clients that memorise their data all score "
+            "near 100%, so these figures say little about fairness.")
+
+
+def summary_markdown(config: Config, round_rows: list[dict[str, Any]], client_rows: list[dict[str, Any]]) -> str:
+    """summary.md: the summary table, the paired differences and the notes."""
+    runs = strategy_runs(config)
+    seeds = config.seed_list
+    parts = [f"# rayfed fl summary ({config.data.dataset}, {config.data.num_clients} clients, "
+             f"{config.fl.rounds} rounds, seeds {', '.join(map(str, seeds))})\n",
+             basis_sentence(config, client_rows) + " "
+             + ("Values are means over seeds ± the half-width of a 95% Student-t interval."
+                if len(seeds) > 1 else "One seed: no interval; run with `seeds: 5` to tell effect from noise.") + "\n",
+             format_table(summary_table(round_rows, runs))]
+    paired = paired_differences(round_rows, runs)
+    if paired:
+        parts += ["## Paired differences against the reference (same seed, same partition)\n",
+                  format_table(paired)]
+    for run, deviation in uniform_weight_runs(client_rows).items():
+        parts.append(f"- {run.title} {run.label}: in every round its weights stayed within "
+                     f"{100 * UNIFORM_TOLERANCE:g}% of uniform (largest |alpha_i K - 1| = {100 * deviation:.2f}%): "
+                     "it averaged the clients without size weights, so its difference from FedAvg is uniform "
+                     "against size weighting, not the audit. Compare it with `uniform`, or raise gamma "
+                     "(or set `audit.normalize_scores`).\n")
+    return "\n".join(parts)
+
+
+def write_outputs(config: Config, run_dir: RunDirectory, round_rows: list[dict[str, Any]],
+                  client_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """summary.md, fairness.png and the printed summary (and their wandb copies when tracking); returns the
+    summary table's rows."""
+    runs = strategy_runs(config)
+    summary = summary_table(round_rows, runs)
+    text = summary_markdown(config, round_rows, client_rows)
+    run_dir.write_text("summary.md", text)
+    plot_fairness(round_rows, client_rows, runs, config.metrics.client_accuracy, run_dir.file("fairness.png"))
+    tracker = Tracker(config, "Summary-Comparison", run_dir.path, group=run_dir.path.name)
+    tracker.log_image("comparison_plot", run_dir.file("fairness.png"))
+    tracker.log_table("summary_table", summary)
+    tracker.finish()
+    print(text)
+    return summary

@@ -1,0 +1,175 @@
+"""One federated round as plain functions. The actors in `rayfed.engine` wrap them thinly (moving state through
+the object store); the round benchmark and its equality test call them directly.
+
+    Phase 1  client_update        dw_i = w_after - w_before, and F_i(Theta_old)
+    Phase 2  train_audit + draw_probes   G, D against the frozen Theta_old; the probe set P
+    Phase 3-4 score_and_aggregate  the strategy's weights (S_i = B_base - B_i, alpha = softmax(gamma S), ...)
+    then     evaluate_clients      each client's accuracy on its training images and on its held-out test subset
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rayfed.config import AuditConfig
+from rayfed.fl.gan_audit import AuditGan, FoldedEvaluator, PixelSpace, generate_probes, train_fairness_gan
+from rayfed.fl.local import local_update
+from rayfed.fl.metrics import accuracy, predictions
+from rayfed.fl.setup import ClientData
+from rayfed.fl.state import StateDict, update_problem
+from rayfed.fl.strategies import AuditEvidence, LocalResult, Strategy
+from rayfed.seeds import Stream, stream_seed
+
+
+@dataclass
+class LocalTraining:
+    """Phase 1's hyperparameters."""
+
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    eval_batch_size: int
+
+
+@torch.no_grad()
+def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """F(Theta): mean cross-entropy of the model (eval mode, no augmentation) on (x, y)."""
+    model.eval()
+    total = sum(float(F.cross_entropy(model(x[s : s + batch_size]), y[s : s + batch_size], reduction="sum"))
+                for s in range(0, len(y), batch_size))
+    return total / max(1, len(y))
+
+
+def client_update(model: nn.Module, client: ClientData, global_state: StateDict, training: LocalTraining, *,
+                  run_seed: int, round_index: int, augment_pad: torch.Tensor | None) -> LocalResult:
+    """Phase 1 for one client: load Theta_old into `model`, measure F_i(Theta_old), train, return dw_i.
+
+    Minibatch order, augmentation and dropout come from the CLIENT_TRAINING stream of (round, client)."""
+    model.load_state_dict(global_state)
+    loss = training_loss(model, client.x, client.y, training.eval_batch_size)  # before local training
+    delta = local_update(model, client.x, client.y, epochs=training.epochs, lr=training.lr,
+                         momentum=training.momentum, weight_decay=training.weight_decay,
+                         batch_size=training.batch_size,
+                         seed=stream_seed(run_seed, Stream.CLIENT_TRAINING, round_index, client.client_id),
+                         augment_pad=augment_pad)
+    return LocalResult(client.client_id, len(client.y), delta, loss)
+
+
+@dataclass
+class Probes:
+    """Phase 2's probe set P: the pairs (x, x') in classifier space."""
+
+    x: torch.Tensor
+    x_prime: torch.Tensor
+
+
+def train_audit(classifier: nn.Module, global_state: StateDict, audit_x: torch.Tensor, audit_y: torch.Tensor,
+                audit: AuditConfig, space: PixelSpace, num_classes: int, shape: tuple[int, int, int], *,
+                run_seed: int, round_index: int, gan_state: dict[str, Any] | None = None) -> AuditGan:
+    """Phase 2: G and D trained against the frozen Theta_old on the server's audit split: a fresh pair each
+    round (the specification), or, with audit.warm_start, the previous round's `gan_state` continued for
+    audit.gan_epochs_warm epochs."""
+    device = audit_x.device
+    warm = audit.warm_start and gan_state is not None
+    gan = AuditGan.create(audit.latent_dim, num_classes, shape, audit.delta_scale, audit.gan_lr, device,
+                          stream_seed(run_seed, Stream.GAN_INIT, round_index))
+    if warm:
+        gan.load_state_dict(gan_state)
+    classifier.load_state_dict(global_state)
+    train_fairness_gan(gan, classifier, audit_x, audit_y, epochs=audit.gan_epochs_warm if warm else audit.gan_epochs,
+                       lambda1=audit.lambda1, lambda2=audit.lambda2, batch_size=audit.gan_batch_size, space=space,
+                       seed=stream_seed(run_seed, Stream.GAN_TRAINING, round_index))
+    return gan
+
+
+def draw_probes(gan: AuditGan, n_probes: int, space: PixelSpace, *, run_seed: int, round_index: int) -> Probes:
+    """The round's probe set P from the trained G (PROBES stream of the round)."""
+    device = next(gan.G.parameters()).device
+    x, x_prime = generate_probes(gan.G, n_probes, space, stream_seed(run_seed, Stream.PROBES, round_index), device)
+    return Probes(x, x_prime)
+
+
+@dataclass
+class RoundOutcome:
+    """What the server decided in one round (lists per entry of `client_ids`)."""
+
+    client_ids: list[int]
+    state: StateDict
+    """Theta_new (Theta_old when no update was accepted)."""
+    weights: list[float]
+    """The strategy's weight of each update (0 for a rejected one)."""
+    losses: list[float]
+    """F_i(Theta_old) as the client reported it."""
+    rejected: dict[int, str] = field(default_factory=dict)
+    """client -> why its update was not aggregated."""
+    bias_base: float | None = None
+    biases: list[float | None] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+    test_accuracy: float | None = None
+    """Theta_new's accuracy on the global test set (percent), filled by whoever evaluates it."""
+
+
+def result_problem(result: LocalResult, reference: StateDict) -> str | None:
+    """Why a client's result cannot be aggregated (a bad update, or a NaN/Inf loss), or None if it can."""
+    if not math.isfinite(result.loss):
+        return "loss is NaN or Inf"
+    return update_problem(result.delta, reference)
+
+
+def score_and_aggregate(strategy: Strategy, global_state: StateDict, results: Sequence[LocalResult],
+                        audit: AuditEvidence | None, buffers: frozenset[str] = frozenset()) -> RoundOutcome:
+    """Phases 3-4: reject unusable results, let the strategy weigh the rest, apply them to Theta_old
+    (`buffers`: the model's buffer keys, for strategies that treat them apart from the parameters)."""
+    ids = [r.client_id for r in results]
+    rejected = {r.client_id: why for r in results if (why := result_problem(r, global_state))}
+    kept = [i for i, cid in enumerate(ids) if cid not in rejected]
+    outcome = RoundOutcome(ids, global_state, [0.0] * len(ids), [r.loss for r in results], rejected,
+                           biases=[None] * len(ids), scores=[None] * len(ids))
+    if kept:
+        decision = strategy.aggregate(global_state, [results[i] for i in kept], audit, buffers)
+        outcome.state, outcome.bias_base = decision.state, decision.bias_base
+        for j, i in enumerate(kept):
+            outcome.weights[i] = decision.weights[j]
+            if decision.scores is not None:
+                outcome.biases[i], outcome.scores[i] = decision.biases[j], decision.scores[j]
+    return outcome
+
+
+def audit_evidence(evaluator: FoldedEvaluator, probes: Probes, device: torch.device, chunk: int) -> AuditEvidence:
+    """The probes on the scoring device, with the scoring template."""
+    return AuditEvidence(evaluator, probes.x.to(device), probes.x_prime.to(device), chunk)
+
+
+@dataclass
+class ClientEvaluation:
+    client_id: int
+    train_accuracy: float
+    """Percent of its own training images (through the training transform: the notebook's figure)."""
+    test_accuracy: float
+    """Percent of its held-out test subset (the client's label mix, no augmentation)."""
+
+
+def evaluate_clients(model: nn.Module, global_state: StateDict, clients: Iterable[ClientData],
+                     test_x: torch.Tensor, test_y: torch.Tensor, test_rows: np.ndarray, *, eval_batch_size: int,
+                     augment_pad: torch.Tensor | None, run_seed: int, round_index: int) -> list[ClientEvaluation]:
+    """Each client's two accuracies under Theta. `test_x`, `test_y` hold the test-set rows `test_rows` (sorted)
+    that these clients' subsets use: they are classified once, and each client's figure is read off its rows."""
+    model.load_state_dict(global_state)
+    correct = (predictions(model, test_x, eval_batch_size) == test_y).cpu().numpy()
+    results = []
+    for c in clients:
+        own = accuracy(model, c.x, c.y, eval_batch_size, augment_pad,
+                       stream_seed(run_seed, Stream.CLIENT_EVALUATION, round_index, c.client_id))
+        test = 100.0 * float(correct[np.searchsorted(test_rows, c.test_index)].mean())
+        results.append(ClientEvaluation(c.client_id, own, test))
+    return results

@@ -1,0 +1,102 @@
+"""The rows of `rounds.parquet` and `clients.parquet`: one dataclass each, the one source of the tables'
+schemas, the summary's columns and the metric names Ray Tune reports.
+
+Each row also carries the parameter column of every registered strategy (`gamma`, `q`, ...; null where the
+row's method has no such parameter), placed after `method`."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import pyarrow as pa
+
+from rayfed.fl.strategies import Strategy, parameter_columns
+
+
+@dataclass
+class RoundRow:
+    """One method run's round."""
+
+    method: str
+    seed: int
+    """The run seed (model init, SGD order, GAN, probes)."""
+    round: int
+    """From 1."""
+    accuracy: float
+    """Global test accuracy of Theta_new, percent."""
+    bias: float | None
+    """B_base (null for methods without the audit)."""
+    jfi: float
+    max_min: float
+    variance: float
+    min_accuracy: float
+    max_accuracy: float
+    mean_accuracy: float
+    gap: float
+    fairness_basis: str
+    """What the fairness figures above are computed over: `test` (each client's held-out subset) or `train`
+    (its own training images, the notebook's figure)."""
+    participants: int
+    effective_clients: float | None
+    """1 / sum alpha_i^2 over the round's weights: K for uniform weights, 1 when one client takes all."""
+    max_weight: float | None
+    score_spread: float | None
+    """Standard deviation of S_i over the round's scored clients (null without scores)."""
+    seconds: float
+
+
+@dataclass
+class ClientRow:
+    """One client in one method run's round."""
+
+    method: str
+    seed: int
+    round: int
+    client: int
+    num_samples: int
+    test_samples: int
+    """Size of the client's held-out test subset."""
+    loss: float | None
+    """F_i(Theta_old): training loss at the global model before local training (null if it did not report)."""
+    accuracy: float
+    """On its own training images through the training transform (the notebook's per-client figure)."""
+    test_accuracy: float
+    """On its held-out test subset (its label mix, no augmentation)."""
+    bias: float | None
+    """B_i of Theta_old + dw_i (null without the audit)."""
+    score: float | None
+    """S_i = B_base - B_i (null without the audit)."""
+    weight: float
+    """The strategy's weight of the update (alpha_i; 0 when the client did not take part)."""
+    participated: bool
+    retries: int
+    rejected: str | None
+    """Why its update was not aggregated, or null."""
+
+
+def _arrow_type(tp: Any) -> pa.DataType:
+    if get_origin(tp) in (Union, types.UnionType):
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    return {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}[tp]
+
+
+def schema(row_type: type) -> pa.Schema:
+    """The Parquet schema of a row type: `method`, the strategies' parameter columns, then its fields."""
+    hints = get_type_hints(row_type)
+    fields = [(f.name, _arrow_type(hints[f.name])) for f in dataclasses.fields(row_type)]
+    return pa.schema(fields[:1] + [(c, pa.float64()) for c in parameter_columns()] + fields[1:])
+
+
+def as_dict(row: RoundRow | ClientRow, run: Strategy) -> dict[str, Any]:
+    """The table row: the dataclass's fields with the run's parameter columns after `method`."""
+    values = dataclasses.asdict(row)
+    return {"method": values.pop("method"), **run.parameters, **values}
+
+
+ROUND_METRICS = tuple(f.name for f in dataclasses.fields(RoundRow)
+                      if _arrow_type(get_type_hints(RoundRow)[f.name]) in (pa.float64(), pa.int64()) and
+                      f.name != "seed")
+"""The numeric figures of a round (what a Tune trial reports)."""

@@ -1,0 +1,135 @@
+"""What every aggregation strategy is, and the registry that config validation, the engine, the reports, the
+plots and Ray Tune read. A strategy lives in one file of this package: subclass `Strategy`, give it a `name`,
+and it is registered (the package imports every module in it)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from rayfed.fl.state import StateDict
+
+if TYPE_CHECKING:
+    from rayfed.config import Config
+    from rayfed.fl.gan_audit import FoldedEvaluator
+
+
+@dataclass
+class LocalResult:
+    """What one client returns from Phase 1."""
+
+    client_id: int
+    num_samples: int
+    delta: StateDict
+    """dw_i = w_after - w_before."""
+    loss: float
+    """F_i(Theta_old): the client's mean training loss at the global model, before local training."""
+
+
+@dataclass
+class AuditEvidence:
+    """What Phase 2 hands a strategy that needs the audit: the probe set P and the scoring template."""
+
+    evaluator: FoldedEvaluator
+    x: torch.Tensor
+    x_prime: torch.Tensor
+    chunk: int
+    """Probes per chunk of scoring."""
+
+
+@dataclass
+class Aggregation:
+    """A strategy's decision for one round (lists in the order of the updates it was given)."""
+
+    state: StateDict
+    """Theta_new."""
+    weights: list[float]
+    """Each client's weight in the round (alpha_i, or the strategy's own share; they sum to 1)."""
+    bias_base: float | None = None
+    biases: list[float] | None = None
+    scores: list[float] | None = None
+
+
+REGISTRY: dict[str, type[Strategy]] = {}
+"""fl.methods name -> strategy class, filled as the strategy modules are imported."""
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One line of a comparison: a method and, for methods that have one, the value of its swept parameter."""
+
+    value: float | None = None
+    """The value of `parameter` this run uses (None for methods without one)."""
+
+    name: ClassVar[str]
+    """The `fl.methods` name."""
+    title: ClassVar[str]
+    """Human name for tables and legends."""
+    needs_audit: ClassVar[bool] = False
+    """The server trains the audit GAN and scores the updates for this method."""
+    parameter: ClassVar[str | None] = None
+    """The method's swept parameter: its table column (e.g. `gamma`), or None."""
+    parameter_key: ClassVar[str | None] = None
+    """The config key listing the parameter's values (one run per value), e.g. `audit.gamma`."""
+    adaptive: ClassVar[bool] = False
+    """Its weights respond to the updates (audit scores, losses), so the summary notes when they stayed uniform."""
+    reference: ClassVar[bool] = False
+    """The baseline other methods are compared with (paired differences, Tune's reference metrics)."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            REGISTRY[cls.name] = cls
+
+    @classmethod
+    def runs(cls, config: Config) -> list[Strategy]:
+        """One run per value of the parameter in `config` (or the one run of a method without one)."""
+        if cls.parameter_key is None:
+            return [cls()]
+        section, key = cls.parameter_key.split(".")
+        values = getattr(getattr(config, section), key)
+        return [cls(float(v)) for v in (values if isinstance(values, list) else [values])]
+
+    @property
+    def label(self) -> str:
+        """e.g. `FedAvg`, `gamma=2`: the run's name in summaries, legends and wandb."""
+        return self.title if self.parameter is None else f"{self.parameter}={self.value:g}"
+
+    @property
+    def file_label(self) -> str:
+        """e.g. `fedavg`, `fedauditgan_gamma2`: the run's name in file names and checkpoints."""
+        return self.name if self.parameter is None else f"{self.name}_{self.parameter}{self.value:g}"
+
+    @property
+    def parameters(self) -> dict[str, float | None]:
+        """The run's value of every strategy parameter column (None for the others)."""
+        return {column: (self.value if column == self.parameter else None) for column in parameter_columns()}
+
+    def aggregate(self, state: StateDict, updates: Sequence[LocalResult], audit: AuditEvidence | None,
+                  buffers: frozenset[str] = frozenset()) -> Aggregation:
+        """Theta_new from Theta_old and this round's accepted updates (`audit` given iff `needs_audit`;
+        `buffers`: the state-dict keys that are buffers, not trainable parameters)."""
+        raise NotImplementedError
+
+
+def parameter_columns() -> list[str]:
+    """The table columns of all registered strategies' parameters, in registration order."""
+    columns: list[str] = []
+    for cls in REGISTRY.values():
+        if cls.parameter and cls.parameter not in columns:
+            columns.append(cls.parameter)
+    return columns
+
+
+def strategy_runs(config: Config) -> list[Strategy]:
+    """fl.methods in order, each expanded once per value of its parameter."""
+    return [run for method in config.fl.methods for run in REGISTRY[method].runs(config)]
+
+
+def strategy_for(method: str, parameters: dict[str, float | None]) -> Strategy:
+    """The run a table row describes (its `method` and parameter columns)."""
+    cls = REGISTRY[method]
+    return cls() if cls.parameter is None else cls(parameters[cls.parameter])

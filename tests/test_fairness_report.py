@@ -1,0 +1,167 @@
+"""What `rayfed fl` concludes, against hand-computed cases: Student-t intervals, paired differences against
+FedAvg, effective weights, the uniform-weights note, standardised scores, the uniform control, test-subset
+sizes and client selection."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rayfed.data.partition import client_test_indices, largest_test_size
+from rayfed.engine.fl_engine import weight_figures
+from rayfed.fl.report import mean_interval, paired_differences, summary_table, uniform_weight_runs
+from rayfed.fl.setup import select_clients
+from rayfed.fl.strategies import REGISTRY, LocalResult, strategy_for
+from rayfed.fl.strategies.fedauditgan import FedAuditGan, softmax_weights, standardised
+from rayfed.fl.strategies.fedavg import FedAvg
+from rayfed.fl.strategies.uniform import Uniform
+
+
+def test_mean_interval_hand_case():
+    # [1, 2, 3]: mean 2, s = 1, sem = 1/sqrt(3), t(0.975, 2) = 4.302653 -> half-width 2.484138
+    mean, half = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert mean_interval([5.0]) == (5.0, None)  # one seed: no interval
+
+
+def _round(method, gamma, seed, rnd, accuracy, jfi, min_accuracy, gap):
+    return {"method": method, "gamma": gamma, "q": None, "seed": seed, "round": rnd, "accuracy": accuracy,
+            "jfi": jfi, "max_min": 0.5, "variance": 1.0, "min_accuracy": min_accuracy, "max_accuracy": 90.0,
+            "gap": gap, "bias": None, "effective_clients": 3.0}
+
+
+ROWS = [
+    _round("fedavg", None, 1, 1, 10.0, 0.5, 5.0, 50.0),  # an earlier round: not the final figures
+    _round("fedavg", None, 1, 2, 80.0, 0.90, 60.0, 30.0), _round("fedavg", None, 2, 2, 82.0, 0.92, 62.0, 28.0),
+    _round("fedauditgan", 2.0, 1, 2, 81.0, 0.95, 70.0, 20.0),
+    _round("fedauditgan", 2.0, 2, 2, 85.0, 0.93, 66.0, 25.0),
+]
+
+
+def test_summary_and_paired_differences_hand_case():
+    runs = [FedAvg(), FedAuditGan(2.0)]
+    summary = {r["Method"]: r for r in summary_table(ROWS, runs)}
+    assert summary["FedAvg"]["Seeds"] == 2 and summary["FedAvg"]["Global Acc"] == pytest.approx(81.0)
+    # accuracies 80, 82: s = sqrt(2), sem = 1, t(0.975, 1) = 12.706205
+    assert summary["FedAvg"]["Global Acc ±"] == pytest.approx(12.706205, rel=1e-6)
+    paired = paired_differences(ROWS, runs)
+    assert len(paired) == 1 and paired[0]["Method"] == "gamma=2" and paired[0]["Pairs"] == 2
+    # accuracy differences: seed 1: 81 - 80 = 1, seed 2: 85 - 82 = 3 -> mean 2, s = sqrt(2), half 12.706
+    assert paired[0]["Δ Global Acc"] == pytest.approx(2.0)
+    assert paired[0]["Δ Global Acc ±"] == pytest.approx(12.706205, rel=1e-6)
+    # worst client: 70 - 60 = 10, 66 - 62 = 4 -> 7; gap: -10, -3 -> -6.5
+    assert paired[0]["Δ Worst client"] == pytest.approx(7.0)
+    assert paired[0]["Δ Gap"] == pytest.approx(-6.5)
+    assert paired_differences([r for r in ROWS if r["method"] != "fedavg"], runs) == []  # no reference ran
+
+
+def test_weight_figures_hand_case():
+    figures = weight_figures([0.5, 0.25, 0.25, 0.0], [0.1, -0.1, 0.0, None])  # the 0 is a rejected update
+    assert figures["effective_clients"] == pytest.approx(1 / (0.25 + 0.0625 + 0.0625))
+    assert figures["max_weight"] == 0.5
+    assert figures["score_spread"] == pytest.approx(math.sqrt(0.02 / 3))
+    assert weight_figures([0.25] * 4, [None] * 4) == {"effective_clients": 4.0, "max_weight": 0.25,
+                                                       "score_spread": None}
+
+
+def _client(method, gamma, seed, rnd, weight):
+    return {"method": method, "gamma": gamma, "q": None, "seed": seed, "round": rnd, "weight": weight,
+            "participated": True}
+
+
+def test_uniform_weight_note_only_for_adaptive_runs_within_one_percent():
+    near = [_client("fedauditgan", 2.0, 1, 1, w) for w in (0.3340, 0.3330, 0.3330)]
+    far = [_client("fedauditgan", 8.0, 1, 1, w) for w in (0.5, 0.3, 0.2)]
+    uniform = [_client("uniform", None, 1, 1, 1 / 3) for _ in range(3)]
+    found = uniform_weight_runs(near + far + uniform)
+    assert list(found) == [FedAuditGan(2.0)]
+    assert found[FedAuditGan(2.0)] == pytest.approx(0.002)  # |0.334 * 3 - 1|
+
+
+def test_standardised_scores_make_gamma_scale_free():
+    scores = [1.0, 2.0, 3.0]  # std = sqrt(2/3)
+    assert standardised(scores) == pytest.approx([s / math.sqrt(2 / 3) for s in scores])
+    tiny = [s * 1e-3 for s in scores]  # the same ranking at a thousandth of the size
+    assert softmax_weights(standardised(tiny), 2.0) == pytest.approx(softmax_weights(standardised(scores), 2.0))
+    assert softmax_weights(tiny, 2.0) != pytest.approx(softmax_weights(scores, 2.0))
+    assert standardised([0.5, 0.5]) == [0.5, 0.5]
+
+
+def test_uniform_strategy_averages_the_models():
+    theta = {"w": torch.tensor([0.0, 0.0]), "n": torch.tensor(4)}
+    updates = [LocalResult(0, 10, {"w": torch.tensor([1.0, 0.0]), "n": torch.tensor(2)}, 1.0),
+               LocalResult(1, 90, {"w": torch.tensor([0.0, 3.0]), "n": torch.tensor(2)}, 1.0)]
+    decision = Uniform().aggregate(theta, updates, None)
+    assert decision.weights == [0.5, 0.5]  # 1/K, whatever the sizes (FedAvg: 0.1, 0.9)
+    assert torch.allclose(decision.state["w"], torch.tensor([0.5, 1.5]))
+    assert decision.state["n"].item() == 6 and decision.state["n"].dtype == torch.int64
+    assert FedAvg().aggregate(theta, updates, None).weights == pytest.approx([0.1, 0.9])
+
+
+def test_registry_names_labels_and_rows_round_trip():
+    assert {"fedavg", "uniform", "fedauditgan"} <= set(REGISTRY)
+    assert FedAuditGan(2.0).label == "gamma=2" and FedAuditGan(2.0).file_label == "fedauditgan_gamma2"
+    assert strategy_for("fedauditgan", {"gamma": 8.0, "q": None}) == FedAuditGan(8.0)
+    assert strategy_for("uniform", {"gamma": None}) == Uniform()
+
+
+def test_largest_test_subset_hand_case():
+    client = np.array([0, 0, 0, 1])  # shares 0.75, 0.25
+    test = np.array([0] * 30 + [1] * 5 + [2] * 40)
+    assert largest_test_size(client, test, 3) == 20  # min(30 / 0.75, 5 / 0.25)
+    picked = client_test_indices(client, test, "max", 3, np.random.RandomState(0))
+    assert len(picked) == 20 and len(set(picked.tolist())) == 20  # no image repeated
+    assert np.bincount(test[picked], minlength=3).tolist() == [15, 5, 0]
+
+
+def test_select_clients_count_or_fraction():
+    assert select_clients(10, None, None, 0, 1) == list(range(10))
+    one = select_clients(10, 1, None, 0, 1)
+    assert len(one) == 1
+    assert len(select_clients(10, None, 1.0, 0, 1)) == 10 and len(select_clients(10, None, 0.3, 0, 1)) == 3
+
+
+# ---------------------------------------------------------------------------------------------- q-FFL
+
+
+def test_qffl_two_client_hand_case():
+    """One parameter w = 1, L = 10, q = 2, F = (2, 1), dw = (-0.1, 0.2):
+    dW_k = -L dw_k = (1, -2); Delta_k = F_k^2 dW_k = (4, -2), sum 2;
+    h_k = q F_k^(q-1) dW_k^2 + L F_k^q = (2*2*1 + 10*4, 2*1*4 + 10*1) = (44, 18); w' = 1 - 2 / 62."""
+    from rayfed.fl.strategies.qffl import QFedAvg, loss_shares, qffl_step
+
+    state = {"w": torch.tensor([1.0])}
+    deltas = [{"w": torch.tensor([-0.1])}, {"w": torch.tensor([0.2])}]
+    new = qffl_step(state, deltas, [2.0, 1.0], q=2.0, lipschitz=10.0, parameters=["w"])
+    assert new["w"].item() == pytest.approx(1.0 - 2.0 / 62.0, rel=1e-6)
+    assert loss_shares([2.0, 1.0], 2.0) == pytest.approx([0.8, 0.2])
+    updates = [LocalResult(0, 5, deltas[0], 2.0), LocalResult(1, 5, deltas[1], 1.0)]
+    decision = QFedAvg(2.0, 10.0).aggregate(state, updates, None, frozenset())
+    assert decision.state["w"].item() == pytest.approx(1.0 - 2.0 / 62.0, rel=1e-6)
+    assert decision.weights == pytest.approx([0.8, 0.2])
+
+
+def test_qffl_with_q_0_is_the_uniform_average_of_the_models():
+    from rayfed.fl.strategies.qffl import QFedAvg
+
+    torch.manual_seed(0)
+    theta = {"conv.weight": torch.randn(3, 2), "bn.running_mean": torch.randn(3),
+             "bn.num_batches_tracked": torch.tensor(10)}
+    updates = [LocalResult(i, 10 * (i + 1), {"conv.weight": torch.randn(3, 2), "bn.running_mean": torch.randn(3),
+                                             "bn.num_batches_tracked": torch.tensor(3)}, float(i + 1))
+               for i in range(3)]
+    buffers = frozenset({"bn.running_mean", "bn.num_batches_tracked"})
+    qffl = QFedAvg(0.0, 1 / 0.01).aggregate(theta, updates, None, buffers)
+    uniform = Uniform().aggregate(theta, updates, None)
+    for key in theta:
+        torch.testing.assert_close(qffl.state[key], uniform.state[key], rtol=1e-6, atol=1e-7)
+    assert qffl.weights == pytest.approx([1 / 3] * 3)
+
+
+def test_qffl_gives_high_loss_clients_more_weight_as_q_grows():
+    from rayfed.fl.strategies.qffl import loss_shares
+
+    shares = [loss_shares([0.5, 1.0, 2.0], q) for q in (0.0, 1.0, 5.0)]
+    assert shares[0] == pytest.approx([1 / 3] * 3)
+    assert shares[1][2] > shares[0][2] and shares[2][2] > 0.9  # the worst client dominates at q = 5
