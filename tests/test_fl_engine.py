@@ -158,16 +158,20 @@ def test_qffl_reports_losses_before_training_and_weights_by_their_shares(ray_ses
     from rayfed.fl.setup import initial_model_state
     from rayfed.models import build_classifier
 
-    extra = ["fl.rounds=1", "fl.methods=[qffl]", "qffl.q=[2.0]"]
+    extra = ["fl.rounds=1", "fl.methods=[uniform,qffl]", "qffl.q=[2.0]"]
     path = small_run(tmp_path, "qffl", extra)
     config = load_config(None, SMALL + extra)
     federation = build_federation(config)
     model = build_classifier(config.model.name, federation.data.shape, federation.data.num_classes)
     model.load_state_dict(initial_model_state(config, federation, config.seed))
-    clients = pd.read_parquet(path / "clients.parquet").sort_values("client")
+    table = pd.read_parquet(path / "clients.parquet")
+    assert table.loc[table.method == "uniform", "weight"].tolist() == pytest.approx([1 / 3] * 3)
+    clients = table[table.method == "qffl"].sort_values("client")
     before = [training_loss(model, c.x, c.y, 1024) for c in federation.clients]
     assert clients["loss"].tolist() == pytest.approx(before, rel=1e-4)
     shares = [f**2 for f in before]
     assert clients["weight"].tolist() == pytest.approx([s / sum(shares) for s in shares], rel=1e-4)
-    rounds = pd.read_parquet(path / "rounds.parquet")
-    assert rounds["q"].tolist() == [2.0] and rounds["gamma"].isna().all() and rounds["bias"].isna().all()
+    rounds = pd.read_parquet(path / "rounds.parquet").set_index("method")
+    assert rounds.loc["qffl", "q"] == 2.0 and rounds["gamma"].isna().all() and rounds["bias"].isna().all()
+    assert rounds.loc["uniform", "effective_clients"] == pytest.approx(3.0)
+    assert rounds.loc["qffl", "effective_clients"] == pytest.approx(1 / sum((s / sum(shares)) ** 2 for s in shares))
