@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from rayfed.config import Config, build_config, first_difference, read_yaml_mapping
 from rayfed.engine.client import ClientActor, LocalSettings
-from rayfed.engine.runtime import cluster_cpus, cluster_gpus, cpu_share, gpu_share, init_ray
+from rayfed.engine.runtime import actor_shares, cluster_cpus, cluster_gpus, init_ray
 from rayfed.engine.server import AuditServer
 from rayfed.errors import UserError
 from rayfed.fl.metrics import fairness_summary
@@ -86,7 +86,7 @@ class FederatedEngine:
         self.groups = [ids[i : i + per_actor] for i in range(0, len(ids), per_actor)]
         self.actor_of = {cid: a for a, group in enumerate(self.groups) for cid in group}
         num_actors = len(self.groups) + 1  # + the server
-        gpus, cpus = gpu_share(r.gpus_per_client, num_actors), cpu_share(r.cpus_per_client, num_actors)
+        cpus, gpus = actor_shares(r.cpus_per_client, r.gpus_per_client, num_actors, "client")  # server: one of them
         settings = LocalSettings(
             config.model.name, d.shape, d.num_classes, fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay,
             config.data.batch_size, config.data.eval_batch_size, config.seed, federation.augment_pad,
@@ -105,7 +105,8 @@ class FederatedEngine:
         split = federation.split
         self.server_data = ray.put((d.train_x[split.audit], d.train_y[split.audit], d.test_x, d.test_y))
         self.server = AuditServer.options(
-            num_cpus=cpu_share(r.server_cpus, num_actors), num_gpus=gpu_share(r.server_gpus, num_actors),
+            num_cpus=cpus if r.server_cpus == "auto" else r.server_cpus,
+            num_gpus=gpus if r.server_gpus == "auto" else r.server_gpus,
             max_restarts=retries, max_task_retries=retries,
         ).remote(config.model.name, d.shape, d.num_classes, config.audit, federation.space, [self.server_data],
                  config.seed, config.data.eval_batch_size, r.server_threads)
