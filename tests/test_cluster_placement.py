@@ -3,13 +3,13 @@ run on a simulated cluster of one-GPU nodes with more actors than fit on one nod
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 
 import pytest
+from cluster_support import stop_processes
 
 from rayfed.config import build_config
 from rayfed.engine.runtime import Node, fit_shares, placeable
@@ -95,16 +95,6 @@ def test_a_tune_trial_whose_numbers_cannot_be_placed_is_refused():
         plan_trial("fl", config, TrialBudget(20.0, 5.0, (Node(0, 0), *G5_WORKERS)))
 
 
-def kill_session_of(leader: int) -> None:
-    """SIGKILL every process of the session that `leader` started (start_new_session=True), leader included."""
-    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
-        try:
-            if os.getsid(pid) == leader:
-                os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 SIMULATED_CLUSTER = textwrap.dedent("""
     import sys
     from ray.cluster_utils import Cluster
@@ -136,7 +126,7 @@ def test_fl_on_two_one_gpu_nodes_places_more_actors_than_fit_on_one(tmp_path):
     try:
         _, stderr = process.communicate(timeout=420)
     finally:
-        kill_session_of(process.pid)  # whatever of the simulated cluster outlived it
+        stop_processes(temp, process.pid)  # whatever of the simulated cluster outlived it
         shutil.rmtree(temp, ignore_errors=True)
     assert process.returncode == 0, stderr[-3000:]
     assert "4 client actors (0.6666 CPU, 0.3333 GPU each) + audit server" in stderr
