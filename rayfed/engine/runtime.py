@@ -129,14 +129,15 @@ def fit_shares(nodes: Sequence[Node], cpus: float | str, gpus: float | str, num_
     cpu = fixed_cpu if fixed_cpu is not None else auto("cpus", lambda c: fits(c, gpu or 0.0), most[0])
     if cpu is not None and gpu is not None and fits(cpu, gpu):
         return cpu, gpu
+    sizes = [f"{share:g} {name}" for share, name in ((cpu, "CPU"), (gpu, "GPU")) if share]  # None: no auto fits
     smallest = 1 / RAY_UNITS  # what an `auto` share that found no fit tried last
     cpu, gpu = (smallest if cpu is None else cpu), (smallest if gpu is None else gpu)
     settings = dict(zip(keys, (cpus, gpus)))
     blamed = {k: v for k, v in settings.items() if v != "auto"} or settings
     held = placeable(nodes, [(cpu, gpu)] * num_actors + [(cpu, 0.0)] * drivers)
-    raise UserError(f"{' and '.join(f'{k}={v}' for k, v in blamed.items())}: {num_actors} actors of {cpu:g} CPU + "
-                    f"{gpu:g} GPU{f' and {drivers} drivers' if drivers else ''} cannot all be placed on the cluster's "
-                    f"nodes ({describe(nodes)}), which hold only {held} of them at once")
+    raise UserError(f"{' and '.join(f'{k}={v}' for k, v in blamed.items())}: {num_actors} actors of "
+                    f"{' + '.join(sizes) or 'any size'}{f' and {drivers} drivers' if drivers else ''} cannot all be "
+                    f"placed on the cluster's nodes ({describe(nodes)}), which hold only {held} of them at once")
 
 
 def describe(nodes: Sequence[Node]) -> str:
