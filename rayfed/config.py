@@ -194,10 +194,12 @@ class ResourcesConfig:
     address: str | None = None
     """Ray cluster to join (`auto`, `ray://host:port`, ...); null starts a local Ray unless RAY_ADDRESS is set."""
     gpus_per_client: float | str = "auto"
-    """GPU fraction per client actor; `auto` shares the visible GPUs among the client actors (0 on CPU)."""
+    """GPU fraction per client actor; `auto`: the largest fraction (at most 1) with which the client actors and
+    the server all fit on the cluster's nodes at once, packed node by node (0 without GPUs). A number that
+    cannot place them all is an error."""
     cpus_per_client: float | str = "auto"
-    """CPU fraction per client actor; `auto` shares the cluster's CPUs among the client actors and the server
-    (at most 1 each), so every actor of a run fits at once."""
+    """CPU fraction per client actor; `auto`: the largest fraction (at most 1) with which the client actors and
+    the server all fit on the nodes next to their GPU fractions, so every actor of a run runs at once."""
     clients_per_actor: int | str = "auto"
     """Virtual clients hosted by one client actor (1 = one actor per client). `auto`: 1 where the cluster has
     GPUs (every client its own GPU fraction); without GPUs, the clients spread evenly over one actor per CPU
@@ -207,9 +209,11 @@ class ResourcesConfig:
     server_cpus: float | str = "auto"
     """CPU fraction of the audit server actor; `auto` = the same share as a client."""
     gpus_per_shard: float | str = "auto"
-    """GPU fraction per SISA shard actor; `auto` shares the visible GPUs among the shards."""
+    """GPU fraction per SISA shard actor; `auto`: the largest fraction (at most 1) with which all the shards
+    fit on the cluster's nodes at once, packed node by node. A number that cannot place them all is an error."""
     cpus_per_shard: float | str = "auto"
-    """CPU fraction per SISA shard actor; `auto` shares the cluster's CPUs among the shards (at most 1 each)."""
+    """CPU fraction per SISA shard actor; `auto`: the largest fraction (at most 1) with which all the shards fit
+    on the nodes next to their GPU fractions."""
     stall_timeout: float = 1800.0
     """Seconds any one wait of a round (or a SISA stage) may take before the run stops with an `error:` line
     naming what it waited for (exit status 3; the run directory stays for --resume)."""

@@ -3,55 +3,18 @@ it by address. Only this test's head is stopped: its process group, then any pro
 
 import os
 import secrets
-import signal
-import socket
+import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+from cluster_support import free_port, processes_using, stop_processes
 
 from rayfed.results import read_table
 
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def processes_using(marker: str) -> list[int]:
-    """PIDs whose command line mentions marker (this test's unique temp dir)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return [pid for pid in pids if pid != os.getpid()]
-
-
-def stop_head(process: subprocess.Popen, temp_dir: str) -> None:
-    """SIGTERM this head's process group and every process of its temp dir; SIGKILL what is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        for pid in processes_using(temp_dir):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 15
-        while processes_using(temp_dir) and time.time() < deadline:
-            time.sleep(0.5)
 
 
 @pytest.fixture
@@ -71,8 +34,10 @@ def head():
         assert process.returncode == 0, output
         yield f"127.0.0.1:{port}", env, Path(temp_dir)
     finally:
-        stop_head(process, temp_dir)
-        assert not processes_using(temp_dir), "the test's head node is still running"
+        stop_processes(temp_dir, process.pid)
+        leftover = processes_using(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not leftover, "the test's head node is still running"
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from rayfed.config import ResourcesConfig, build_config
+from rayfed.engine.runtime import Node
 from rayfed.errors import UserError
 from rayfed.tune.resources import TrialBudget, budget_for, plan_trial
 from rayfed.tune.spec import load_sweep
@@ -121,9 +122,13 @@ def test_cli_reports_a_bad_sweep_file_in_one_line_and_leaves_nothing(tmp_path):
     assert not out.exists()
 
 
+SESSION_NODE = (Node(2, 1),)
+"""The test session's Ray: one node, 2 CPUs, a fake GPU (as the two concurrent trials of test_tune_sweep see it)."""
+
+
 def test_fl_trial_shares_its_budget_among_driver_and_actors():
     config = build_config([{"data": {"num_clients": 3}}])
-    plan = plan_trial("fl", config, TrialBudget(cpus=1.0, gpus=0.5))
+    plan = plan_trial("fl", config, TrialBudget(1.0, 0.5, SESSION_NODE, trials=2))
     assert plan.driver_cpus == 0.2 and plan.actors == ((0.2, 0.125),) * 4  # 3 clients + the server
     assert plan.total["CPU"] == pytest.approx(1.0) and plan.total["GPU"] == pytest.approx(0.5)
     assert plan.overrides == {"cpus_per_client": 0.2, "gpus_per_client": 0.125, "server_cpus": 0.2,
@@ -134,14 +139,14 @@ def test_fl_trial_shares_its_budget_among_driver_and_actors():
 
 def test_explicit_fractions_are_kept_and_cpu_only_bundles_have_no_gpu():
     config = build_config([{"data": {"num_clients": 4}, "resources": {"clients_per_actor": 2, "server_cpus": 0.5}}])
-    plan = plan_trial("fl", config, TrialBudget(cpus=2.0, gpus=0.0))
+    plan = plan_trial("fl", config, TrialBudget(2.0, 0.0, (Node(2, 0),)))
     assert plan.actors == ((0.5, 0.0), (0.5, 0.0), (0.5, 0.0))  # 2 client actors + the server
     assert all("GPU" not in b for b in plan.placement_group().bundles)
 
 
 def test_cpu_only_trial_hosts_its_clients_on_one_actor_per_cpu():
     config = build_config([{"data": {"num_clients": 10}}])
-    plan = plan_trial("fl", config, TrialBudget(cpus=3.0, gpus=0.0))
+    plan = plan_trial("fl", config, TrialBudget(3.0, 0.0, (Node(3, 0),)))
     assert len(plan.actors) == 3 + 1  # ceil(10 / 3) = 4 clients per actor: 4 + 4 + 2, and the server
     assert plan.overrides["clients_per_actor"] == 4
 
@@ -160,16 +165,17 @@ def test_sisa_trial_reserves_one_pool_of_shards():
     # run_sisa closes each shard pool (trained, retrained from scratch, backdoor) before it starts the next
     for verify in (True, False):
         config = build_config([{"sisa": {"shards": 3}, "unlearn": {"verify": verify}}])
-        plan = plan_trial("sisa", config, TrialBudget(1.0, 1.0))
+        plan = plan_trial("sisa", config, TrialBudget(1.0, 1.0, SESSION_NODE))
         assert plan.actors == ((0.25, 0.3333),) * 3 and plan.overrides["gpus_per_shard"] == 0.3333
 
 
 def test_budget_defaults_to_the_cluster_shared_by_concurrent_trials():
-    assert budget_for({"CPU": 8, "GPU": 2}, 4, None, None) == TrialBudget(2, 0.5)
-    assert budget_for({"CPU": 8}, None, 3, None) == TrialBudget(3, 0)
+    nodes = (Node(4, 1), Node(4, 1))
+    assert budget_for(nodes, 4, None, None) == TrialBudget(2, 0.5, nodes, 4)
+    assert budget_for((Node(8, 0),), None, 3, None) == TrialBudget(3, 0, (Node(8, 0),), 1)
     with pytest.raises(UserError, match="trial_resources.cpus"):
         plan_trial("fl", build_config([{"data": {"num_clients": 50}, "resources": {"clients_per_actor": 1}}]),
-                   TrialBudget(0.001, 0))
+                   TrialBudget(0.001, 0, (Node(8, 0),)))
 
 
 def test_sweep_figures(tmp_path):

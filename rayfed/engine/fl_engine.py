@@ -18,7 +18,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from rayfed.config import Config
 from rayfed.errors import RunStalled
 from rayfed.engine.client import ClientActor, ClientSettings
-from rayfed.engine.runtime import cluster_cpus, cluster_gpus, cpu_share, gpu_share
+from rayfed.engine.runtime import actor_shares, cluster_cpus, cluster_gpus
 from rayfed.engine.server import AuditServer
 from rayfed.fl.metrics import fairness_summary
 from rayfed.fl.round import LocalTraining, RoundOutcome
@@ -78,7 +78,7 @@ class FederatedEngine:
         self.groups = [ids[i : i + per_actor] for i in range(0, len(ids), per_actor)]
         self.actor_of = {cid: a for a, group in enumerate(self.groups) for cid in group}
         num_actors = len(self.groups) + 1  # + the server
-        gpus, cpus = gpu_share(r.gpus_per_client, num_actors), cpu_share(r.cpus_per_client, num_actors)
+        cpus, gpus = actor_shares(r.cpus_per_client, r.gpus_per_client, num_actors, "client")  # server: one of them
         training = LocalTraining(fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size,
                                  config.data.eval_batch_size)
         settings = ClientSettings(config.model.name, d.shape, d.num_classes, training, federation.augment_pad,
@@ -96,7 +96,8 @@ class FederatedEngine:
         split = federation.split
         self.server_data = ray.put((d.train_x[split.audit], d.train_y[split.audit], d.test_x, d.test_y))
         self.server = AuditServer.options(
-            num_cpus=cpu_share(r.server_cpus, num_actors), num_gpus=gpu_share(r.server_gpus, num_actors),
+            num_cpus=cpus if r.server_cpus == "auto" else r.server_cpus,
+            num_gpus=gpus if r.server_gpus == "auto" else r.server_gpus,
             max_restarts=retries, max_task_retries=retries,
         ).remote(config.model.name, d.shape, d.num_classes, config.audit, federation.space, [self.server_data],
                  config.data.eval_batch_size, r.server_threads)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import ray
 import torch
+
+from rayfed.errors import UserError
 
 log = logging.getLogger("rayfed")
 
@@ -35,25 +41,116 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
-def _share(setting: float | str, total: float, num_actors: int) -> float:
-    if setting != "auto":
-        return float(setting)
-    if total == 0:
+RAY_UNITS = 10_000
+"""Ray accounts resources in units of 1/10,000."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """What one node offers Ray's scheduler in all (not what is free now)."""
+
+    cpus: float
+    gpus: float
+
+
+def alive_nodes() -> list[Node]:
+    """The alive nodes of the cluster, from ray.nodes() (fake GPUs included)."""
+    return [Node(float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)))
+            for n in ray.nodes() if n["Alive"]]
+
+
+def _units(amount: float) -> int:
+    return round(amount * RAY_UNITS)
+
+
+def placeable(nodes: Sequence[Node], requests: Sequence[tuple[float, float]]) -> int:
+    """How many of the (CPUs, GPUs) requests fit on the nodes at once, packed first-fit, largest first, node
+    by node (as Ray places actors that each wait for room). A GPU fraction below one comes out of a single
+    GPU (Ray hands fractions out per device), so a node of k GPUs holds k * floor(1 / fraction) of them."""
+    free = []
+    for node in nodes:
+        whole, rest = divmod(_units(node.gpus), RAY_UNITS)
+        free.append((_units(node.cpus), [RAY_UNITS] * whole + ([rest] if rest else [])))
+    placed = 0
+    for cpus, gpus in sorted(((_units(c), _units(g)) for c, g in requests), key=lambda r: (r[1], r[0]), reverse=True):
+        for i, (free_cpus, devices) in enumerate(free):
+            if free_cpus < cpus:
+                continue
+            if gpus < RAY_UNITS:  # none or a fraction: the first device with room
+                device = next((d for d, left in enumerate(devices) if left >= gpus), None) if gpus else -1
+                if device is None:
+                    continue
+                if gpus:
+                    devices[device] -= gpus
+            else:  # whole GPUs: that many untouched devices
+                untouched = [d for d, left in enumerate(devices) if left == RAY_UNITS][: gpus // RAY_UNITS]
+                if len(untouched) * RAY_UNITS < gpus:
+                    continue
+                for d in untouched:
+                    devices[d] = 0
+            free[i] = (free_cpus - cpus, devices)
+            placed += 1
+            break
+    return placed
+
+
+def _largest_share(fits: Callable[[float], bool], most: float) -> float | None:
+    """The largest share in Ray's units, at most `most`, for which fits(share) holds (fits must hold for every
+    smaller share once it holds for one); 0 when `most` is below one unit, None when not even one unit fits."""
+    low, high = 0, math.floor(most * RAY_UNITS + 1e-9)
+    if high == 0:
         return 0.0
-    share = min(1.0, total / max(1, num_actors))
-    return max(0.0001, int(share * 10_000) / 10_000)  # Ray accepts four decimals
+    while low < high:  # invariant: every share <= low units fits (or low == 0), high is the largest candidate
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid / RAY_UNITS) else (low, mid - 1)
+    return low / RAY_UNITS if low else None
 
 
-def gpu_share(setting: float | str, num_actors: int) -> float:
-    """GPU fraction per actor: a number as given, or `auto` = the cluster's GPUs shared by num_actors
-    (at most one GPU each; 0 without GPUs)."""
-    return _share(setting, cluster_gpus(), num_actors)
+def fit_shares(nodes: Sequence[Node], cpus: float | str, gpus: float | str, num_actors: int, keys: tuple[str, str],
+               most: tuple[float, float] = (1.0, 1.0), drivers: int = 0) -> tuple[float, float]:
+    """(CPUs, GPUs) per actor for num_actors identical actors that must all run at once on the nodes.
+
+    A number is kept; `auto` is the largest share in Ray's 1/10,000 units, at most `most` (one CPU, one GPU),
+    with which all the actors fit when packed node by node (`placeable`): first the GPU share, then the CPU
+    share next to it. So 11 actors on five 1-GPU nodes get 0.3333 GPU (three to a node), not 5/11 (two to a
+    node: ten placed). `auto` is 0 where no node has that resource. `drivers` CPU-only processes of the same
+    CPU share must fit alongside (Tune trials' drivers). Raises UserError naming `keys` (the config keys of
+    the CPU and the GPU share) when the actors cannot all be placed.
+    """
+    def fits(cpu: float, gpu: float) -> bool:
+        requests = [(cpu, gpu)] * num_actors + [(cpu, 0.0)] * drivers
+        return placeable(nodes, requests) == len(requests)
+
+    def auto(resource: str, fits_with: Callable[[float], bool], cap: float) -> float | None:
+        return _largest_share(fits_with, cap) if any(getattr(n, resource) > 0 for n in nodes) else 0.0
+
+    fixed_cpu = None if cpus == "auto" else float(cpus)
+    gpu = float(gpus) if gpus != "auto" else auto("gpus", lambda g: fits(fixed_cpu or 0.0, g), most[1])
+    cpu = fixed_cpu if fixed_cpu is not None else auto("cpus", lambda c: fits(c, gpu or 0.0), most[0])
+    if cpu is not None and gpu is not None and fits(cpu, gpu):
+        return cpu, gpu
+    sizes = [f"{share:g} {name}" for share, name in ((cpu, "CPU"), (gpu, "GPU")) if share]  # None: no auto fits
+    smallest = 1 / RAY_UNITS  # what an `auto` share that found no fit tried last
+    cpu, gpu = (smallest if cpu is None else cpu), (smallest if gpu is None else gpu)
+    settings = dict(zip(keys, (cpus, gpus)))
+    blamed = {k: v for k, v in settings.items() if v != "auto"} or settings
+    held = placeable(nodes, [(cpu, gpu)] * num_actors + [(cpu, 0.0)] * drivers)
+    raise UserError(f"{' and '.join(f'{k}={v}' for k, v in blamed.items())}: {num_actors} actors of "
+                    f"{' + '.join(sizes) or 'any size'}{f' and {drivers} drivers' if drivers else ''} cannot all be "
+                    f"placed on the cluster's nodes ({describe(nodes)}), which hold only {held} of them at once")
 
 
-def cpu_share(setting: float | str, num_actors: int) -> float:
-    """CPU fraction per actor: a number as given, or `auto` = the cluster's CPUs shared by num_actors
-    (at most one CPU each), so that all of them can run at once."""
-    return _share(setting, cluster_cpus(), num_actors)
+def describe(nodes: Sequence[Node]) -> str:
+    """`3 x (4 CPU, 1 GPU) + 1 x (8 CPU, 0 GPU)`: the nodes by kind."""
+    kinds = Counter((n.cpus, n.gpus) for n in nodes)
+    return " + ".join(f"{count} x ({c:g} CPU, {g:g} GPU)" for (c, g), count in kinds.items()) or "none"
+
+
+def actor_shares(cpus: float | str, gpus: float | str, num_actors: int, kind: str) -> tuple[float, float]:
+    """`fit_shares` on the cluster's alive nodes for num_actors actors configured by
+    resources.cpus_per_{kind} and resources.gpus_per_{kind} (kind: client or shard)."""
+    keys = (f"resources.cpus_per_{kind}", f"resources.gpus_per_{kind}")
+    return fit_shares(alive_nodes(), cpus, gpus, num_actors, keys)
 
 
 def actor_device() -> torch.device:

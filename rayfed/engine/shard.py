@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from rayfed.config import ResourcesConfig
-from rayfed.engine.runtime import cpu_share, gpu_share, log, setup_worker
+from rayfed.engine.runtime import actor_shares, log, setup_worker
 from rayfed.sisa.plan import Layout
 from rayfed.sisa.train import ShardStats, ShardTrainer, TrainSettings
 
@@ -49,8 +49,7 @@ class ShardPool:
 
     def __init__(self, layout: Layout, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings,
                  directory: Path, resources: ResourcesConfig):
-        gpus = gpu_share(resources.gpus_per_shard, layout.num_shards)
-        cpus = cpu_share(resources.cpus_per_shard, layout.num_shards)
+        cpus, gpus = actor_shares(resources.cpus_per_shard, resources.gpus_per_shard, layout.num_shards, "shard")
         options = {"num_cpus": cpus, "num_gpus": gpus,
                    "max_restarts": SHARD_MAX_RESTARTS, "max_task_retries": SHARD_MAX_RESTARTS}
         self.directory = directory

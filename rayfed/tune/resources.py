@@ -1,23 +1,25 @@
 """What a trial reserves: one placement-group bundle for the trial driver and one per actor it starts.
 
 A trial's budget (CPUs, GPUs) is shared among its processes: CPUs among the driver and every actor, GPUs
-among the actors. `resources.*` values that a config sets to a number are kept; `auto` ones are filled from
-the budget. The trainable writes the same explicit fractions into its config, so every actor it starts fits
-into (and is captured by) the trial's placement group, and concurrent trials never starve each other.
+among the actors, and the shares shrink until max_concurrent_trials trials fit on the cluster's nodes at
+once, packed node by node (rayfed.engine.runtime.fit_shares). `resources.*` values that a config sets to a
+number are kept; `auto` ones are filled from the budget. A trial whose bundles cannot all be placed on the
+nodes is refused with an error instead of waiting forever. The trainable writes the same explicit fractions
+into its config, so every actor it starts fits into (and is captured by) the trial's placement group, and
+concurrent trials never starve each other.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ray.tune import PlacementGroupFactory
 
 from rayfed.config import Config
+from rayfed.engine.runtime import RAY_UNITS, Node, describe, fit_shares, placeable
 from rayfed.errors import UserError
-
-RAY_RESOLUTION = 10_000
-"""Ray accounts resources in units of 1/10,000."""
 
 
 @dataclass(frozen=True)
@@ -26,21 +28,26 @@ class TrialBudget:
 
     cpus: float
     gpus: float
+    nodes: tuple[Node, ...]
+    """The cluster's alive nodes, on which the trials' placement groups must fit."""
+    trials: int = 1
+    """Trials meant to run at once (max_concurrent_trials)."""
 
 
-def budget_for(cluster: dict[str, float], concurrent: int | None, cpus: float | None,
+def budget_for(nodes: Sequence[Node], concurrent: int | None, cpus: float | None,
                gpus: float | None) -> TrialBudget:
-    """The per-trial budget: as given, else the cluster's resources shared by max_concurrent_trials
+    """The per-trial budget: as given, else the nodes' resources shared by max_concurrent_trials
     (one trial at a time when that is unset)."""
     share = concurrent or 1
     return TrialBudget(
-        cpus if cpus is not None else cluster.get("CPU", 0.0) / share,
-        gpus if gpus is not None else cluster.get("GPU", 0.0) / share,
+        cpus if cpus is not None else sum(n.cpus for n in nodes) / share,
+        gpus if gpus is not None else sum(n.gpus for n in nodes) / share,
+        tuple(nodes), share,
     )
 
 
 def _floor(value: float) -> float:
-    return math.floor(value * RAY_RESOLUTION) / RAY_RESOLUTION
+    return math.floor(value * RAY_UNITS) / RAY_UNITS
 
 
 def _fraction(setting: float | str, share: float) -> float:
@@ -81,15 +88,31 @@ def plan_trial(run: str, config: Config, budget: TrialBudget) -> TrialPlan:
         actors = clients + 1  # + the audit server
     else:
         actors = config.sisa.shards  # one pool at a time: run_sisa closes each before the next starts
-    cpu_share = _floor(budget.cpus / (actors + 1))
-    gpu_share = _floor(budget.gpus / actors)
-    if cpu_share <= 0:
+    most = (_floor(budget.cpus / (actors + 1)), min(1.0, _floor(budget.gpus / actors)))  # one GPU at most
+    if most[0] <= 0:
         raise UserError(f"trial_resources.cpus={budget.cpus:g} is too small for {actors} actors and a driver")
+    cpu_share, gpu_share = fit_shares(budget.nodes, "auto", "auto", actors * budget.trials,
+                                      ("trial_resources.cpus", "trial_resources.gpus"), most, drivers=budget.trials)
     if run == "fl":
         client = (_fraction(r.cpus_per_client, cpu_share), _fraction(r.gpus_per_client, gpu_share))
         server = (_fraction(r.server_cpus, cpu_share), _fraction(r.server_gpus, gpu_share))
         overrides = {"cpus_per_client": client[0], "gpus_per_client": client[1],
                      "server_cpus": server[0], "server_gpus": server[1], "clients_per_actor": per_actor}
-        return TrialPlan(cpu_share, (client,) * clients + (server,), overrides)
-    shard = (_fraction(r.cpus_per_shard, cpu_share), _fraction(r.gpus_per_shard, gpu_share))
-    return TrialPlan(cpu_share, (shard,) * actors, {"cpus_per_shard": shard[0], "gpus_per_shard": shard[1]})
+        plan = TrialPlan(cpu_share, (client,) * clients + (server,), overrides)
+    else:
+        shard = (_fraction(r.cpus_per_shard, cpu_share), _fraction(r.gpus_per_shard, gpu_share))
+        plan = TrialPlan(cpu_share, (shard,) * actors, {"cpus_per_shard": shard[0], "gpus_per_shard": shard[1]})
+    _check_placeable(plan, budget.nodes, config)
+    return plan
+
+
+def _check_placeable(plan: TrialPlan, nodes: Sequence[Node], config: Config) -> None:
+    """UserError naming the `resources.*` numbers of the config when the trial's bundles cannot all be placed."""
+    bundles = [(plan.driver_cpus, 0.0), *plan.actors]
+    held = placeable(nodes, bundles)
+    if held == len(bundles):
+        return
+    explicit = [f"resources.{key}={getattr(config.resources, key)}" for key in plan.overrides
+                if getattr(config.resources, key) != "auto"]
+    raise UserError(f"{' and '.join(explicit) or 'trial_resources'}: a trial's {len(bundles)} bundles (driver + "
+                    f"actors) cannot all be placed on the cluster's nodes ({describe(nodes)}), which hold only {held}")

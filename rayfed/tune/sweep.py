@@ -29,7 +29,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from rayfed.config import build_config, nest, read_yaml_mapping
-from rayfed.engine.runtime import init_ray
+from rayfed.engine.runtime import alive_nodes, init_ray
 from rayfed.errors import UserError
 from rayfed.results import RunDirectory, run_directory
 from rayfed.tune.plots import plot_sweep
@@ -148,7 +148,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: RunDirectory, resume: bool = False) ->
         sweep_dir.write_text(SWEEP_FILE, yaml.safe_dump(_document(spec), sort_keys=False))
     started_ray = init_ray(spec.base_config.resources.address)
     try:
-        budget = budget_for(ray.cluster_resources(), spec.max_concurrent_trials, spec.trial_cpus, spec.trial_gpus)
+        budget = budget_for(alive_nodes(), spec.max_concurrent_trials, spec.trial_cpus, spec.trial_gpus)
         setup = TrialSetup(spec.run, spec.base, budget, str(sweep_dir.file("trials")))
         plan = trial_config(setup, {})[1]
         log.info("each trial reserves up to %.4g CPU + %.4g GPU (base config: %s)", budget.cpus, budget.gpus,
