@@ -11,9 +11,10 @@ head is T/home). The cluster file is generated from cluster/local.yaml; what dif
   the tests, and `PYTHONPATH=~/rayfed` replaces `pip install -e ~/rayfed` (the mounted copy is imported, the
   venv stays untouched); local.yaml's own ~/.bashrc line is kept;
 - `ray start --head` gets a free port, 2 CPUs, no dashboard, and RAY_TMPDIR=T (its temp dir and the local
-  provider's state file), so the test session's own Ray and any other Ray here are left alone; and `ray` on
-  the head is a wrapper whose `ray stop` stops only this head's processes (the real one stops every Ray of
-  the machine; `ray down` runs it).
+  provider's state file), so the test session's own Ray and any other Ray here are left alone;
+- `ray stop` (the real one stops every Ray of the machine) stops only this head's processes: the start
+  commands call a script that does that instead, and for `ray down`, which runs `ray stop` in a login shell,
+  ~/.bashrc defines a `ray` shell function (it wins over PATH, even after a venv activate) that does the same.
 """
 
 import contextlib
@@ -21,6 +22,7 @@ import getpass
 import hashlib
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -54,18 +56,13 @@ PROXY = textwrap.dedent("""
         os.write(1, data)
 """)
 
-RAY_WRAPPER = textwrap.dedent("""
-    #!{python}
-    # `ray` on the test's head: `ray stop` stops only the processes of this head's temp dir; the rest is Ray's CLI.
-    import os, signal, sys, time
-    if sys.argv[1:2] == ["stop"]:
-        sys.path.insert(0, {tests!r})
-        from cluster_support import stop_processes
-        stop_processes({marker!r})
-        sys.exit(0)
-    from ray.scripts.scripts import main
-    sys.exit(main())
-""").lstrip()
+STOP_HEAD = textwrap.dedent("""
+    # `ray stop` on the test's head: only the processes of this head's temp dir
+    import sys
+    sys.path.insert(0, {tests!r})
+    from cluster_support import stop_processes
+    stop_processes({marker!r})
+""")
 
 
 def proxy_command(temp: Path, port: int) -> str:
@@ -154,20 +151,22 @@ def cluster_file(temp: Path, ssh_port: int, ray_port: int) -> dict:
     assert any("pip install -e ~/rayfed" in c for c in setup), "local.yaml installs rayfed from the mount"
     bashrc = [c for c in setup if "bashrc" in c]
     assert len(bashrc) == 1 and "source ~/venv/bin/activate" in bashrc[0]
-    (home / "bin").mkdir()
-    wrapper = home / "bin" / "ray"
-    wrapper.write_text(RAY_WRAPPER.format(python=sys.executable, tests=str(ROOT / "tests"), marker=f"{temp}/ray/"))
-    wrapper.chmod(0o755)
+    (temp / "stop_head.py").write_text(STOP_HEAD.format(tests=str(ROOT / "tests"), marker=f"{temp}/ray/"))
+    stop_head = f"{sys.executable} {temp}/stop_head.py"
+    ray_function = f'ray() {{ if [ "$1" = stop ]; then {stop_head}; else command ray "$@"; fi; }}'
     config["setup_commands"] = [
         f"ln -sfn {sys.prefix} ~/venv",
         *bashrc,
-        f"echo 'export PYTHONPATH=~/rayfed RAY_TMPDIR={temp} PATH=~/bin:$PATH' >> ~/.bashrc",
+        f"echo 'export PYTHONPATH=~/rayfed RAY_TMPDIR={temp}' >> ~/.bashrc",
+        f"echo {shlex.quote(ray_function)} >> ~/.bashrc",
     ]
     start = config["head_start_ray_commands"]
     assert any("ray start --head --port=6379" in c for c in start)
     config["head_start_ray_commands"] = [
         c.replace("--port=6379", f"--port={ray_port} --num-cpus=2 --include-dashboard=false "
-                  "--node-ip-address=127.0.0.1 --disable-usage-stats") for c in start]
+                  "--node-ip-address=127.0.0.1 --disable-usage-stats").replace("ray stop", stop_head) for c in start]
+    config["worker_start_ray_commands"] = []  # no workers
+    assert not [c for c in yaml.safe_dump(config).splitlines() if "ray stop" in c]
     return config
 
 

@@ -76,13 +76,12 @@ def placeable(nodes: Sequence[Node], requests: Sequence[tuple[float, float]]) ->
         for i, (free_cpus, devices) in enumerate(free):
             if free_cpus < cpus:
                 continue
-            if gpus < RAY_UNITS:  # none or a fraction: the first device with room
-                device = next((d for d, left in enumerate(devices) if left >= gpus), None) if gpus else -1
+            if 0 < gpus < RAY_UNITS:  # a fraction: the first device with room
+                device = next((d for d, left in enumerate(devices) if left >= gpus), None)
                 if device is None:
                     continue
-                if gpus:
-                    devices[device] -= gpus
-            else:  # whole GPUs: that many untouched devices
+                devices[device] -= gpus
+            elif gpus:  # whole GPUs: that many untouched devices
                 untouched = [d for d, left in enumerate(devices) if left == RAY_UNITS][: gpus // RAY_UNITS]
                 if len(untouched) * RAY_UNITS < gpus:
                     continue
