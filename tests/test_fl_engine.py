@@ -3,6 +3,7 @@
 The second of the two identical runs also logs to wandb (offline): tracking must not change a number."""
 
 import math
+import time
 
 import pandas as pd
 import pytest
@@ -98,6 +99,9 @@ def test_client_actors_share_the_fake_gpu_by_fractions(ray_session):
     engine = FederatedEngine(config, build_federation(config))
     try:
         ray.get([a.pid.remote() for a in engine.actors])  # all 3 clients + server scheduled at once
+        deadline = time.time() + 30  # available_resources() follows the scheduler with a delay under load
+        while ray.available_resources().get("GPU", 0.0) > 1e-3 and time.time() < deadline:
+            time.sleep(0.5)
         assert ray.available_resources().get("GPU", 0.0) == pytest.approx(0.0, abs=1e-3)  # 4 x 0.25 of one GPU
         assert ray.get(_device_inside_actor_process.remote()) == "cpu"  # device from torch, not Ray's GPU id
     finally:
