@@ -10,7 +10,7 @@ from rayfed.audits.backdoor import attack_success_rate, choose_poison, poison_da
 from rayfed.audits.membership import lr_cv_accuracy, membership_row, threshold_attack
 from rayfed.data.datasets import denormalise, load_dataset
 from rayfed.errors import UserError
-from rayfed.sisa.ensemble import aggregate, shard_probs
+from rayfed.sisa.ensemble import combine_shards, shard_probs
 from rayfed.sisa.plan import affected_shards, make_layout
 from rayfed.sisa.train import ShardTrainer, TrainSettings, model_from_state
 
@@ -107,8 +107,8 @@ def test_backdoor_is_present_before_unlearning_and_gone_after(digits, tmp_path):
 
     def asr_and_accuracy():
         models = [model_from_state(settings, t.final_state()) for t in trainers]
-        pred_triggered = aggregate(shard_probs(models, triggered), "mean")[0]
-        pred_clean = aggregate(shard_probs(models, digits.test_x), "mean")[0]
+        pred_triggered = combine_shards(shard_probs(models, triggered), "mean")[0]
+        pred_clean = combine_shards(shard_probs(models, digits.test_x), "mean")[0]
         return (attack_success_rate(pred_triggered, digits.test_y, target),
                 100 * float((pred_clean == digits.test_y).float().mean()))
 

@@ -10,7 +10,7 @@ import torch
 
 from rayfed.data.datasets import load_dataset
 from rayfed.errors import UserError
-from rayfed.sisa.ensemble import aggregate, classification_metrics, ensemble_loss, majority_vote, vote_shares
+from rayfed.sisa.ensemble import classification_metrics, combine_shards, ensemble_loss, majority_vote, vote_shares
 from rayfed.sisa.plan import affected_shards, make_layout, read_index_file, resolve_forget
 from rayfed.sisa.schedule import epochs_per_stage, expected_speedup, stage_samples
 from rayfed.sisa.train import ShardTrainer, TrainSettings
@@ -120,13 +120,13 @@ def test_every_shard_votes_and_ties_go_to_the_lowest_class():
     assert vote_shares(probs)[0].tolist() == pytest.approx([1 / 3, 2 / 3, 0])
     assert majority_vote(onehot([2, 1])).tolist() == [1]  # tie 1 vs 2 -> 1
     assert majority_vote(onehot([0, 2, 2, 0])).tolist() == [0]
-    pred, scores = aggregate(onehot([2, 1, 2]), "vote")
+    pred, scores = combine_shards(onehot([2, 1, 2]), "vote")
     assert pred.tolist() == [2] and scores.sum().item() == pytest.approx(1)
 
 
 def test_mean_aggregation_and_metrics():
     probs = torch.tensor([[[0.6, 0.4], [0.2, 0.8]], [[0.0, 1.0], [0.3, 0.7]]])  # S=2, n=2, C=2
-    pred, scores = aggregate(probs, "mean")
+    pred, scores = combine_shards(probs, "mean")
     assert torch.allclose(scores, torch.tensor([[0.3, 0.7], [0.25, 0.75]])) and pred.tolist() == [1, 1]
     m = classification_metrics(torch.tensor([0, 1]), pred, scores)
     assert m["accuracy"] == 50.0 and m["auroc"] == 1.0  # class-1 score: 0.75 for the class-1 point > 0.7

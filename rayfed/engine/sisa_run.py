@@ -28,14 +28,14 @@ from rayfed.engine.shard import ShardPool
 from rayfed.errors import UserError
 from rayfed.plots.sisa import plot_sisa
 from rayfed.results import RunDirectory
-from rayfed.sisa.ensemble import aggregate, classification_metrics, ensemble_loss, shard_probs
+from rayfed.sisa.ensemble import classification_metrics, combine_shards, ensemble_loss, shard_probs
 from rayfed.sisa.plan import Layout, affected_shards, make_layout, resolve_forget
 from rayfed.sisa.schedule import epochs_per_stage, expected_speedup
 from rayfed.sisa.train import TrainSettings, model_from_state, warn_untrained_slices
 
 
 @dataclass
-class Plan:
+class SisaSetup:
     """Everything decided (and checked) before any file is written."""
 
     data: ImageData
@@ -45,7 +45,7 @@ class Plan:
     settings: TrainSettings
 
 
-def make_plan(config: Config) -> Plan:
+def make_setup(config: Config) -> SisaSetup:
     """Load the data and check every input (UserError naming the key) before anything runs."""
     d, s, b = config.data, config.sisa, config.backdoor
     data = load_dataset(d.dataset, d.root, d.download, d.augment)
@@ -60,10 +60,10 @@ def make_plan(config: Config) -> Plan:
         model=config.model.name, input_shape=data.shape, num_classes=data.num_classes, epochs=epochs, lr=s.lr,
         momentum=s.momentum, batch_size=s.batch_size, seed=config.seed, pretrained=config.model.pretrained,
         augment_pad=black_level(data.mean, data.std) if data.augment else None)
-    return Plan(data, layout, forget, poison, settings)
+    return SisaSetup(data, layout, forget, poison, settings)
 
 
-class Ensemble:
+class ShardEnsemble:
     """The S shard models that predictions use; replaced as a whole (`switch`) once every shard is final."""
 
     def __init__(self, settings: TrainSettings, states: list[dict[str, Any]], batch_size: int):
@@ -80,16 +80,16 @@ class Ensemble:
 
 
 def _metric_rows(stage: str, probs: torch.Tensor, y: torch.Tensor, aggregations: list[str]) -> list[dict]:
-    return [{"stage": stage, "aggregation": agg, **classification_metrics(y, *aggregate(probs, agg))}
+    return [{"stage": stage, "aggregation": agg, **classification_metrics(y, *combine_shards(probs, agg))}
             for agg in aggregations]
 
 
-def _exactness_rows(a: Ensemble, b: Ensemble, probs_a: torch.Tensor, probs_b: torch.Tensor,
+def _exactness_rows(a: ShardEnsemble, b: ShardEnsemble, probs_a: torch.Tensor, probs_b: torch.Tensor,
                     aggregations: list[str]) -> list[dict]:
     weights_equal = all(torch.equal(sa[k], sb[k]) for sa, sb in zip(a.states, b.states) for k in sa)
     rows = []
     for agg in aggregations:
-        (pred_a, score_a), (pred_b, score_b) = aggregate(probs_a, agg), aggregate(probs_b, agg)
+        (pred_a, score_a), (pred_b, score_b) = combine_shards(probs_a, agg), combine_shards(probs_b, agg)
         rows.append({"aggregation": agg, "predictions_equal": bool(torch.equal(pred_a, pred_b)),
                      "max_probability_difference": float((score_a - score_b).abs().max()),
                      "weights_equal": weights_equal, "test_points": len(pred_a)})
@@ -103,13 +103,13 @@ def _sample(n: int, size: int, seed: int, exclude: list[int] = ()) -> np.ndarray
 
 def run_sisa(config: Config, run_dir: RunDirectory) -> None:
     """The whole `rayfed sisa` experiment (see the module docstring)."""
-    plan = make_plan(config)
+    setup = make_setup(config)
     run_dir.write_config(config)
-    run_dir.write_table("layout.parquet", plan.layout.rows())
-    run_dir.write_text("forget.txt", "".join(f"{i}\n" for i in plan.forget))
+    run_dir.write_table("layout.parquet", setup.layout.rows())
+    run_dir.write_text("forget.txt", "".join(f"{i}\n" for i in setup.forget))
     started = init_ray(config.resources.address)
     try:
-        tables = _experiment(config, run_dir, plan, config.sisa.aggregation)
+        tables = SisaExperiment(config, run_dir, setup).run()
     finally:
         if started:
             ray.shutdown()
@@ -137,73 +137,124 @@ def resume_sisa(path: str, config_file: str | None, overrides: list[str]) -> Non
     run_sisa(config, RunDirectory(directory))
 
 
-def _experiment(config: Config, run_dir: RunDirectory, plan: Plan, aggs: list[str]) -> dict[str, list[dict]]:
-    data, layout, forget, settings = plan.data, plan.layout, plan.forget, plan.settings
-    ckpt, eval_bs = run_dir.file("checkpoints"), config.data.eval_batch_size
-    x, y = data.train_x, data.train_y
-    tables: dict[str, list[dict]] = {k: [] for k in ("metrics", "unlearning", "exactness", "membership", "backdoor")}
+class SisaExperiment:
+    """One `rayfed sisa` run, step by step: `train`, `unlearn`, `retrain_reference`, `measure` (metrics and
+    exactness), `membership`, `backdoor`, `report`. Each step adds rows to `tables`."""
 
-    # --- train, unlearn the forget set (one batch request), retrain from scratch as the reference
-    main = ShardPool(layout, x, y, settings, ckpt / "main", config.resources)
-    trained_stats, trained_seconds = main.run(range(layout.num_shards), (), "sisa: train")
-    ensemble = Ensemble(settings, main.states(), eval_bs)
-    member_rows = _sample(len(y), config.unlearn.membership_size, config.seed + 3, forget)
-    test_rows = _sample(len(data.test_y), config.unlearn.membership_size, config.seed + 4)
-    probe_sets = {"test": (data.test_x, data.test_y), "forget": (x[forget], y[forget]),
-                  "train": (x[member_rows], y[member_rows]),
-                  "nonmember": (data.test_x[test_rows], data.test_y[test_rows])}
-    probs = {"trained": {k: ensemble.probs(px) for k, (px, _) in probe_sets.items()}}
-    tables["metrics"] += _metric_rows("trained", probs["trained"]["test"], data.test_y, aggs)
+    def __init__(self, config: Config, run_dir: RunDirectory, setup: SisaSetup):
+        self.config, self.run_dir, self.setup = config, run_dir, setup
+        self.aggregations = config.sisa.aggregation
+        self.checkpoints = run_dir.file("checkpoints")
+        self.tables: dict[str, list[dict]] = {k: [] for k in ("metrics", "unlearning", "exactness", "membership",
+                                                              "backdoor")}
+        self.probes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.probs: dict[str, dict[str, torch.Tensor]] = {}
+        """{stage: {probe set: S x n x C shard softmaxes}}"""
+        self.ensembles: dict[str, ShardEnsemble] = {}
 
-    if forget:
-        first = affected_shards(layout, forget)
-        stats, seconds = main.run(list(first), forget, "sisa: unlearn")
-        ensemble.switch(main.states())  # only now: every affected shard has finished
-        main.close()  # frees its resources for the reference ensemble's actors
-        probs["unlearned"] = {k: ensemble.probs(px) for k, (px, _) in probe_sets.items()}
-        tables["metrics"] += _metric_rows("unlearned", probs["unlearned"]["test"], data.test_y, aggs)
-        full_samples, full_seconds = sum(st.samples for st in trained_stats), trained_seconds
-        if config.unlearn.verify:
-            retrained = ShardPool(layout, x, y, settings, ckpt / "retrained", config.resources)
-            re_stats, full_seconds = retrained.run(range(layout.num_shards), forget, "sisa: retrain from scratch")
-            full_samples = sum(st.samples for st in re_stats)
-            reference = Ensemble(settings, retrained.states(), eval_bs)
-            retrained.close()
-            shutil.rmtree(ckpt / "retrained", ignore_errors=True)
-            probs["retrained"] = {k: reference.probs(px) for k, (px, _) in probe_sets.items()}
-            tables["metrics"] += _metric_rows("retrained", probs["retrained"]["test"], data.test_y, aggs)
-            tables["exactness"] = _exactness_rows(ensemble, reference, probs["unlearned"]["test"],
-                                                  probs["retrained"]["test"], aggs)
-        by_shard = {st.shard: st for st in stats}
-        request_samples = sum(st.samples for st in stats)
-        speedup = expected_speedup(settings.epochs, layout.num_shards, len(forget))
+    def run(self) -> dict[str, list[dict]]:
+        """Every step, then the tables written to the run directory."""
+        self.train()
+        if self.setup.forget:
+            self.unlearn()
+            if self.config.unlearn.verify:
+                self.retrain_reference()
+            self.record_costs()
+            self.membership()
+        self.backdoor()
+        self.report()
+        return self.tables
+
+    def _predict(self, stage: str, ensemble: ShardEnsemble) -> None:
+        """Probabilities of every probe set and the test metrics of one stage's ensemble."""
+        self.ensembles[stage] = ensemble
+        self.probs[stage] = {k: ensemble.probs(px) for k, (px, _) in self.probes.items()}
+        self.tables["metrics"] += _metric_rows(stage, self.probs[stage]["test"], self.setup.data.test_y,
+                                               self.aggregations)
+
+    def train(self) -> None:
+        """Train the ensemble on every training point; draw the membership samples."""
+        data, layout, config = self.setup.data, self.setup.layout, self.config
+        x, y = data.train_x, data.train_y
+        self.pool = ShardPool(layout, x, y, self.setup.settings, self.checkpoints / "main", config.resources)
+        self.trained_stats, self.trained_seconds = self.pool.run(range(layout.num_shards), (), "sisa: train")
+        forget = self.setup.forget
+        member_rows = _sample(len(y), config.unlearn.membership_size, config.seed + 3, forget)
+        test_rows = _sample(len(data.test_y), config.unlearn.membership_size, config.seed + 4)
+        self.probes = {"test": (data.test_x, data.test_y), "forget": (x[forget], y[forget]),
+                       "train": (x[member_rows], y[member_rows]),
+                       "nonmember": (data.test_x[test_rows], data.test_y[test_rows])}
+        self._predict("trained", ShardEnsemble(self.setup.settings, self.pool.states(),
+                                               config.data.eval_batch_size))
+        if not self.setup.forget:
+            self.pool.close()
+
+    def unlearn(self) -> None:
+        """Forget the forget set (one batch request): retrain each affected shard from its first stale slice."""
+        first = affected_shards(self.setup.layout, self.setup.forget)
+        self.unlearn_stats, self.unlearn_seconds = self.pool.run(list(first), self.setup.forget, "sisa: unlearn")
+        ensemble = self.ensembles["trained"]
+        ensemble.switch(self.pool.states())  # only now: every affected shard has finished
+        self.pool.close()  # frees its resources for the reference ensemble's actors
+        self._predict("unlearned", ensemble)
+        self.full_samples, self.full_seconds = sum(st.samples for st in self.trained_stats), self.trained_seconds
+
+    def retrain_reference(self) -> None:
+        """Train a fresh ensemble from scratch without the forget set and compare it with the unlearned one."""
+        setup, directory = self.setup, self.checkpoints / "retrained"
+        retrained = ShardPool(setup.layout, setup.data.train_x, setup.data.train_y, setup.settings, directory,
+                              self.config.resources)
+        stats, self.full_seconds = retrained.run(range(setup.layout.num_shards), setup.forget,
+                                                 "sisa: retrain from scratch")
+        self.full_samples = sum(st.samples for st in stats)
+        reference = ShardEnsemble(setup.settings, retrained.states(), self.config.data.eval_batch_size)
+        retrained.close()
+        shutil.rmtree(directory, ignore_errors=True)
+        self._predict("retrained", reference)
+        self.tables["exactness"] = _exactness_rows(self.ensembles["unlearned"], reference,
+                                                   self.probs["unlearned"]["test"], self.probs["retrained"]["test"],
+                                                   self.aggregations)
+
+    def record_costs(self) -> None:
+        """unlearning.parquet: what the request cost against retraining everything."""
+        layout, forget = self.setup.layout, self.setup.forget
+        by_shard = {st.shard: st for st in self.unlearn_stats}
+        request_samples = sum(st.samples for st in self.unlearn_stats)
+        speedup = expected_speedup(self.setup.settings.epochs, layout.num_shards, len(forget))
         shard_of, _ = layout.locate()
         for index in forget:
             st = by_shard[int(shard_of[index])]
-            tables["unlearning"].append({
+            self.tables["unlearning"].append({
                 "request": 0, "index": index, "shard": st.shard, "first_slice": st.first_stage,
                 "samples_processed": st.samples, "seconds": st.seconds,
-                "request_samples": request_samples, "request_seconds": seconds,
-                "full_samples": full_samples, "full_seconds": full_seconds,
-                "speedup_samples": full_samples / max(1, request_samples),
-                "speedup_seconds": full_seconds / seconds, "expected_speedup": speedup})
-        nonmember = ensemble_losses(probs, "nonmember", probe_sets)
-        for stage in probs:
+                "request_samples": request_samples, "request_seconds": self.unlearn_seconds,
+                "full_samples": self.full_samples, "full_seconds": self.full_seconds,
+                "speedup_samples": self.full_samples / max(1, request_samples),
+                "speedup_seconds": self.full_seconds / self.unlearn_seconds, "expected_speedup": speedup})
+
+    def membership(self) -> None:
+        """membership.parquet: loss-based membership inference of forget and training points vs test points."""
+        nonmember = ensemble_losses(self.probs, "nonmember", self.probes)
+        for stage in self.probs:
             for members in ("forget", "train"):
-                member = ensemble_losses(probs, members, probe_sets)
-                tables["membership"].append(membership_row(stage, f"{members}_vs_test", member[stage],
-                                                           nonmember[stage], config.seed))
-    else:
-        main.close()
+                member = ensemble_losses(self.probs, members, self.probes)
+                self.tables["membership"].append(membership_row(stage, f"{members}_vs_test", member[stage],
+                                                                nonmember[stage], self.config.seed))
 
-    if plan.poison is not None:
-        tables["backdoor"] = _backdoor(config, plan, ckpt / "backdoor", aggs)
-        shutil.rmtree(ckpt / "backdoor", ignore_errors=True)
+    def backdoor(self) -> None:
+        """backdoor.parquet: train on poisoned data, measure clean accuracy and ASR, unlearn exactly the poisoned
+        points, again."""
+        if self.setup.poison is None:
+            return
+        directory = self.checkpoints / "backdoor"
+        self.tables["backdoor"] = _backdoor(self.config, self.setup, directory, self.aggregations)
+        shutil.rmtree(directory, ignore_errors=True)
 
-    for name, rows in tables.items():
-        if rows:
-            run_dir.write_table(f"{name}.parquet", rows)
-    return tables
+    def report(self) -> None:
+        """Write every non-empty table."""
+        for name, rows in self.tables.items():
+            if rows:
+                self.run_dir.write_table(f"{name}.parquet", rows)
 
 
 def ensemble_losses(probs: dict[str, dict[str, torch.Tensor]], probe: str,
@@ -212,25 +263,25 @@ def ensemble_losses(probs: dict[str, dict[str, torch.Tensor]], probe: str,
     return {stage: ensemble_loss(p[probe], probe_sets[probe][1]).numpy() for stage, p in probs.items()}
 
 
-def _backdoor(config: Config, plan: Plan, directory, aggs: list[str]) -> list[dict]:
+def _backdoor(config: Config, setup: SisaSetup, directory, aggs: list[str]) -> list[dict]:
     """Train on poisoned data, measure clean accuracy and ASR, unlearn exactly the poisoned points, again."""
-    b, data = config.backdoor, plan.data
+    b, data = config.backdoor, setup.data
     trigger = {"mean": data.mean, "std": data.std, "size": b.trigger_size, "value": b.trigger_value,
                "position": b.trigger_position}
-    x, y = poison_data(data.train_x, data.train_y, plan.poison, target=b.target_class, mode=b.mode,
+    x, y = poison_data(data.train_x, data.train_y, setup.poison, target=b.target_class, mode=b.mode,
                        seed=config.seed, **trigger)
     triggered = stamp(data.test_x, seed=config.seed + 5, **trigger)
-    pool = ShardPool(plan.layout, x, y, plan.settings, directory, config.resources)
+    pool = ShardPool(setup.layout, x, y, setup.settings, directory, config.resources)
     rows = []
-    for stage, shards, removed in (("trained", range(plan.layout.num_shards), ()),
-                                   ("unlearned", list(affected_shards(plan.layout, plan.poison)), plan.poison)):
+    for stage, shards, removed in (("trained", range(setup.layout.num_shards), ()),
+                                   ("unlearned", list(affected_shards(setup.layout, setup.poison)), setup.poison)):
         pool.run(shards, removed, f"sisa: backdoor {stage}")
-        ensemble = Ensemble(plan.settings, pool.states(), config.data.eval_batch_size)
+        ensemble = ShardEnsemble(setup.settings, pool.states(), config.data.eval_batch_size)
         clean, attacked = ensemble.probs(data.test_x), ensemble.probs(triggered)
         for agg in aggs:
-            rows.append({"stage": stage, "aggregation": agg, "mode": b.mode, "poisoned": len(plan.poison),
-                         "clean_accuracy": classification_metrics(data.test_y, *aggregate(clean, agg))["accuracy"],
-                         "asr": attack_success_rate(aggregate(attacked, agg)[0], data.test_y, b.target_class)})
+            rows.append({"stage": stage, "aggregation": agg, "mode": b.mode, "poisoned": len(setup.poison),
+                         "clean_accuracy": classification_metrics(data.test_y, *combine_shards(clean, agg))["accuracy"],
+                         "asr": attack_success_rate(combine_shards(attacked, agg)[0], data.test_y, b.target_class)})
     pool.close()
     return rows
 

@@ -55,7 +55,7 @@ def majority_vote(probs: torch.Tensor) -> torch.Tensor:
     return torch.where(shares == best, classes, shares.shape[1]).min(1).values
 
 
-def aggregate(probs: torch.Tensor, aggregation: str) -> tuple[torch.Tensor, torch.Tensor]:
+def combine_shards(probs: torch.Tensor, aggregation: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(predictions, scores) of an aggregation: `mean` -> argmax of the mean softmax and the mean softmax;
     `vote` -> the majority vote and the vote shares (used as class probabilities for AUROC)."""
     if aggregation == "mean":
