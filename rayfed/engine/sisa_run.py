@@ -28,6 +28,7 @@ from rayfed.engine.shard import ShardPool
 from rayfed.errors import UserError
 from rayfed.plots.sisa import plot_sisa
 from rayfed.results import RunDirectory
+from rayfed.seeds import Stream, stream_seed
 from rayfed.sisa.ensemble import classification_metrics, combine_shards, ensemble_loss, shard_probs
 from rayfed.sisa.plan import Layout, affected_shards, make_layout, resolve_forget
 from rayfed.sisa.schedule import epochs_per_stage, expected_speedup
@@ -179,8 +180,10 @@ class SisaExperiment:
         self.pool = ShardPool(layout, x, y, self.setup.settings, self.checkpoints / "main", config.resources)
         self.trained_stats, self.trained_seconds = self.pool.run(range(layout.num_shards), (), "sisa: train")
         forget = self.setup.forget
-        member_rows = _sample(len(y), config.unlearn.membership_size, config.seed + 3, forget)
-        test_rows = _sample(len(data.test_y), config.unlearn.membership_size, config.seed + 4)
+        member_rows = _sample(len(y), config.unlearn.membership_size,
+                              stream_seed(config.seed, Stream.SISA_MEMBERSHIP, 0), forget)
+        test_rows = _sample(len(data.test_y), config.unlearn.membership_size,
+                            stream_seed(config.seed, Stream.SISA_MEMBERSHIP, 1))
         self.probes = {"test": (data.test_x, data.test_y), "forget": (x[forget], y[forget]),
                        "train": (x[member_rows], y[member_rows]),
                        "nonmember": (data.test_x[test_rows], data.test_y[test_rows])}
@@ -239,7 +242,8 @@ class SisaExperiment:
             for members in ("forget", "train"):
                 member = ensemble_losses(self.probs, members, self.probes)
                 self.tables["membership"].append(membership_row(stage, f"{members}_vs_test", member[stage],
-                                                                nonmember[stage], self.config.seed))
+                                                                nonmember[stage],
+                                                                stream_seed(self.config.seed, Stream.SISA_MEMBERSHIP, 2)))
 
     def backdoor(self) -> None:
         """backdoor.parquet: train on poisoned data, measure clean accuracy and ASR, unlearn exactly the poisoned
@@ -270,7 +274,7 @@ def _backdoor(config: Config, setup: SisaSetup, directory, aggs: list[str]) -> l
                "position": b.trigger_position}
     x, y = poison_data(data.train_x, data.train_y, setup.poison, target=b.target_class, mode=b.mode,
                        seed=config.seed, **trigger)
-    triggered = stamp(data.test_x, seed=config.seed + 5, **trigger)
+    triggered = stamp(data.test_x, seed=stream_seed(config.seed, Stream.BACKDOOR_TRIGGER, 1), **trigger)
     pool = ShardPool(setup.layout, x, y, setup.settings, directory, config.resources)
     rows = []
     for stage, shards, removed in (("trained", range(setup.layout.num_shards), ()),

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rayfed.errors import UserError
+from rayfed.seeds import Stream, stream_seed
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Layout:
 
 
 def make_layout(num_points: int, shards: int, slices: int, seed: int) -> Layout:
-    """Permute range(N) with `seed`, split into S shards of size floor(N/S) or ceil(N/S), and each shard
+    """Permute range(N) (the run seed's SISA_LAYOUT stream), split into S shards of size floor(N/S) or ceil(N/S), and each shard
     into R slices of near-equal size. UserError (naming sisa.shards / sisa.slices) when a shard or a slice
     would be empty."""
     if not 1 <= shards <= num_points:
@@ -62,7 +63,7 @@ def make_layout(num_points: int, shards: int, slices: int, seed: int) -> Layout:
     if not 1 <= slices <= smallest_shard:
         raise UserError(f"sisa.slices: must be between 1 and the smallest shard size {smallest_shard} "
                         f"(N={num_points}, S={shards}), got {slices}")
-    order = np.random.default_rng(seed).permutation(num_points).astype(np.int64)
+    order = np.random.default_rng(stream_seed(seed, Stream.SISA_LAYOUT)).permutation(num_points).astype(np.int64)
     return Layout(num_points, tuple(tuple(np.array_split(shard, slices)) for shard in np.array_split(order, shards)))
 
 
@@ -100,7 +101,7 @@ def read_index_file(path: str | Path, key: str) -> list[int]:
 
 
 def resolve_forget(forget: int | str | None, num_points: int, seed: int) -> list[int]:
-    """unlearn.forget as a list of training indices: a count N draws N distinct indices once with `seed`
+    """unlearn.forget as a list of training indices: a count N draws N distinct indices once (the SISA_FORGET stream of `seed`)
     (the caller saves them as forget.txt, so every later audit uses the same points); a string is a file
     of indices. Checked for range and repeats."""
     if forget is None:
@@ -108,6 +109,6 @@ def resolve_forget(forget: int | str | None, num_points: int, seed: int) -> list
     if isinstance(forget, int):
         if forget > num_points:
             raise UserError(f"unlearn.forget: cannot forget {forget} of {num_points} training points")
-        rng = np.random.default_rng([seed, 1])
+        rng = np.random.default_rng(stream_seed(seed, Stream.SISA_FORGET))
         return sorted(int(i) for i in rng.choice(num_points, size=forget, replace=False))
     return check_indices(read_index_file(forget, "unlearn.forget"), num_points, "unlearn.forget")
