@@ -43,6 +43,11 @@ class Layout:
                 for s, shard in enumerate(self.slices) for r, part in enumerate(shard) for i in part]
         return sorted(rows, key=lambda row: row["index"])
 
+    def kept_slice_sizes(self, removed: Iterable[int]) -> list[list[int]]:
+        """[shard][slice]: points left in each slice once `removed` are forgotten."""
+        gone = np.fromiter((int(i) for i in removed), dtype=np.int64)
+        return [[int((~np.isin(part, gone)).sum()) for part in shard] for shard in self.slices]
+
     def locate(self) -> tuple[np.ndarray, np.ndarray]:
         """(shard_of, slice_of): arrays of length N giving each index's shard and slice."""
         shard_of = np.empty(self.num_points, dtype=np.int64)
@@ -54,8 +59,8 @@ class Layout:
 
 
 def make_layout(num_points: int, shards: int, slices: int, seed: int) -> Layout:
-    """Permute range(N) (the run seed's SISA_LAYOUT stream), split into S shards of size floor(N/S) or ceil(N/S), and each shard
-    into R slices of near-equal size. UserError (naming sisa.shards / sisa.slices) when a shard or a slice
+    """Permute range(N) (the SISA_LAYOUT stream of `seed`), split into S shards of size floor(N/S) or ceil(N/S),
+    and each shard into R slices of near-equal size. UserError (naming sisa.shards / sisa.slices) when a shard or a slice
     would be empty."""
     if not 1 <= shards <= num_points:
         raise UserError(f"sisa.shards: must be between 1 and the training set size {num_points}, got {shards}")
@@ -101,7 +106,7 @@ def read_index_file(path: str | Path, key: str) -> list[int]:
 
 
 def resolve_forget(forget: int | str | None, num_points: int, seed: int) -> list[int]:
-    """unlearn.forget as a list of training indices: a count N draws N distinct indices once (the SISA_FORGET stream of `seed`)
+    """unlearn.forget as a list of training indices: a count N draws N distinct indices once (SISA_FORGET stream)
     (the caller saves them as forget.txt, so every later audit uses the same points); a string is a file
     of indices. Checked for range and repeats."""
     if forget is None:
