@@ -14,6 +14,7 @@ and are deleted once measured.
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,20 +89,14 @@ def make_setup(config: Config) -> SisaSetup:
 
 
 class ShardEnsemble:
-    """The shard models that predictions use: every shard that still holds a point (an emptied shard would vote
-    with its initial weights, so it leaves the ensemble). Replaced as a whole (`switch`) once every shard is
-    final."""
+    """The shard models that predictions use: `members` (default all), the shards that still hold a point (an
+    emptied shard would vote with its initial weights, so it leaves the ensemble). `states` keeps every shard."""
 
     def __init__(self, settings: TrainSettings, states: list[dict[str, Any]], batch_size: int,
                  members: list[int] | None = None):
-        self.settings, self.batch_size = settings, batch_size
-        self.switch(states, members)
-
-    def switch(self, states: list[dict[str, Any]], members: list[int] | None = None) -> None:
-        """Use these shard states; `members` (default all) are the shards that predict."""
-        self.states = states
+        self.settings, self.batch_size, self.states = settings, batch_size, states
         self.members = list(range(len(states))) if members is None else members
-        self.models = [model_from_state(self.settings, states[s]) for s in self.members]
+        self.models = [model_from_state(settings, states[s]) for s in self.members]
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """S' x n x C softmaxes of the member shards."""
@@ -203,7 +198,9 @@ class SisaExperiment:
         """{stage: {probe set: S' x n x C shard softmaxes}}"""
         self.ensembles: dict[str, ShardEnsemble] = {}
         self.unsharded: dict[str, dict[str, Any]] = {}
-        """{method: {"state", "samples", "seconds"}} of the unsharded model (trained, retrained, baselines)."""
+        """{method: {"state", "samples", "seconds", "probs"}} of the unsharded model (trained, retrained, baselines)."""
+        self.unsharded_backdoor: dict[str, dict[str, Any]] = {}
+        """The same on the poisoned data (the poison as the forget set), with "asr"."""
         self.reference_cost: tuple[float, float] | None = None  # (shard seconds, wall seconds) of the reference
         self.warnings: list[str] = []
         self.summary = ""
@@ -402,7 +399,7 @@ class SisaExperiment:
         data, forget_y = self.setup.data, self.probes["forget"][1]
         seed = stream_seed(self.config.seed, Stream.SISA_MEMBERSHIP, 2)
         backdoor = {(r["stage"], r["aggregation"]): r for r in self.tables["backdoor"]}
-        poisoned = getattr(self, "unsharded_backdoor", {})
+        poisoned = self.unsharded_backdoor
         sisa_asr = backdoor.get(("unlearned", "mean"), {}).get("asr"), backdoor.get(("trained", "mean"), {}).get("asr")
         methods = [("sisa", "ensemble", True, self.probs["unlearned"],
                     sum(r["samples_processed"] for r in self.tables["unlearning"]),
@@ -444,8 +441,6 @@ def _state_of(result: dict[str, Any]) -> dict[str, Any]:
 
 def timed(job, *args: Any, device: torch.device) -> dict[str, Any]:
     """{"state", "samples", "seconds"} of job(*args, device) (a function of rayfed.sisa.approximate)."""
-    import time
-
     start = time.perf_counter()
     state, samples = job(*args, device=device)
     return {"state": state, "samples": samples, "seconds": time.perf_counter() - start}
