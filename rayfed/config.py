@@ -24,6 +24,7 @@ MODELS = ("cnn", "resnet18")
 SISA_AGGREGATIONS = ("mean", "vote")
 SISA_SCHEDULES = ("union", "distributed")
 BACKDOOR_MODES = ("badnets", "clean_label")
+UNLEARN_BASELINES = ("finetune", "neggrad")
 TRIGGER_POSITIONS = ("bottom_right", "random")
 WANDB_MODES = ("disabled", "offline", "online")
 CLIENT_ACCURACY_BASES = ("test", "train")
@@ -159,16 +160,31 @@ class SisaConfig:
     """SGD momentum of shard training."""
     batch_size: int = 64
     """Minibatch size of shard training."""
+    deterministic: bool = True
+    """Deterministic kernels in every shard actor (cuDNN autotuning off, `cudnn.deterministic`,
+    `torch.use_deterministic_algorithms(warn_only)`, CUBLAS_WORKSPACE_CONFIG): what makes unlearning equal
+    retraining bit for bit on a GPU. `false` trades that for speed (CPU is deterministic either way)."""
 
 
 @dataclass
 class UnlearnConfig:
     forget: int | str | None = 20
     """Points to forget: a count drawn once with the seed (saved as forget.txt), or a file of indices."""
+    requests: int = 1
+    """Forget the points in this many requests, one after another (the forget set cut in order into near-equal
+    parts); each retrains only the shards it touches, from the checkpoints the previous request left."""
     verify: bool = True
     """Train a fresh ensemble from scratch without the forgotten points and compare predictions."""
-    membership_size: int = 200
-    """Samples per side (member vs non-member) of the membership-inference audit."""
+    membership_size: int | None = None
+    """Points per side (member vs non-member) of the membership-inference audit; null = as many as the data
+    allow (every test point as a non-member)."""
+    baselines: list[str] = field(default_factory=list)
+    """Approximate unlearning on one unsharded model, compared with SISA (`baselines.parquet`): `finetune`
+    (train on the retained data) and/or `neggrad` (NegGrad+: descent on the retained, ascent on the forgotten)."""
+    baseline_epochs: int = 1
+    """Epochs over the retained data of each approximate baseline."""
+    neggrad_alpha: float = 0.9
+    """NegGrad+ loss alpha L(retained batch) - (1 - alpha) L(forgotten batch), in (0, 1)."""
 
 
 @dataclass
@@ -179,8 +195,11 @@ class BackdoorConfig:
     """`badnets` (non-target images stamped and relabelled) or `clean_label` (the notebook's)."""
     target_class: int = 0
     """Class the trigger should force."""
-    poison: int | float = 0.1
-    """Poisoned training points: a count, or a fraction of the training set when below 1."""
+    poison: int | None = None
+    """Poisoned training points as a count; null = `poison_fraction` of the candidates."""
+    poison_fraction: float = 0.1
+    """Share of the candidates poisoned when `poison` is null: the non-target images (badnets) or the
+    target-class images (clean_label)."""
     trigger_size: int = 3
     """Side of the square trigger, in pixels."""
     trigger_position: str = "bottom_right"
@@ -215,8 +234,9 @@ class ResourcesConfig:
     """CPU fraction per SISA shard actor; `auto`: the largest fraction (at most 1) with which all the shards fit
     on the nodes next to their GPU fractions."""
     stall_timeout: float = 1800.0
-    """Seconds any one wait of a round (or a SISA stage) may take before the run stops with an `error:` line
-    naming what it waited for (exit status 3; the run directory stays for --resume)."""
+    """Seconds any one wait of a federated round, or a SISA step in which no shard finishes a slice stage, may
+    take before the run stops with an `error:` line naming what it waited for (exit status 3; the run
+    directory stays for --resume)."""
     torch_threads: int = 1
     """torch intra-op threads per client or shard actor (keeps many actors on few cores from thrashing)."""
     server_threads: int | None = None
@@ -526,13 +546,25 @@ def validate(c: Config) -> None:
     forget = c.unlearn.forget
     if isinstance(forget, int):
         _require(forget >= 0, f"unlearn.forget: must be >= 0, got {forget}")
-    _require(c.unlearn.membership_size >= 2, f"unlearn.membership_size: must be >= 2, got {c.unlearn.membership_size}")
+    u = c.unlearn
+    _require(u.requests >= 1, f"unlearn.requests: must be >= 1, got {u.requests}")
+    if isinstance(forget, int):
+        _require(u.requests <= max(1, forget),
+                 f"unlearn.requests: cannot cut {forget} points into {u.requests} requests")
+    _require(u.membership_size is None or u.membership_size >= 2,
+             f"unlearn.membership_size: must be >= 2, got {u.membership_size}")
+    for method in u.baselines:
+        _one_of("unlearn.baselines", method, UNLEARN_BASELINES)
+    _require(len(set(u.baselines)) == len(u.baselines), f"unlearn.baselines: repeated method in {u.baselines}")
+    _require(u.baseline_epochs >= 1, f"unlearn.baseline_epochs: must be >= 1, got {u.baseline_epochs}")
+    _require(0 < u.neggrad_alpha < 1, f"unlearn.neggrad_alpha: must be in (0, 1), got {u.neggrad_alpha}")
 
     b = c.backdoor
     _one_of("backdoor.mode", b.mode, BACKDOOR_MODES)
     _one_of("backdoor.trigger_position", b.trigger_position, TRIGGER_POSITIONS)
     _require(b.target_class >= 0, f"backdoor.target_class: must be >= 0, got {b.target_class}")
-    _require(b.poison > 0, f"backdoor.poison: must be > 0, got {b.poison}")
+    _require(b.poison is None or b.poison >= 1, f"backdoor.poison: a count must be >= 1, got {b.poison}")
+    _require(0 < b.poison_fraction < 1, f"backdoor.poison_fraction: must be in (0, 1), got {b.poison_fraction}")
     _require(b.trigger_size >= 1, f"backdoor.trigger_size: must be >= 1, got {b.trigger_size}")
     _require(0 <= b.trigger_value <= 1, f"backdoor.trigger_value: must be in [0, 1], got {b.trigger_value}")
 

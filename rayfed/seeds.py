@@ -32,11 +32,27 @@ class Stream(IntEnum):
     """(shard,): a shard model's initial weights."""
     SISA_STAGE = 8
     """(shard, stage): minibatch order, augmentation and dropout of one slice stage."""
+    SISA_LAYOUT = 9
+    """(): the permutation of the training indices cut into shards and slices."""
+    SISA_FORGET = 10
+    """(): the forget set drawn for `unlearn.forget: N`."""
+    SISA_MEMBERSHIP = 11
+    """(part,): the membership audit's 0 member sample, 1 non-member sample, 2 CV folds, 3 bootstrap resamples."""
+    BACKDOOR_POISON = 12
+    """(): the training points poisoned."""
+    BACKDOOR_TRIGGER = 13
+    """(part,): random trigger positions on 0 the poisoned training images, 1 the triggered test images."""
+    UNSHARDED_INIT = 14
+    """(): initial weights of the unsharded model of the approximate-unlearning baselines."""
+    UNSHARDED_TRAINING = 15
+    """(part,): minibatch order of the unsharded model's 0 training (and retraining), 1 fine-tuning, 2 NegGrad+."""
 
 
 ARITY = {
     Stream.CLIENT_TRAINING: 2, Stream.CLIENT_EVALUATION: 2, Stream.GAN_INIT: 1, Stream.GAN_TRAINING: 1,
     Stream.PROBES: 1, Stream.CLIENT_SELECTION: 1, Stream.SISA_INIT: 1, Stream.SISA_STAGE: 2,
+    Stream.SISA_LAYOUT: 0, Stream.SISA_FORGET: 0, Stream.SISA_MEMBERSHIP: 1, Stream.BACKDOOR_POISON: 0,
+    Stream.BACKDOOR_TRIGGER: 1, Stream.UNSHARDED_INIT: 0, Stream.UNSHARDED_TRAINING: 1,
 }
 """How many indices select one draw of each stream."""
 

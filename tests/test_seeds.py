@@ -32,9 +32,13 @@ def test_named_streams_separate_what_positional_seeds_merged():
     assert padded[0] == padded[1]
 
 
-def test_streams_and_sisa_stages_distinct_across_rounds_shards_and_stages():
+def test_streams_and_sisa_draws_distinct_across_rounds_shards_stages_and_audits():
     seeds = [stream_seed(0, Stream.SISA_STAGE, shard, stage) for shard in range(20) for stage in range(20)]
     seeds += [stream_seed(0, Stream.SISA_INIT, shard) for shard in range(20)]
+    seeds += [stream_seed(0, s) for s in (Stream.SISA_LAYOUT, Stream.SISA_FORGET, Stream.BACKDOOR_POISON,
+                                               Stream.UNSHARDED_INIT)]
+    seeds += [stream_seed(0, s, part) for s in (Stream.SISA_MEMBERSHIP, Stream.BACKDOOR_TRIGGER,
+                                                       Stream.UNSHARDED_TRAINING) for part in range(4)]
     seeds += [v for r in range(1, 30) for _, v in all_round_seeds(0, r, 10)]
     assert len(set(seeds)) == len(seeds)
 

@@ -10,9 +10,22 @@ import torch
 
 from rayfed.data.datasets import load_dataset
 from rayfed.errors import UserError
-from rayfed.sisa.ensemble import aggregate, classification_metrics, ensemble_loss, majority_vote, vote_shares
+from rayfed.sisa.ensemble import (
+    classification_metrics,
+    combine_shards,
+    ensemble_loss,
+    majority_vote,
+    vote_shares,
+    vote_ties,
+)
 from rayfed.sisa.plan import affected_shards, make_layout, read_index_file, resolve_forget
-from rayfed.sisa.schedule import epochs_per_stage, expected_speedup, stage_samples
+from rayfed.sisa.schedule import (
+    epochs_per_stage,
+    expected_request_samples,
+    expected_speedup,
+    stage_samples,
+    untrained_slices,
+)
 from rayfed.sisa.train import ShardTrainer, TrainSettings
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -108,29 +121,77 @@ def test_expected_speedup_by_hand():
     assert expected_speedup([1] * 5, shards=5, requests=0) == math.inf
 
 
+def test_expected_request_samples_matches_a_monte_carlo_over_real_layouts():
+    """The batch formula (points uniform over the S R cells) against real seeded layouts and forget sets: the
+    mean over 1500 draws of sum over affected shards of stage_samples(kept slices, e, first affected slice)."""
+    n, shards, slices, points = 600, 4, 3, 3
+    epochs = epochs_per_stage("distributed", 4, slices)  # [2, 2, 2]
+    rng = np.random.default_rng(0)
+    costs = []
+    for trial in range(1500):
+        layout = make_layout(n, shards, slices, seed=trial)
+        forget = rng.choice(n, size=points, replace=False).tolist()
+        kept = layout.kept_slice_sizes(forget)
+        costs.append(sum(stage_samples(kept[s], epochs, start=r) for s, r in affected_shards(layout, forget).items()))
+    expected = expected_request_samples(epochs, shards, points, n)
+    sem = np.std(costs) / np.sqrt(len(costs))
+    assert abs(np.mean(costs) - expected) < 3 * sem + 0.01 * expected, (np.mean(costs), expected, sem)
+    # by hand for one point: each of the S R cells with probability 1/12, the shard's cost in units of n/(S R)=50:
+    # C(0) = 2*1 + 2*2 + 2*3 = 12, C(1) = 10, C(2) = 6; E = (12 + 10 + 6) / 3 * 50 = 466.67
+    assert expected_request_samples(epochs, shards, 1, n) == pytest.approx(28 / 3 * 50)
+    assert shards * stage_samples([50] * 3, epochs) / expected_request_samples(epochs, shards, 1, n) == pytest.approx(
+        expected_speedup(epochs, shards, 1))
+
+
+def test_untrained_last_slices_are_found():
+    assert list(untrained_slices(epochs_per_stage("distributed", 5, 20))) == [19]  # a = 10/21: stage 19 trains 0
+    assert list(untrained_slices([1, 0, 1])) == [] and list(untrained_slices([1, 0, 0])) == [1, 2]
+
+
 # -------------------------------------------------------------------------------------------- ensembles
 
 
-def test_every_shard_votes_and_ties_go_to_the_lowest_class():
+def test_every_shard_votes_and_ties_go_to_the_class_with_the_higher_mean_softmax():
     def onehot(classes, num=3):
         return torch.nn.functional.one_hot(torch.tensor(classes), num).float().unsqueeze(1) * 0.8 + 0.2 / num
 
     probs = onehot([1, 1, 0])  # shards vote 1, 1, 0: the notebook kept only the last model's vote (0)
     assert majority_vote(probs).tolist() == [1]
     assert vote_shares(probs)[0].tolist() == pytest.approx([1 / 3, 2 / 3, 0])
-    assert majority_vote(onehot([2, 1])).tolist() == [1]  # tie 1 vs 2 -> 1
-    assert majority_vote(onehot([0, 2, 2, 0])).tolist() == [0]
-    pred, scores = aggregate(onehot([2, 1, 2]), "vote")
+    # tie 0 vs 2: shard votes 0 with p = 0.5, shard votes 2 with p = 0.9 -> mean softmax favours 2 (not the lowest, 0)
+    tie = torch.tensor([[[0.5, 0.2, 0.3]], [[0.05, 0.05, 0.9]]])
+    assert majority_vote(tie).tolist() == [2] and vote_ties(tie).tolist() == [True]
+    assert vote_ties(probs).tolist() == [False]
+    # three-way vote 1, 1, 0, 0 of four shards: the tied classes 0 and 1 decide by mean softmax, class 2 cannot win
+    four = torch.tensor([[[0.1, 0.5, 0.4]], [[0.0, 0.6, 0.4]], [[0.45, 0.1, 0.45]], [[0.5, 0.1, 0.4]]])
+    assert majority_vote(four).tolist() == [1]  # means: 0.2625, 0.325, 0.4125 -> class 2 is the argmax, not a winner
+    pred, scores = combine_shards(onehot([2, 1, 2]), "vote")
     assert pred.tolist() == [2] and scores.sum().item() == pytest.approx(1)
 
 
 def test_mean_aggregation_and_metrics():
     probs = torch.tensor([[[0.6, 0.4], [0.2, 0.8]], [[0.0, 1.0], [0.3, 0.7]]])  # S=2, n=2, C=2
-    pred, scores = aggregate(probs, "mean")
+    pred, scores = combine_shards(probs, "mean")
     assert torch.allclose(scores, torch.tensor([[0.3, 0.7], [0.25, 0.75]])) and pred.tolist() == [1, 1]
     m = classification_metrics(torch.tensor([0, 1]), pred, scores)
     assert m["accuracy"] == 50.0 and m["auroc"] == 1.0  # class-1 score: 0.75 for the class-1 point > 0.7
     assert m["recall"] == 0.5
+
+
+def test_one_vs_rest_auroc_of_mean_and_vote_by_hand():
+    y = torch.tensor([0, 0, 1, 2])
+    scores = torch.tensor([[0.6, 0.2, 0.2], [0.3, 0.4, 0.3], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    # class 0: positives {.6, .3} vs negatives {.5, .1}: 3 of 4 pairs; class 1: {.3} vs {.2, .4, .1}: 2 of 3;
+    # class 2: {.8} above all: 1. Macro mean (3/4 + 2/3 + 1) / 3
+    m = classification_metrics(y, scores.argmax(1), scores)
+    assert m["auroc"] == pytest.approx((0.75 + 2 / 3 + 1) / 3)
+    # vote shares as scores, ties count one half: shards vote [0, 0, 2, 1] and [1, 1, 2, 0] on y = [0, 1, 2, 0]
+    onehot = torch.nn.functional.one_hot(torch.tensor([[0, 0, 2, 1], [1, 1, 2, 0]]), 3).float() * 0.8 + 0.2 / 3
+    pred, shares = combine_shards(onehot, "vote")
+    # class 0 shares [.5, .5, 0, .5]: positives {.5, .5} vs {.5, 0}: (1/2 + 1 + 1/2 + 1) / 4 = 3/4;
+    # class 1 shares [.5, .5, 0, .5]: {.5} vs {.5, 0, .5}: (1/2 + 1 + 1/2) / 3 = 2/3; class 2: 1
+    m = classification_metrics(torch.tensor([0, 1, 2, 0]), pred, shares)
+    assert m["auroc"] == pytest.approx((0.75 + 2 / 3 + 1) / 3)
 
 
 def test_ensemble_loss_is_minus_log_mean_softmax_not_cross_entropy_of_probs():
@@ -151,10 +212,10 @@ def digits_subset():
     return data.train_x[:240], data.train_y[:240], data
 
 
-def _trainers(x, y, layout, directory, epochs=(1, 1, 1)):
+def _trainers(x, y, layout, directory, epochs=(1, 1, 1), augment_pad=None):
     data_shape, classes = tuple(x.shape[1:]), 10
     settings = TrainSettings(model="cnn", input_shape=data_shape, num_classes=classes, epochs=epochs, lr=0.05,
-                             momentum=0.9, batch_size=32, seed=5)
+                             momentum=0.9, batch_size=32, seed=5, augment_pad=augment_pad)
     trainers = []
     for s in range(layout.num_shards):
         rows = torch.from_numpy(layout.shard_indices(s))
@@ -220,3 +281,56 @@ def test_a_repeated_run_resumes_with_nothing_to_do_and_a_lost_checkpoint_is_redo
     resumed = trainer.run()
     assert resumed.first_stage == 1
     assert _states_equal(final, trainer.final_state())
+
+
+@pytest.mark.parametrize("epochs, augment, threads", [((1, 1, 2), False, 1), ((0, 2, 1), True, 2)])
+def test_forgetting_only_late_slice_points_retrains_from_that_checkpoint_exactly(digits_subset, tmp_path, epochs,
+                                                                                  augment, threads):
+    """Points only in the last slice: the shard resumes from checkpoint R-1 (a full retrain would also be exact,
+    so the resume point and the cost are what is checked), with augmentation, a zero-epoch stage and 2 threads."""
+    from rayfed.data.datasets import black_level
+
+    torch.set_num_threads(threads)
+    x, y, data = digits_subset
+    layout = make_layout(len(y), shards=2, slices=3, seed=1)
+    pad = black_level(data.mean, data.std) if augment else None
+    trainers = _trainers(x, y, layout, tmp_path / "main", epochs=epochs, augment_pad=pad)
+    for t in trainers:
+        t.run()
+    forget = [int(i) for i in layout.slices[0][2][:3]]
+    assert affected_shards(layout, forget) == {0: 2}
+    stats = trainers[0].run(forget)
+    assert stats.first_stage == 2 and stats.samples == epochs[2] * (120 - 3)
+    scratch = _trainers(x, y, layout, tmp_path / "scratch", epochs=epochs, augment_pad=pad)[0]
+    full = scratch.run(forget)
+    assert full.first_stage == 0 and full.samples == stage_samples([40, 40, 37], epochs)
+    assert _states_equal(trainers[0].final_state(), scratch.final_state())
+    torch.set_num_threads(1)
+
+
+def test_approximate_baselines_count_their_samples_and_neggrad_ascends_on_the_forget_set(digits_subset):
+    from rayfed.sisa.approximate import finetune, neggrad_plus, train_unsharded
+
+    torch.set_num_threads(1)
+    x, y, data = digits_subset
+    settings = TrainSettings(model="cnn", input_shape=data.shape, num_classes=10, epochs=(1,), lr=0.05,
+                             momentum=0.9, batch_size=32, seed=5)
+    cpu = torch.device("cpu")
+    state, samples = train_unsharded(settings, 3, x, y, cpu)
+    assert samples == 3 * 240
+    again, _ = train_unsharded(settings, 3, x, y, cpu)
+    assert _states_equal(state, again)  # seeded: the same model twice
+    x_r, y_r, x_f, y_f = x[10:110], y[10:110], x[:10], y[:10]
+    tuned, samples = finetune(settings, 2, state, x_r, y_r, cpu)
+    assert samples == 2 * 100 and not _states_equal(tuned, state)
+    # 100 retained points in batches of 32: 32, 32, 32, 4 (only a last batch of one joins the one before): 4 steps
+    forgotten, samples = neggrad_plus(settings, 2, 0.5, state, x_r, y_r, x_f, y_f, cpu)
+    assert samples == 2 * (100 + 4 * 10)  # each of the 4 steps per epoch pairs a batch with all 10 forget points
+
+    def forget_loss(st):
+        from rayfed.sisa.train import model_from_state
+
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model_from_state(settings, st)(x_f), y_f))
+
+    assert forget_loss(forgotten) > forget_loss(state) + 1.0  # gradient ascent on the forget set

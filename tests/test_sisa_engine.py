@@ -49,40 +49,135 @@ def test_a_shard_killed_mid_training_restarts_from_its_checkpoint_with_the_same_
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_run_sisa_end_to_end_is_exact_and_writes_every_table(ray_session, tmp_path):
+def test_shard_actors_run_deterministic_kernels_and_a_stalled_step_fails_naming_its_shards(ray_session, tmp_path):
+    from rayfed.engine.shard import ShardPool, run_in_worker
+    from rayfed.errors import RunStalled
+    from rayfed.sisa.train import kernel_settings
+
+    data = load_dataset("digits")
+    layout = make_layout(120, shards=1, slices=2, seed=0)
+    settings = TrainSettings(model="cnn", input_shape=data.shape, num_classes=10, epochs=(1, 400), lr=0.05,
+                             momentum=0.9, batch_size=32, seed=3)
+    pool = ShardPool(layout, data.train_x[:120], data.train_y[:120], settings, tmp_path,
+                     ResourcesConfig(torch_threads=1, stall_timeout=1.5), deterministic=True)
+    assert pool.kernel_settings() == {"device": "cpu", "torch_version": torch.__version__, "deterministic": True,
+                                      "cudnn_benchmark": False, "cudnn_deterministic": True,
+                                      "cublas_workspace_config": ":4096:8"}
+    # stage 0 (1 epoch) finishes, then stage 1 (400 epochs) runs far past the 1.5 s without a checkpoint
+    with pytest.raises(RunStalled, match=r"sisa: slow: shard\(s\) \[0\] finished no slice stage in 1.5 s "
+                                        r"\(resources.stall_timeout\)"):
+        pool.run([0], [], "sisa: slow")
+    assert (tmp_path / "shard0" / "slice1.pt").exists() and not (tmp_path / "shard0" / "slice2.pt").exists()
+    pool.close()
+    off = ray_session.get(run_in_worker.remote(lambda device: kernel_settings(), 1, False))
+    assert off["deterministic"] is False and off["cudnn_deterministic"] is False
+
+
+@pytest.mark.slow
+def test_run_sisa_audits_show_what_they_must_on_an_overfitting_setting(ray_session, tmp_path):
+    """Two shards overfit (6 epochs on every union), 150 points forgotten in 2 requests, 60 BadNets points, and
+    both approximate baselines: every table holds the values the audits promise."""
     from rayfed.engine.sisa_run import run_sisa
 
     config = build_config([{
-        "sisa": {"shards": 2, "slices": 2, "epochs": 2},
-        "unlearn": {"forget": 8, "membership_size": 40},
+        "sisa": {"shards": 2, "slices": 2, "epochs": 6, "schedule": "union"},
+        "unlearn": {"forget": 150, "requests": 2, "baselines": ["finetune", "neggrad"]},
         "backdoor": {"poison": 60},
         "resources": {"torch_threads": 1},
     }])
     run_sisa(config, RunDirectory(tmp_path))
+    check_audit_tables(tmp_path)
+
+
+def check_audit_tables(tmp_path):
+    """The assertions of the test above on its run directory."""
     files = {p.name for p in tmp_path.iterdir()}
     for name in ("config.yaml", "layout.parquet", "forget.txt", "metrics.parquet", "unlearning.parquet",
-                 "exactness.parquet", "membership.parquet", "backdoor.parquet", "accuracy.png",
-                 "unlearning_cost.png", "membership.png", "backdoor.png"):
+                 "unlearning_points.parquet", "exactness.parquet", "membership.parquet", "backdoor.parquet",
+                 "baselines.parquet", "summary.md", "accuracy.png", "unlearning_cost.png", "membership.png",
+                 "backdoor.png", "baselines.png"):
         assert name in files, name
     forget = [int(t) for t in (tmp_path / "forget.txt").read_text().split()]
-    assert len(forget) == 8
+    n = len(pd.read_parquet(tmp_path / "layout.parquet"))
+
     exact = pd.read_parquet(tmp_path / "exactness.parquet")
     assert exact["predictions_equal"].all() and exact["weights_equal"].all()
     assert (exact["max_probability_difference"] == 0).all()
+    assert (exact["device"] == "cpu").all() and (exact["torch_version"] == torch.__version__).all()
+    assert exact["deterministic"].all()
+
     metrics = pd.read_parquet(tmp_path / "metrics.parquet")
-    assert set(metrics["stage"]) == {"trained", "unlearned", "retrained"}
-    assert set(metrics["aggregation"]) == {"mean", "vote"}
+    ensemble = metrics[metrics["model"] == "ensemble"].set_index(["stage", "aggregation"])
+    values = ["accuracy", "f1", "precision", "recall", "auroc", "tie_rate"]
+    pd.testing.assert_frame_equal(ensemble.loc["unlearned", values], ensemble.loc["retrained", values])
+    assert (ensemble["shards_used"] == 2).all()
+    ties = ensemble.loc[("trained", "vote"), "tie_rate"]
+    assert 0 <= ties <= 1 and ensemble["tie_rate"].isna().sum() == 3  # null for the mean rows
+    unsharded = metrics[metrics["model"] == "unsharded"].set_index("stage")
+    assert set(unsharded.index) == {"retrained", "trained", "finetune", "neggrad"}
+    assert unsharded.loc["retrained", "accuracy"] > 85
+
     unlearning = pd.read_parquet(tmp_path / "unlearning.parquet")
-    assert sorted(unlearning["index"]) == sorted(forget)
+    assert unlearning["request"].tolist() == [0, 1] and unlearning["points"].tolist() == [75, 75]
+    assert unlearning["cumulative_samples"].tolist() == unlearning["samples_processed"].cumsum().tolist()
+    assert unlearning["unsharded_retrain_samples"].tolist() == [6 * (n - 75), 6 * (n - 150)]
+    assert (unlearning["speedup_vs_unsharded"] == unlearning["unsharded_retrain_samples"]
+            / unlearning["samples_processed"]).all()
+    # 75 points hit both shards in slice 0 with near certainty: each request retrains everything, as expected
+    assert (unlearning["samples_processed"] == unlearning["ensemble_retrain_samples"]).all()
+    assert (abs(unlearning["expected_samples"] / unlearning["samples_processed"] - 1) < 0.02).all()
+    points = pd.read_parquet(tmp_path / "unlearning_points.parquet")
+    assert sorted(points["index"]) == sorted(forget) and points.groupby("request").size().tolist() == [75, 75]
     layout = pd.read_parquet(tmp_path / "layout.parquet").set_index("index")
-    assert (unlearning["shard"].to_numpy() == layout.loc[unlearning["index"], "shard"].to_numpy()).all()
-    first = layout.loc[forget].groupby("shard")["slice"].min()
-    assert (unlearning.groupby("shard")["first_slice"].first() == first).all()
-    membership = pd.read_parquet(tmp_path / "membership.parquet")
-    assert len(membership) == 6 and list(membership.columns[:5]) == ["stage", "comparison", "lr_cv_accuracy", "auc",
-                                                                     "tpr_at_1pct_fpr"]
-    backdoor = pd.read_parquet(tmp_path / "backdoor.parquet")
-    assert set(backdoor["stage"]) == {"trained", "unlearned"}
+    assert (points["shard"].to_numpy() == layout.loc[points["index"], "shard"].to_numpy()).all()
+    assert (points["slice"].to_numpy() == layout.loc[points["index"], "slice"].to_numpy()).all()
+
+    membership = pd.read_parquet(tmp_path / "membership.parquet").set_index(["stage", "comparison"])
+    figures = ["n", "lr_cv_accuracy", "auc", "auc_low", "auc_high", "tpr_at_1pct_fpr"]
+    pd.testing.assert_frame_equal(membership.loc["unlearned", figures], membership.loc["retrained", figures])
+    assert membership.loc[("trained", "forget_vs_test"), "n"] == 150
+    assert membership.loc[("trained", "train_vs_test"), "n"] == 449  # every test point
+    trained, retrained = (membership.loc[(stage, "forget_vs_test")] for stage in ("trained", "retrained"))
+    # the ensemble that saw the forget set leaks it more than the one that never did (0.558 vs 0.527 here: the
+    # digits CNN barely overfits, and at n=150 the two intervals overlap, which the intervals say)
+    assert trained["auc"] > retrained["auc"] > 0.5 and trained["auc_low"] < retrained["auc_high"]
+
+    backdoor = pd.read_parquet(tmp_path / "backdoor.parquet").set_index(["stage", "aggregation"])
+    for agg in ("mean", "vote"):
+        floor = backdoor.loc[("clean", agg), "asr"]
+        assert floor < 5 and backdoor.loc[("trained", agg), "asr"] > 80
+        assert backdoor.loc[("unlearned", agg), "asr"] < floor + 3
+    assert backdoor.loc[("unlearned", "mean"), "shards_retrained"] == 2
+
+    baselines = pd.read_parquet(tmp_path / "baselines.parquet").set_index("method")
+    assert baselines.index.tolist() == ["sisa", "finetune", "neggrad", "retrained"]
+    assert baselines.loc["sisa", "samples_processed"] == unlearning["samples_processed"].sum()
+    assert baselines.loc["retrained", "samples_processed"] == 6 * (n - 150)
+    assert baselines.loc["finetune", "samples_processed"] == n - 150  # one epoch over the retained data
+    assert baselines.loc["sisa", "exact"] and baselines.loc["retrained", "exact"]
+    assert baselines.loc["sisa", "forget_mia_auc"] == retrained["auc"]
+    assert baselines.loc["retrained", "asr_after"] < 5 and baselines.loc["retrained", "asr_before"] > 80
+    assert (tmp_path / "summary.md").read_text().split("\n")[2].startswith("## Unlearning 150 points in 2 request(s)")
+
+
+@pytest.mark.slow
+def test_a_forget_set_that_empties_a_shard_takes_it_out_of_the_ensemble(ray_session, tmp_path):
+    from rayfed.engine.sisa_run import run_sisa
+
+    layout = make_layout(len(load_dataset("digits").train_y), shards=3, slices=1, seed=42)
+    (tmp_path / "forget.txt").write_text("\n".join(str(i) for i in layout.shard_indices(0)))
+    config = build_config([{"sisa": {"shards": 3, "slices": 1, "epochs": 1},
+                            "unlearn": {"forget": str(tmp_path / "forget.txt")}, "backdoor": {"enabled": False},
+                            "resources": {"torch_threads": 1}}])
+    run = tmp_path / "run"
+    run.mkdir()
+    run_sisa(config, RunDirectory(run))
+    metrics = pd.read_parquet(run / "metrics.parquet")
+    used = metrics[metrics["model"] == "ensemble"].groupby("stage")["shards_used"].first().to_dict()
+    assert used == {"trained": 3, "unlearned": 2, "retrained": 2}
+    assert pd.read_parquet(run / "unlearning.parquet")["emptied_shards"].tolist() == [1]
+    assert pd.read_parquet(run / "exactness.parquet")["predictions_equal"].all()
+    assert "empties shard(s) [0]: they leave the ensemble" in (run / "summary.md").read_text()
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -93,6 +188,10 @@ def test_run_sisa_end_to_end_is_exact_and_writes_every_table(ray_session, tmp_pa
     (["unlearn.forget=FILE:1 99999"], "unlearn.forget"),
     (["unlearn.forget=FILE:1 two"], "unlearn.forget"),
     (["unlearn.forget=/nonexistent/forget.txt"], "unlearn.forget"),
+    (["backdoor.poison=0.5"], "backdoor.poison"),  # a count; the fraction has its own key
+    (["sisa.slices=20", "sisa.epochs=5"], "sisa.epochs"),  # the distributed schedule never trains slice 19
+    (["unlearn.baselines=[retrain]"], "unlearn.baselines"),
+    (["unlearn.requests=21"], "unlearn.requests"),
 ])
 def test_cli_bad_input_exits_2_with_one_error_line_and_no_run_dir(tmp_path, overrides, key):
     sets = []

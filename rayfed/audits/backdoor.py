@@ -16,6 +16,7 @@ import torch
 
 from rayfed.data.datasets import normalise
 from rayfed.errors import UserError
+from rayfed.seeds import Stream, stream_seed
 
 
 def stamp(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], *, size: int, value: float,
@@ -37,26 +38,31 @@ def stamp(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], *, s
     return out
 
 
-def choose_poison(y: torch.Tensor, *, target: int, num_classes: int, mode: str, poison: int | float,
-                  seed: int) -> np.ndarray:
-    """Sorted indices to poison: `poison` points (a count, or a fraction of the training set when below 1)
-    drawn with `seed` from the non-target images (badnets) or the target-class images (clean_label)."""
+def choose_poison(y: torch.Tensor, *, target: int, num_classes: int, mode: str, count: int | None,
+                  fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices to poison, drawn (the BACKDOOR_POISON stream of the run seed `seed`) from the candidates:
+    the non-target images (badnets) or the target-class images (clean_label). `count` points when given, else
+    round(fraction x candidates), at least one."""
     if not 0 <= target < num_classes:
         raise UserError(f"backdoor.target_class: class {target} does not exist (the dataset has {num_classes} classes)")
-    count = int(round(poison * len(y))) if isinstance(poison, float) and poison < 1 else int(poison)
     pool = np.flatnonzero((y != target).numpy() if mode == "badnets" else (y == target).numpy())
+    if count is None:
+        count = max(1, round(fraction * len(pool)))
     if not 1 <= count <= len(pool):
         raise UserError(f"backdoor.poison: needs between 1 and {len(pool)} {mode} candidates, got {count}")
-    return np.sort(np.random.default_rng([seed, 2]).choice(pool, size=count, replace=False))
+    rng = np.random.default_rng(stream_seed(seed, Stream.BACKDOOR_POISON))
+    return np.sort(rng.choice(pool, size=count, replace=False))
 
 
 def poison_data(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray, *, target: int, mode: str,
            mean: tuple[float, ...], std: tuple[float, ...], size: int, value: float, position: str,
            seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """New (x, y) with the trigger stamped on x[indices] and, for badnets, y[indices] set to the target."""
+    """New (x, y) with the trigger stamped on x[indices] and, for badnets, y[indices] set to the target; random
+    positions come from the BACKDOOR_TRIGGER stream (part 0) of the run seed `seed`."""
     rows = torch.from_numpy(indices)
     x, y = x.clone(), y.clone()
-    x[rows] = stamp(x[rows], mean, std, size=size, value=value, position=position, seed=seed)
+    x[rows] = stamp(x[rows], mean, std, size=size, value=value, position=position,
+                    seed=stream_seed(seed, Stream.BACKDOOR_TRIGGER, 0))
     if mode == "badnets":
         y[rows] = target
     return x, y

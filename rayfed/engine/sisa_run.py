@@ -1,15 +1,20 @@
-"""`rayfed sisa`: train a SISA ensemble on Ray, measure it, unlearn the forget set, verify exactness against an
-ensemble retrained from scratch, and audit with membership inference and a backdoor.
+"""`rayfed sisa`: train a SISA ensemble on Ray, measure it, serve the forget requests one after another, verify
+exactness against an ensemble retrained from scratch, price the unlearning against retraining the ensemble and
+one unsharded model, audit with membership inference and a backdoor, and (`unlearn.baselines`) compare with
+approximate unlearning of one unsharded model.
 
-Run directory: config.yaml, layout.parquet, forget.txt, metrics.parquet, unlearning.parquet, exactness.parquet,
-membership.parquet, backdoor.parquet, the PNG figures of rayfed.plots.sisa, and checkpoints/main/shard{s}/slice{k}.pt
-(the trained-then-unlearned ensemble, what later unlearning starts from). The audit-only ensembles (`retrained`
-from scratch, `backdoor`) checkpoint beside it while they train and are deleted once measured.
+Run directory: config.yaml, layout.parquet, forget.txt, metrics.parquet, unlearning.parquet (one row per
+request), unlearning_points.parquet (one row per forgotten point), exactness.parquet, membership.parquet,
+backdoor.parquet, baselines.parquet (with unlearn.baselines), summary.md, the PNG figures of rayfed.plots.sisa,
+and checkpoints/main/shard{s}/slice{k}.pt (the trained-then-unlearned ensemble, what later unlearning starts
+from). The audit-only ensembles (`retrained` from scratch, `backdoor`) checkpoint beside it while they train
+and are deleted once measured.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,97 +29,135 @@ from rayfed.audits.membership import membership_row
 from rayfed.config import Config, build_config, first_difference, read_yaml_mapping
 from rayfed.data.datasets import ImageData, black_level, load_dataset
 from rayfed.engine.runtime import init_ray, log
-from rayfed.engine.shard import ShardPool
+from rayfed.engine.shard import ShardPool, run_in_worker, worker_options
 from rayfed.errors import UserError
 from rayfed.plots.sisa import plot_sisa
 from rayfed.results import RunDirectory
-from rayfed.sisa.ensemble import aggregate, classification_metrics, ensemble_loss, shard_probs
+from rayfed.seeds import Stream, stream_seed
+from rayfed.sisa.approximate import finetune, neggrad_plus, train_unsharded
+from rayfed.sisa.ensemble import classification_metrics, combine_shards, ensemble_loss, shard_probs, vote_ties
 from rayfed.sisa.plan import Layout, affected_shards, make_layout, resolve_forget
-from rayfed.sisa.schedule import epochs_per_stage, expected_speedup
-from rayfed.sisa.train import TrainSettings, model_from_state, warn_untrained_slices
+from rayfed.sisa.schedule import (
+    epochs_per_stage,
+    expected_request_samples,
+    expected_speedup,
+    stage_samples,
+    untrained_slices,
+)
+from rayfed.sisa.train import TrainSettings, model_from_state
 
 
 @dataclass
-class Plan:
+class SisaSetup:
     """Everything decided (and checked) before any file is written."""
 
     data: ImageData
     layout: Layout
     forget: list[int]
+    requests: list[list[int]]
+    """The forget set cut, in order, into the `unlearn.requests` requests served one after another."""
     poison: np.ndarray | None
     settings: TrainSettings
 
 
-def make_plan(config: Config) -> Plan:
+def make_setup(config: Config) -> SisaSetup:
     """Load the data and check every input (UserError naming the key) before anything runs."""
     d, s, b = config.data, config.sisa, config.backdoor
     data = load_dataset(d.dataset, d.root, d.download, d.augment)
     n = len(data.train_y)
     layout = make_layout(n, s.shards, s.slices, config.seed)
     forget = resolve_forget(config.unlearn.forget, n, config.seed)
+    if forget and config.unlearn.requests > len(forget):
+        raise UserError(f"unlearn.requests: cannot cut {len(forget)} points into {config.unlearn.requests} requests")
+    if forget and not any(sum(sizes) for sizes in layout.kept_slice_sizes(forget)):
+        raise UserError("unlearn.forget: forgets every training point; no shard is left to predict with")
     poison = (choose_poison(data.train_y, target=b.target_class, num_classes=data.num_classes, mode=b.mode,
-                            poison=b.poison, seed=config.seed) if b.enabled else None)
+                            count=b.poison, fraction=b.poison_fraction, seed=config.seed) if b.enabled else None)
     epochs = tuple(epochs_per_stage(s.schedule, s.epochs, s.slices))
-    warn_untrained_slices(epochs)
+    never = untrained_slices(epochs)
+    if never:
+        raise UserError(f"sisa.epochs: the {s.schedule} schedule with e={s.epochs} over R={s.slices} slices trains 0 "
+                        f"epochs from stage {never.start}, so slices {never.start}..{s.slices - 1} would never be "
+                        f"trained on (raise sisa.epochs, lower sisa.slices or use sisa.schedule=union)")
     settings = TrainSettings(
         model=config.model.name, input_shape=data.shape, num_classes=data.num_classes, epochs=epochs, lr=s.lr,
         momentum=s.momentum, batch_size=s.batch_size, seed=config.seed, pretrained=config.model.pretrained,
         augment_pad=black_level(data.mean, data.std) if data.augment else None)
-    return Plan(data, layout, forget, poison, settings)
+    requests = [[int(i) for i in part] for part in np.array_split(np.asarray(forget, dtype=np.int64),
+                                                                   config.unlearn.requests)] if forget else []
+    return SisaSetup(data, layout, forget, requests, poison, settings)
 
 
-class Ensemble:
-    """The S shard models that predictions use; replaced as a whole (`switch`) once every shard is final."""
+class ShardEnsemble:
+    """The shard models that predictions use: `members` (default all), the shards that still hold a point (an
+    emptied shard would vote with its initial weights, so it leaves the ensemble). `states` keeps every shard."""
 
-    def __init__(self, settings: TrainSettings, states: list[dict[str, Any]], batch_size: int):
-        self.settings, self.batch_size = settings, batch_size
-        self.switch(states)
-
-    def switch(self, states: list[dict[str, Any]]) -> None:
-        self.states = states
-        self.models = [model_from_state(self.settings, st) for st in states]
+    def __init__(self, settings: TrainSettings, states: list[dict[str, Any]], batch_size: int,
+                 members: list[int] | None = None):
+        self.settings, self.batch_size, self.states = settings, batch_size, states
+        self.members = list(range(len(states))) if members is None else members
+        self.models = [model_from_state(settings, states[s]) for s in self.members]
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
-        """S x n x C shard softmaxes."""
+        """S' x n x C softmaxes of the member shards."""
         return shard_probs(self.models, x, self.batch_size)
 
 
+def _members(layout: Layout, removed: list[int]) -> list[int]:
+    """Shards with at least one point left once `removed` are forgotten."""
+    return [s for s, sizes in enumerate(layout.kept_slice_sizes(removed)) if sum(sizes)]
+
+
 def _metric_rows(stage: str, probs: torch.Tensor, y: torch.Tensor, aggregations: list[str]) -> list[dict]:
-    return [{"stage": stage, "aggregation": agg, **classification_metrics(y, *aggregate(probs, agg))}
-            for agg in aggregations]
-
-
-def _exactness_rows(a: Ensemble, b: Ensemble, probs_a: torch.Tensor, probs_b: torch.Tensor,
-                    aggregations: list[str]) -> list[dict]:
-    weights_equal = all(torch.equal(sa[k], sb[k]) for sa, sb in zip(a.states, b.states) for k in sa)
     rows = []
     for agg in aggregations:
-        (pred_a, score_a), (pred_b, score_b) = aggregate(probs_a, agg), aggregate(probs_b, agg)
-        rows.append({"aggregation": agg, "predictions_equal": bool(torch.equal(pred_a, pred_b)),
-                     "max_probability_difference": float((score_a - score_b).abs().max()),
-                     "weights_equal": weights_equal, "test_points": len(pred_a)})
+        tie_rate = float(vote_ties(probs).float().mean()) if agg == "vote" else None
+        rows.append({"stage": stage, "aggregation": agg, **classification_metrics(y, *combine_shards(probs, agg)),
+                     "model": "ensemble", "shards_used": probs.shape[0], "tie_rate": tie_rate})
     return rows
 
 
-def _sample(n: int, size: int, seed: int, exclude: list[int] = ()) -> np.ndarray:
+def _exactness_rows(a: ShardEnsemble, b: ShardEnsemble, probs_a: torch.Tensor, probs_b: torch.Tensor,
+                    aggregations: list[str], kernels: dict[str, Any]) -> list[dict]:
+    weights_equal = all(torch.equal(sa[k], sb[k]) for sa, sb in zip(a.states, b.states) for k in sa)
+    rows = []
+    for agg in aggregations:
+        (pred_a, score_a), (pred_b, score_b) = combine_shards(probs_a, agg), combine_shards(probs_b, agg)
+        rows.append({"aggregation": agg, "predictions_equal": bool(torch.equal(pred_a, pred_b)),
+                     "max_probability_difference": float((score_a - score_b).abs().max()),
+                     "weights_equal": weights_equal, "test_points": len(pred_a), "device": kernels["device"],
+                     "torch_version": kernels["torch_version"], "deterministic": kernels["deterministic"]})
+    return rows
+
+
+def _sample(n: int, size: int | None, seed: int, exclude: list[int] = ()) -> np.ndarray:
+    """Sorted random `size` (all when null or larger) of range(n) minus `exclude`."""
     pool = np.setdiff1d(np.arange(n), np.asarray(exclude, dtype=np.int64))
-    return np.sort(np.random.default_rng(seed).choice(pool, size=min(size, len(pool)), replace=False))
+    size = len(pool) if size is None else min(size, len(pool))
+    return np.sort(np.random.default_rng(seed).choice(pool, size=size, replace=False))
+
+
+def _retrain_samples(layout: Layout, epochs: tuple[int, ...], removed: list[int]) -> int:
+    """Samples of retraining every shard from scratch without `removed`: sum_s sum_r e_r |D_s,<=r|."""
+    return sum(stage_samples(sizes, epochs) for sizes in layout.kept_slice_sizes(removed))
 
 
 def run_sisa(config: Config, run_dir: RunDirectory) -> None:
     """The whole `rayfed sisa` experiment (see the module docstring)."""
-    plan = make_plan(config)
+    setup = make_setup(config)
     run_dir.write_config(config)
-    run_dir.write_table("layout.parquet", plan.layout.rows())
-    run_dir.write_text("forget.txt", "".join(f"{i}\n" for i in plan.forget))
+    run_dir.write_table("layout.parquet", setup.layout.rows())
+    run_dir.write_text("forget.txt", "".join(f"{i}\n" for i in setup.forget))
     started = init_ray(config.resources.address)
     try:
-        tables = _experiment(config, run_dir, plan, config.sisa.aggregation)
+        experiment = SisaExperiment(config, run_dir, setup)
+        tables = experiment.run()
     finally:
         if started:
             ray.shutdown()
     plot_sisa(run_dir.path, **tables)
-    _print_summary(tables)
+    print(experiment.summary)
+    log.info("sisa: done")
 
 
 def resume_sisa(path: str, config_file: str | None, overrides: list[str]) -> None:
@@ -137,73 +180,270 @@ def resume_sisa(path: str, config_file: str | None, overrides: list[str]) -> Non
     run_sisa(config, RunDirectory(directory))
 
 
-def _experiment(config: Config, run_dir: RunDirectory, plan: Plan, aggs: list[str]) -> dict[str, list[dict]]:
-    data, layout, forget, settings = plan.data, plan.layout, plan.forget, plan.settings
-    ckpt, eval_bs = run_dir.file("checkpoints"), config.data.eval_batch_size
-    x, y = data.train_x, data.train_y
-    tables: dict[str, list[dict]] = {k: [] for k in ("metrics", "unlearning", "exactness", "membership", "backdoor")}
+class SisaExperiment:
+    """One `rayfed sisa` run, step by step: `train`, `unlearn` (the requests), `retrain_reference`,
+    `train_unsharded` (the unsharded reference and the approximate baselines), `membership`, `backdoor`,
+    `compare_baselines`, `report`. Each step adds rows to `tables`; metrics and exactness come with the step
+    whose model they measure."""
 
-    # --- train, unlearn the forget set (one batch request), retrain from scratch as the reference
-    main = ShardPool(layout, x, y, settings, ckpt / "main", config.resources)
-    trained_stats, trained_seconds = main.run(range(layout.num_shards), (), "sisa: train")
-    ensemble = Ensemble(settings, main.states(), eval_bs)
-    member_rows = _sample(len(y), config.unlearn.membership_size, config.seed + 3, forget)
-    test_rows = _sample(len(data.test_y), config.unlearn.membership_size, config.seed + 4)
-    probe_sets = {"test": (data.test_x, data.test_y), "forget": (x[forget], y[forget]),
-                  "train": (x[member_rows], y[member_rows]),
-                  "nonmember": (data.test_x[test_rows], data.test_y[test_rows])}
-    probs = {"trained": {k: ensemble.probs(px) for k, (px, _) in probe_sets.items()}}
-    tables["metrics"] += _metric_rows("trained", probs["trained"]["test"], data.test_y, aggs)
+    TABLES = ("metrics", "unlearning", "unlearning_points", "exactness", "membership", "backdoor", "baselines")
 
-    if forget:
-        first = affected_shards(layout, forget)
-        stats, seconds = main.run(list(first), forget, "sisa: unlearn")
-        ensemble.switch(main.states())  # only now: every affected shard has finished
-        main.close()  # frees its resources for the reference ensemble's actors
-        probs["unlearned"] = {k: ensemble.probs(px) for k, (px, _) in probe_sets.items()}
-        tables["metrics"] += _metric_rows("unlearned", probs["unlearned"]["test"], data.test_y, aggs)
-        full_samples, full_seconds = sum(st.samples for st in trained_stats), trained_seconds
-        if config.unlearn.verify:
-            retrained = ShardPool(layout, x, y, settings, ckpt / "retrained", config.resources)
-            re_stats, full_seconds = retrained.run(range(layout.num_shards), forget, "sisa: retrain from scratch")
-            full_samples = sum(st.samples for st in re_stats)
-            reference = Ensemble(settings, retrained.states(), eval_bs)
-            retrained.close()
-            shutil.rmtree(ckpt / "retrained", ignore_errors=True)
-            probs["retrained"] = {k: reference.probs(px) for k, (px, _) in probe_sets.items()}
-            tables["metrics"] += _metric_rows("retrained", probs["retrained"]["test"], data.test_y, aggs)
-            tables["exactness"] = _exactness_rows(ensemble, reference, probs["unlearned"]["test"],
-                                                  probs["retrained"]["test"], aggs)
-        by_shard = {st.shard: st for st in stats}
-        request_samples = sum(st.samples for st in stats)
-        speedup = expected_speedup(settings.epochs, layout.num_shards, len(forget))
-        shard_of, _ = layout.locate()
-        for index in forget:
-            st = by_shard[int(shard_of[index])]
-            tables["unlearning"].append({
-                "request": 0, "index": index, "shard": st.shard, "first_slice": st.first_stage,
-                "samples_processed": st.samples, "seconds": st.seconds,
-                "request_samples": request_samples, "request_seconds": seconds,
-                "full_samples": full_samples, "full_seconds": full_seconds,
-                "speedup_samples": full_samples / max(1, request_samples),
-                "speedup_seconds": full_seconds / seconds, "expected_speedup": speedup})
-        nonmember = ensemble_losses(probs, "nonmember", probe_sets)
-        for stage in probs:
+    def __init__(self, config: Config, run_dir: RunDirectory, setup: SisaSetup):
+        self.config, self.run_dir, self.setup = config, run_dir, setup
+        self.aggregations = config.sisa.aggregation
+        self.checkpoints = run_dir.file("checkpoints")
+        self.tables: dict[str, list[dict]] = {k: [] for k in self.TABLES}
+        self.probes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.probs: dict[str, dict[str, torch.Tensor]] = {}
+        """{stage: {probe set: S' x n x C shard softmaxes}}"""
+        self.ensembles: dict[str, ShardEnsemble] = {}
+        self.unsharded: dict[str, dict[str, Any]] = {}
+        """{method: {"state", "samples", "seconds", "probs"}} of the unsharded model (trained, retrained, baselines)."""
+        self.unsharded_backdoor: dict[str, dict[str, Any]] = {}
+        """The same on the poisoned data (the poison as the forget set), with "asr"."""
+        self.reference_cost: tuple[float, float] | None = None  # (shard seconds, wall seconds) of the reference
+        self.warnings: list[str] = []
+        self.summary = ""
+
+    def run(self) -> dict[str, list[dict]]:
+        """Every step, then the tables and summary.md written to the run directory."""
+        self.train()
+        if self.setup.forget:
+            self.unlearn()
+            self.pool.close()  # frees its resources for the reference ensemble's actors
+            if self.config.unlearn.verify:
+                self.retrain_reference()
+            self.train_unsharded()
+            self.membership()
+        else:
+            self.pool.close()
+        self.backdoor()
+        self.compare_baselines()
+        self.report()
+        return self.tables
+
+    def _predict(self, stage: str, ensemble: ShardEnsemble) -> None:
+        """Probabilities of every probe set and the test metrics of one stage's ensemble."""
+        self.ensembles[stage] = ensemble
+        self.probs[stage] = {k: ensemble.probs(px) for k, (px, _) in self.probes.items()}
+        self.tables["metrics"] += _metric_rows(stage, self.probs[stage]["test"], self.setup.data.test_y,
+                                               self.aggregations)
+
+    def train(self) -> None:
+        """Train the ensemble on every training point; draw the membership samples."""
+        data, layout, config = self.setup.data, self.setup.layout, self.config
+        x, y = data.train_x, data.train_y
+        self.pool = ShardPool(layout, x, y, self.setup.settings, self.checkpoints / "main", config.resources,
+                              config.sisa.deterministic)
+        self.kernels = self.pool.kernel_settings()
+        self.trained_stats, self.trained_seconds = self.pool.run(range(layout.num_shards), (), "sisa: train")
+        forget, size = self.setup.forget, config.unlearn.membership_size
+        test_rows = _sample(len(data.test_y), size, stream_seed(config.seed, Stream.SISA_MEMBERSHIP, 1))
+        member_rows = _sample(len(y), len(test_rows), stream_seed(config.seed, Stream.SISA_MEMBERSHIP, 0), forget)
+        self.probes = {"test": (data.test_x, data.test_y), "forget": (x[forget], y[forget]),
+                       "train": (x[member_rows], y[member_rows]),
+                       "nonmember": (data.test_x[test_rows], data.test_y[test_rows])}
+        self._predict("trained", ShardEnsemble(self.setup.settings, self.pool.states(),
+                                               config.data.eval_batch_size))
+
+    def unlearn(self) -> None:
+        """Serve the requests one after another: each retrains the shards it touches from their first stale
+        slice, without every point forgotten so far. unlearning.parquet gets a row per request, with the cost of
+        the two retraining baselines and the analytic expectation; unlearning_points.parquet a row per point."""
+        layout, settings = self.setup.layout, self.setup.settings
+        shard_of, slice_of = layout.locate()
+        removed: list[int] = []
+        cumulative = expected_cumulative = 0.0
+        for k, request in enumerate(self.setup.requests):
+            removed += request
+            first = affected_shards(layout, request)
+            desc = f"sisa: unlearn request {k + 1}/{len(self.setup.requests)}"
+            stats, wall = self.pool.run(list(first), removed, desc)
+            samples = sum(st.samples for st in stats)
+            ensemble_samples = _retrain_samples(layout, settings.epochs, removed)
+            unsharded_samples = self.config.sisa.epochs * (len(shard_of) - len(removed))
+            expected = expected_request_samples(settings.epochs, layout.num_shards, len(request),
+                                                len(shard_of) - len(removed))
+            cumulative, expected_cumulative = cumulative + samples, expected_cumulative + expected
+            emptied = layout.num_shards - len(_members(layout, removed))
+            self.tables["unlearning"].append({
+                "request": k, "points": len(request), "shards_retrained": len(stats), "emptied_shards": emptied,
+                "samples_processed": samples, "shard_seconds": sum(st.seconds for st in stats), "wall_seconds": wall,
+                "ensemble_retrain_samples": ensemble_samples, "unsharded_retrain_samples": unsharded_samples,
+                "speedup_vs_ensemble": ensemble_samples / max(1, samples),
+                "speedup_vs_unsharded": unsharded_samples / max(1, samples),
+                "expected_samples": expected,
+                "expected_speedup_vs_ensemble": expected_speedup(settings.epochs, layout.num_shards, len(request)),
+                "cumulative_samples": cumulative, "expected_cumulative_samples": expected_cumulative})
+            by_shard = {st.shard: st for st in stats}
+            for index in request:
+                st = by_shard[int(shard_of[index])]
+                self.tables["unlearning_points"].append({
+                    "request": k, "index": index, "shard": st.shard, "slice": int(slice_of[index]),
+                    "first_slice": st.first_stage, "shard_samples": st.samples})
+        members = _members(layout, removed)
+        if len(members) < layout.num_shards:
+            emptied = sorted(set(range(layout.num_shards)) - set(members))
+            self.warnings.append(f"the forget set empties shard(s) {emptied}: they leave the ensemble (mean and vote "
+                                 f"over the {len(members)} others)")
+        # only now, every affected shard having finished, does the unlearned ensemble replace the trained one
+        self._predict("unlearned", ShardEnsemble(settings, self.pool.states(), self.config.data.eval_batch_size,
+                                                 members))
+
+    def retrain_reference(self) -> None:
+        """Train a fresh ensemble from scratch without the forget set and compare it with the unlearned one."""
+        setup, directory = self.setup, self.checkpoints / "retrained"
+        retrained = ShardPool(setup.layout, setup.data.train_x, setup.data.train_y, setup.settings, directory,
+                              self.config.resources, self.config.sisa.deterministic)
+        stats, wall = retrained.run(range(setup.layout.num_shards), setup.forget, "sisa: retrain from scratch")
+        self.reference_cost = (sum(st.seconds for st in stats), wall)
+        reference = ShardEnsemble(setup.settings, retrained.states(), self.config.data.eval_batch_size,
+                                  self.ensembles["unlearned"].members)
+        retrained.close()
+        shutil.rmtree(directory, ignore_errors=True)
+        self._predict("retrained", reference)
+        self.tables["exactness"] = _exactness_rows(self.ensembles["unlearned"], reference,
+                                                   self.probs["unlearned"]["test"], self.probs["retrained"]["test"],
+                                                   self.aggregations, self.kernels)
+
+    def _unsharded_jobs(self, x: torch.Tensor, y: torch.Tensor, forget: list[int] | np.ndarray,
+                        with_baselines: bool) -> dict[str, dict[str, Any]]:
+        """The unsharded model retrained on (x, y) minus `forget` and, with baselines, trained on all of (x, y)
+        and unlearned approximately: {method: {"state", "samples", "seconds"}}, computed in Ray workers."""
+        config, settings, epochs = self.config, self.setup.settings, self.config.sisa.epochs
+        u, threads, det = config.unlearn, config.resources.torch_threads, config.sisa.deterministic
+        options = worker_options(config.resources, self.setup.layout.num_shards, det)  # fits a shard's share
+        keep = torch.from_numpy(np.setdiff1d(np.arange(len(y)), np.asarray(forget, dtype=np.int64)))
+        lost = torch.from_numpy(np.asarray(forget, dtype=np.int64))
+        x_r, y_r, x_f, y_f = ray.put(x[keep]), ray.put(y[keep]), ray.put(x[lost]), ray.put(y[lost])
+        refs = {"retrained": run_in_worker.options(**options).remote(timed, threads, det, train_unsharded,
+                                                                     settings, epochs, x_r, y_r)}
+        if with_baselines:
+            trained = run_in_worker.options(**options).remote(timed, threads, det, train_unsharded, settings, epochs,
+                                                              ray.put(x), ray.put(y))
+            refs["trained"] = trained
+            state = _state_of.remote(trained)
+            jobs = {"finetune": (finetune, settings, u.baseline_epochs, state, x_r, y_r),
+                    "neggrad": (neggrad_plus, settings, u.baseline_epochs, u.neggrad_alpha, state, x_r, y_r, x_f, y_f)}
+            for method in u.baselines:
+                refs[method] = run_in_worker.options(**options).remote(timed, threads, det, *jobs[method])
+        return dict(zip(refs, ray.get(list(refs.values()))))
+
+    def train_unsharded(self) -> None:
+        """One unsharded model retrained on the retained data for e epochs (the cost baseline's model, whose
+        accuracy beside the ensemble's is the price of sharding) and, with `unlearn.baselines`, one trained on
+        everything and unlearned approximately; their test metrics join metrics.parquet (model `unsharded`)."""
+        data = self.setup.data
+        self.unsharded = self._unsharded_jobs(data.train_x, data.train_y, self.setup.forget,
+                                              bool(self.config.unlearn.baselines))
+        for method, result in self.unsharded.items():
+            model = ShardEnsemble(self.setup.settings, [result["state"]], self.config.data.eval_batch_size)
+            result["probs"] = {k: model.probs(px) for k, (px, _) in self.probes.items()}
+            row = _metric_rows(method, result["probs"]["test"], data.test_y, ["mean"])[0]
+            self.tables["metrics"].append({**row, "aggregation": None, "model": "unsharded", "tie_rate": None})
+
+    def membership(self) -> None:
+        """membership.parquet: loss-based membership inference of forget and training points vs test points."""
+        seed = stream_seed(self.config.seed, Stream.SISA_MEMBERSHIP, 2)
+        nonmember = ensemble_losses(self.probs, "nonmember", self.probes)
+        for stage in self.probs:
             for members in ("forget", "train"):
-                member = ensemble_losses(probs, members, probe_sets)
-                tables["membership"].append(membership_row(stage, f"{members}_vs_test", member[stage],
-                                                           nonmember[stage], config.seed))
-    else:
-        main.close()
+                member = ensemble_losses(self.probs, members, self.probes)
+                self.tables["membership"].append(membership_row(stage, f"{members}_vs_test", member[stage],
+                                                                nonmember[stage], seed))
 
-    if plan.poison is not None:
-        tables["backdoor"] = _backdoor(config, plan, ckpt / "backdoor", aggs)
-        shutil.rmtree(ckpt / "backdoor", ignore_errors=True)
+    def backdoor(self) -> None:
+        """backdoor.parquet: the clean ensemble's ASR (the floor), then train on poisoned data, measure clean
+        accuracy and ASR, unlearn exactly the poisoned points (their cost in shards and samples), again."""
+        if self.setup.poison is None:
+            return
+        b, data, setup, aggs = self.config.backdoor, self.setup.data, self.setup, self.aggregations
+        trigger = {"mean": data.mean, "std": data.std, "size": b.trigger_size, "value": b.trigger_value,
+                   "position": b.trigger_position}
+        x, y = poison_data(data.train_x, data.train_y, setup.poison, target=b.target_class, mode=b.mode,
+                           seed=self.config.seed, **trigger)
+        triggered = stamp(data.test_x, seed=stream_seed(self.config.seed, Stream.BACKDOOR_TRIGGER, 1), **trigger)
 
-    for name, rows in tables.items():
-        if rows:
-            run_dir.write_table(f"{name}.parquet", rows)
-    return tables
+        def rows(stage: str, ensemble: ShardEnsemble, shards: int | None, samples: int | None) -> list[dict]:
+            clean, attacked = ensemble.probs(data.test_x), ensemble.probs(triggered)
+            return [{"stage": stage, "aggregation": agg, "mode": b.mode, "poisoned": len(setup.poison),
+                     "clean_accuracy": classification_metrics(data.test_y, *combine_shards(clean, agg))["accuracy"],
+                     "asr": attack_success_rate(combine_shards(attacked, agg)[0], data.test_y, b.target_class),
+                     "shards_retrained": shards, "samples_processed": samples} for agg in aggs]
+
+        self.tables["backdoor"] += rows("clean", self.ensembles["trained"], None, None)
+        directory = self.checkpoints / "backdoor"
+        pool = ShardPool(setup.layout, x, y, setup.settings, directory, self.config.resources,
+                         self.config.sisa.deterministic)
+        for stage, shards, removed in (("trained", range(setup.layout.num_shards), ()),
+                                       ("unlearned", list(affected_shards(setup.layout, setup.poison)),
+                                        [int(i) for i in setup.poison])):
+            stats, _ = pool.run(shards, removed, f"sisa: backdoor {stage}")
+            ensemble = ShardEnsemble(setup.settings, pool.states(), self.config.data.eval_batch_size,
+                                     _members(setup.layout, list(removed)))
+            self.tables["backdoor"] += rows(stage, ensemble, len(stats), sum(st.samples for st in stats))
+        pool.close()
+        shutil.rmtree(directory, ignore_errors=True)
+        if self.config.unlearn.baselines:
+            self.unsharded_backdoor = self._unsharded_jobs(x, y, setup.poison, True)
+            for result in self.unsharded_backdoor.values():
+                model = ShardEnsemble(setup.settings, [result["state"]], self.config.data.eval_batch_size)
+                result["asr"] = attack_success_rate(combine_shards(model.probs(triggered), "mean")[0],
+                                                    data.test_y, b.target_class)
+
+    def compare_baselines(self) -> None:
+        """baselines.parquet: exact SISA, each approximate method and the unsharded model retrained from scratch
+        on cost (samples, seconds), accuracy, forget-set accuracy, forget-vs-test membership AUC and ASR."""
+        if not (self.config.unlearn.baselines and self.setup.forget):
+            return
+        data, forget_y = self.setup.data, self.probes["forget"][1]
+        seed = stream_seed(self.config.seed, Stream.SISA_MEMBERSHIP, 2)
+        backdoor = {(r["stage"], r["aggregation"]): r for r in self.tables["backdoor"]}
+        poisoned = self.unsharded_backdoor
+        sisa_asr = backdoor.get(("unlearned", "mean"), {}).get("asr"), backdoor.get(("trained", "mean"), {}).get("asr")
+        methods = [("sisa", "ensemble", True, self.probs["unlearned"],
+                    sum(r["samples_processed"] for r in self.tables["unlearning"]),
+                    sum(r["wall_seconds"] for r in self.tables["unlearning"]), sisa_asr,
+                    backdoor.get(("unlearned", "mean"), {}).get("samples_processed"))]
+        for method in [*self.config.unlearn.baselines, "retrained"]:
+            result = self.unsharded[method]
+            asr = (poisoned[method]["asr"], poisoned["trained"]["asr"]) if poisoned else (None, None)
+            methods.append((method, "unsharded", method == "retrained", result["probs"], result["samples"],
+                            result["seconds"], asr, poisoned[method]["samples"] if poisoned else None))
+        for method, model, exact, probs, samples, seconds, (asr_after, asr_before), poison_samples in methods:
+            forget_pred = combine_shards(probs["forget"], "mean")[0]
+            nonmember = ensemble_loss(probs["nonmember"], self.probes["nonmember"][1]).numpy()
+            mia = membership_row(method, "forget_vs_test", ensemble_loss(probs["forget"], forget_y).numpy(), nonmember,
+                                 seed)
+            self.tables["baselines"].append({
+                "method": method, "model": model, "exact": exact, "samples_processed": samples,
+                "seconds": seconds,
+                "accuracy": classification_metrics(data.test_y, *combine_shards(probs["test"], "mean"))["accuracy"],
+                "forget_accuracy": 100.0 * float((forget_pred == forget_y).float().mean()),
+                "forget_mia_n": mia["n"], "forget_mia_auc": mia["auc"], "forget_mia_auc_low": mia["auc_low"],
+                "forget_mia_auc_high": mia["auc_high"], "asr_before": asr_before, "asr_after": asr_after,
+                "poison_samples": poison_samples})
+
+    def report(self) -> None:
+        """Write every non-empty table and summary.md (which leads with the sample-based speedups)."""
+        for name, rows in self.tables.items():
+            if rows:
+                self.run_dir.write_table(f"{name}.parquet", rows)
+        self.summary = summary_text(self.config, self.setup, self.tables, self.reference_cost, self.warnings)
+        self.run_dir.write_text("summary.md", self.summary)
+
+
+@ray.remote(num_cpus=0)
+def _state_of(result: dict[str, Any]) -> dict[str, Any]:
+    """The state dict of a `timed` result (so that baselines start from it without a trip to the driver)."""
+    return result["state"]
+
+
+def timed(job, *args: Any, device: torch.device) -> dict[str, Any]:
+    """{"state", "samples", "seconds"} of job(*args, device) (a function of rayfed.sisa.approximate)."""
+    start = time.perf_counter()
+    state, samples = job(*args, device=device)
+    return {"state": state, "samples": samples, "seconds": time.perf_counter() - start}
 
 
 def ensemble_losses(probs: dict[str, dict[str, torch.Tensor]], probe: str,
@@ -212,41 +452,51 @@ def ensemble_losses(probs: dict[str, dict[str, torch.Tensor]], probe: str,
     return {stage: ensemble_loss(p[probe], probe_sets[probe][1]).numpy() for stage, p in probs.items()}
 
 
-def _backdoor(config: Config, plan: Plan, directory, aggs: list[str]) -> list[dict]:
-    """Train on poisoned data, measure clean accuracy and ASR, unlearn exactly the poisoned points, again."""
-    b, data = config.backdoor, plan.data
-    trigger = {"mean": data.mean, "std": data.std, "size": b.trigger_size, "value": b.trigger_value,
-               "position": b.trigger_position}
-    x, y = poison_data(data.train_x, data.train_y, plan.poison, target=b.target_class, mode=b.mode,
-                       seed=config.seed, **trigger)
-    triggered = stamp(data.test_x, seed=config.seed + 5, **trigger)
-    pool = ShardPool(plan.layout, x, y, plan.settings, directory, config.resources)
-    rows = []
-    for stage, shards, removed in (("trained", range(plan.layout.num_shards), ()),
-                                   ("unlearned", list(affected_shards(plan.layout, plan.poison)), plan.poison)):
-        pool.run(shards, removed, f"sisa: backdoor {stage}")
-        ensemble = Ensemble(plan.settings, pool.states(), config.data.eval_batch_size)
-        clean, attacked = ensemble.probs(data.test_x), ensemble.probs(triggered)
-        for agg in aggs:
-            rows.append({"stage": stage, "aggregation": agg, "mode": b.mode, "poisoned": len(plan.poison),
-                         "clean_accuracy": classification_metrics(data.test_y, *aggregate(clean, agg))["accuracy"],
-                         "asr": attack_success_rate(aggregate(attacked, agg)[0], data.test_y, b.target_class)})
-    pool.close()
-    return rows
+def _table(rows: list[dict], columns: list[str] | None = None) -> str:
+    frame = pd.DataFrame(rows)
+    if columns:
+        frame = frame[[c for c in columns if c in frame.columns]]
+    return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def _print_summary(tables: dict[str, list[dict]]) -> None:
-    pd.set_option("display.width", 160)
-    titles = {"metrics": "test metrics", "exactness": "exactness (unlearned vs retrained from scratch)",
-              "membership": "membership inference", "backdoor": "backdoor"}
+def summary_text(config: Config, setup: SisaSetup, tables: dict[str, list[dict]],
+                 reference_cost: tuple[float, float] | None, warnings: list[str]) -> str:
+    """summary.md: the sample-based speedups against both baselines first, then seconds, the price of
+    sharding, warnings and the tables."""
+    s = config.sisa
+    lines = [f"# rayfed sisa: {config.data.dataset}, {config.model.name}, S={s.shards}, R={s.slices}, "
+             f"{s.schedule} schedule, e={s.epochs}", ""]
+    requests = tables["unlearning"]
+    if requests:
+        sisa = sum(r["samples_processed"] for r in requests)
+        ensemble = sum(r["ensemble_retrain_samples"] for r in requests)
+        unsharded = sum(r["unsharded_retrain_samples"] for r in requests)
+        expected = sum(r["expected_samples"] for r in requests)
+        lines += [f"## Unlearning {len(setup.forget)} points in {len(requests)} request(s): samples processed", "",
+                  f"- SISA: **{sisa:,}** samples (analytic expectation {expected:,.0f})",
+                  f"- vs retraining the SISA ensemble from scratch after each request: {ensemble:,} samples, "
+                  f"**{ensemble / max(1, sisa):.2f}x**",
+                  f"- vs retraining one unsharded model for e={s.epochs} epochs after each request: {unsharded:,} "
+                  f"samples, **{unsharded / max(1, sisa):.2f}x**",
+                  f"- seconds: SISA {sum(r['shard_seconds'] for r in requests):.1f} s of shard work (sum over "
+                  f"shards), {sum(r['wall_seconds'] for r in requests):.1f} s wall (shards in parallel)"]
+        if reference_cost:
+            lines.append(f"- the reference ensemble retrained once from scratch: {reference_cost[0]:.1f} s of shard "
+                         f"work, {reference_cost[1]:.1f} s wall")
+        metrics = {(r["model"], r["stage"], r["aggregation"]): r["accuracy"] for r in tables["metrics"]}
+        if ("unsharded", "retrained", None) in metrics:
+            lines.append(f"- price of sharding: ensemble (mean softmax) accuracy "
+                         f"{metrics[('ensemble', 'unlearned', 'mean')]:.2f}% vs one unsharded model retrained on the "
+                         f"same data {metrics[('unsharded', 'retrained', None)]:.2f}%")
+        lines.append("")
+    if warnings:
+        lines += ["## Warnings", "", *[f"- {w}" for w in warnings], ""]
+    titles = {"metrics": "Test metrics", "exactness": "Exactness (unlearned vs retrained from scratch)",
+              "membership": "Membership inference (n points a side; 95% bootstrap interval of the AUC)",
+              "backdoor": "Backdoor (`clean`: the ensemble trained without poison, the floor)",
+              "baselines": "Exact SISA vs approximate unlearning of one unsharded model",
+              "unlearning": "Requests"}
     for name, title in titles.items():
         if tables[name]:
-            print(f"\n{title}:\n{pd.DataFrame(tables[name]).to_string(index=False, float_format='%.4g')}")
-    if tables["unlearning"]:
-        r = tables["unlearning"][0]
-        shards = sorted({row["shard"] for row in tables["unlearning"]})
-        print(f"\nunlearning {len(tables['unlearning'])} points: shards {shards}, "
-              f"{r['request_samples']} samples in {r['request_seconds']:.1f}s vs retraining everything "
-              f"{r['full_samples']} samples in {r['full_seconds']:.1f}s; speedup {r['speedup_samples']:.2f}x in "
-              f"samples, {r['speedup_seconds']:.2f}x in time (expected {r['expected_speedup']:.2f}x)")
-    log.info("sisa: done")
+            lines += [f"## {title}", "", "```", _table(tables[name]), "```", ""]
+    return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""Figures of a `rayfed sisa` run: accuracy per aggregation and stage, unlearning cost vs full retraining,
-membership-inference scores before/after unlearning and of the retrained reference, backdoor ASR before/after."""
+"""Figures of a `rayfed sisa` run: accuracy per aggregation and stage, the cumulative cost of the requests
+against both retraining baselines and the analytic expectation, membership-inference scores before/after
+unlearning and of the retrained reference, backdoor ASR, and exact SISA beside approximate unlearning."""
 
 from __future__ import annotations
 
@@ -20,9 +21,16 @@ def _grouped_bars(ax, frame: pd.DataFrame, group: str, series: str, value: str) 
 
 
 def plot_accuracy(metrics: list[dict], path: Path) -> None:
-    """accuracy.png: test accuracy per aggregation for the trained, unlearned and retrained ensembles."""
+    """accuracy.png: test accuracy per aggregation for the trained, unlearned and retrained ensembles; the
+    unsharded model retrained on the same data as a dashed line (the price of sharding)."""
+    frame = pd.DataFrame(metrics)
     fig, ax = plt.subplots(figsize=(6, 4))
-    _grouped_bars(ax, pd.DataFrame(metrics), "aggregation", "stage", "accuracy")
+    _grouped_bars(ax, frame[frame["model"] == "ensemble"], "aggregation", "stage", "accuracy")
+    unsharded = frame[(frame["model"] == "unsharded") & (frame["stage"] == "retrained")]
+    if len(unsharded):
+        ax.axhline(float(unsharded["accuracy"].iloc[0]), color="k", linestyle="--", linewidth=1,
+                   label="unsharded, retrained")
+        ax.legend(loc="lower right")
     ax.set_title("SISA ensemble test accuracy (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -30,14 +38,29 @@ def plot_accuracy(metrics: list[dict], path: Path) -> None:
 
 
 def plot_unlearning_cost(unlearning: list[dict], path: Path) -> None:
-    """unlearning_cost.png: samples processed and seconds of unlearning vs retraining every shard."""
-    r = unlearning[0]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
-    for ax, unit in zip(axes, ("samples", "seconds")):
-        ax.bar(["unlearning", "full retraining"], [r[f"request_{unit}"], r[f"full_{unit}"]], color=["C2", "C3"])
-        ax.set_ylabel(unit)
-        ax.set_title(f"{r[f'speedup_{unit}']:.2f}x faster")
-    fig.suptitle(f"forgetting {len(unlearning)} points (expected speedup {r['expected_speedup']:.2f}x)")
+    """unlearning_cost.png: cumulative samples processed over the requests (SISA, its analytic expectation,
+    retraining the ensemble or one unsharded model after each request), and each request's seconds as shard
+    work (sum over shards) and wall time."""
+    frame = pd.DataFrame(unlearning)
+    requests = frame["request"] + 1
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    ax.plot(requests, frame["cumulative_samples"], "o-", color="C2", label="SISA (measured)")
+    ax.plot(requests, frame["expected_cumulative_samples"], "--", color="C2", label="SISA (analytic expectation)")
+    ax.plot(requests, frame["ensemble_retrain_samples"].cumsum(), "s-", color="C3", label="retrain the ensemble")
+    ax.plot(requests, frame["unsharded_retrain_samples"].cumsum(), "^-", color="C0",
+            label="retrain one unsharded model")
+    ax.set_xlabel("request")
+    ax.set_ylabel("cumulative samples processed")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    width = 0.4
+    axes[1].bar(requests - width / 2, frame["shard_seconds"], width, label="shard work (sum over shards)")
+    axes[1].bar(requests + width / 2, frame["wall_seconds"], width, label="wall (shards in parallel)")
+    axes[1].set_xlabel("request")
+    axes[1].set_ylabel("seconds")
+    axes[1].legend()
+    fig.suptitle(f"{int(frame['points'].sum())} points in {len(frame)} request(s)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -71,11 +94,37 @@ def plot_backdoor(backdoor: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_baselines(baselines: list[dict], path: Path) -> None:
+    """baselines.png: exact SISA, the approximate methods and the unsharded model retrained from scratch on cost,
+    test accuracy, forget-vs-test membership AUC (95% bootstrap interval) and backdoor ASR after unlearning."""
+    frame = pd.DataFrame(baselines)
+    colours = [f"C{i}" for i in range(len(frame))]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    axes[0].bar(frame["method"], frame["samples_processed"], color=colours)
+    axes[0].set_ylabel("samples processed to unlearn")
+    axes[1].bar(frame["method"], frame["accuracy"], color=colours)
+    axes[1].set_ylabel("test accuracy (%)")
+    auc = frame["forget_mia_auc"].astype(float)
+    errors = [auc - frame["forget_mia_auc_low"].astype(float), frame["forget_mia_auc_high"].astype(float) - auc]
+    axes[2].bar(frame["method"], auc, yerr=errors, capsize=4, color=colours)
+    axes[2].axhline(0.5, color="k", linestyle="--", linewidth=1)
+    axes[2].set_ylim(0, 1)
+    axes[2].set_ylabel("forget vs test membership AUC")
+    axes[3].bar(frame["method"], frame["asr_after"].astype(float).fillna(0), color=colours)
+    axes[3].set_ylim(0, 100)
+    axes[3].set_ylabel("ASR after unlearning the poison (%)")
+    fig.suptitle("exact SISA vs approximate unlearning (retrained = the unsharded reference)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_sisa(directory: Path, metrics: list[dict], unlearning: list[dict], membership: list[dict],
-              backdoor: list[dict], **_: list[dict]) -> list[Path]:
+              backdoor: list[dict], baselines: list[dict], **_: list[dict]) -> list[Path]:
     """Every figure whose table is not empty, into `directory`; returns their paths."""
     figures = [(metrics, plot_accuracy, "accuracy.png"), (unlearning, plot_unlearning_cost, "unlearning_cost.png"),
-               (membership, plot_membership, "membership.png"), (backdoor, plot_backdoor, "backdoor.png")]
+               (membership, plot_membership, "membership.png"), (backdoor, plot_backdoor, "backdoor.png"),
+               (baselines, plot_baselines, "baselines.png")]
     paths = []
     for rows, plot, name in figures:
         if rows:

@@ -47,15 +47,21 @@ def vote_shares(probs: torch.Tensor) -> torch.Tensor:
     return counts / probs.shape[0]
 
 
-def majority_vote(probs: torch.Tensor) -> torch.Tensor:
-    """The class with most votes; ties go to the lowest class index."""
+def vote_ties(probs: torch.Tensor) -> torch.Tensor:
+    """Boolean n: more than one class has the most votes."""
     shares = vote_shares(probs)
-    best = shares.max(1, keepdim=True).values
-    classes = torch.arange(shares.shape[1]).expand_as(shares)
-    return torch.where(shares == best, classes, shares.shape[1]).min(1).values
+    return (shares == shares.max(1, keepdim=True).values).sum(1) > 1
 
 
-def aggregate(probs: torch.Tensor, aggregation: str) -> tuple[torch.Tensor, torch.Tensor]:
+def majority_vote(probs: torch.Tensor) -> torch.Tensor:
+    """The class with most votes; a tie goes to the tied class with the highest mean softmax (not to the lowest
+    class index, which would favour class 0, the default backdoor target)."""
+    shares = vote_shares(probs)
+    tied = shares == shares.max(1, keepdim=True).values
+    return torch.where(tied, mean_softmax(probs), -1.0).argmax(1)
+
+
+def combine_shards(probs: torch.Tensor, aggregation: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(predictions, scores) of an aggregation: `mean` -> argmax of the mean softmax and the mean softmax;
     `vote` -> the majority vote and the vote shares (used as class probabilities for AUROC)."""
     if aggregation == "mean":

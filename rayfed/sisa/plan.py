@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rayfed.errors import UserError
+from rayfed.seeds import Stream, stream_seed
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class Layout:
                 for s, shard in enumerate(self.slices) for r, part in enumerate(shard) for i in part]
         return sorted(rows, key=lambda row: row["index"])
 
+    def kept_slice_sizes(self, removed: Iterable[int]) -> list[list[int]]:
+        """[shard][slice]: points left in each slice once `removed` are forgotten."""
+        gone = np.fromiter((int(i) for i in removed), dtype=np.int64)
+        return [[int((~np.isin(part, gone)).sum()) for part in shard] for shard in self.slices]
+
     def locate(self) -> tuple[np.ndarray, np.ndarray]:
         """(shard_of, slice_of): arrays of length N giving each index's shard and slice."""
         shard_of = np.empty(self.num_points, dtype=np.int64)
@@ -53,8 +59,8 @@ class Layout:
 
 
 def make_layout(num_points: int, shards: int, slices: int, seed: int) -> Layout:
-    """Permute range(N) with `seed`, split into S shards of size floor(N/S) or ceil(N/S), and each shard
-    into R slices of near-equal size. UserError (naming sisa.shards / sisa.slices) when a shard or a slice
+    """Permute range(N) (the SISA_LAYOUT stream of `seed`), split into S shards of size floor(N/S) or ceil(N/S),
+    and each shard into R slices of near-equal size. UserError (naming sisa.shards / sisa.slices) when a shard or a slice
     would be empty."""
     if not 1 <= shards <= num_points:
         raise UserError(f"sisa.shards: must be between 1 and the training set size {num_points}, got {shards}")
@@ -62,7 +68,7 @@ def make_layout(num_points: int, shards: int, slices: int, seed: int) -> Layout:
     if not 1 <= slices <= smallest_shard:
         raise UserError(f"sisa.slices: must be between 1 and the smallest shard size {smallest_shard} "
                         f"(N={num_points}, S={shards}), got {slices}")
-    order = np.random.default_rng(seed).permutation(num_points).astype(np.int64)
+    order = np.random.default_rng(stream_seed(seed, Stream.SISA_LAYOUT)).permutation(num_points).astype(np.int64)
     return Layout(num_points, tuple(tuple(np.array_split(shard, slices)) for shard in np.array_split(order, shards)))
 
 
@@ -100,7 +106,7 @@ def read_index_file(path: str | Path, key: str) -> list[int]:
 
 
 def resolve_forget(forget: int | str | None, num_points: int, seed: int) -> list[int]:
-    """unlearn.forget as a list of training indices: a count N draws N distinct indices once with `seed`
+    """unlearn.forget as a list of training indices: a count N draws N distinct indices once (SISA_FORGET stream)
     (the caller saves them as forget.txt, so every later audit uses the same points); a string is a file
     of indices. Checked for range and repeats."""
     if forget is None:
@@ -108,6 +114,6 @@ def resolve_forget(forget: int | str | None, num_points: int, seed: int) -> list
     if isinstance(forget, int):
         if forget > num_points:
             raise UserError(f"unlearn.forget: cannot forget {forget} of {num_points} training points")
-        rng = np.random.default_rng([seed, 1])
+        rng = np.random.default_rng(stream_seed(seed, Stream.SISA_FORGET))
         return sorted(int(i) for i in rng.choice(num_points, size=forget, replace=False))
     return check_indices(read_index_file(forget, "unlearn.forget"), num_points, "unlearn.forget")

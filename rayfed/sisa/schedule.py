@@ -7,7 +7,7 @@ a shard of N points cut into R equal slices).
 - `distributed` (Bourtoule et al.): e_r = floor((r+1) a) - floor(r a) with a = 2e/(R+1). Without the floors
   the cost is sum_r a (r+1) N/R = a N (R+1)/2 = e N samples: the whole shard costs e passes over its data.
   With them it is e N up to rounding (less than one pass over the shard either way). When a < 1 some stages
-  train 0 epochs; if the last stages do, their slices are never trained on (a warning is logged).
+  train 0 epochs; if the last stages do, their slices are never trained on (`rayfed sisa` refuses that config).
 """
 
 from __future__ import annotations
@@ -34,6 +34,23 @@ def stage_samples(slice_sizes: Sequence[int], epochs: Sequence[int], start: int 
         union += slice_sizes[r]
         total += epochs[r] * union
     return total
+
+
+def expected_request_samples(epochs: Sequence[int], shards: int, points: int, num_points: int) -> float:
+    """Expected samples processed by a request forgetting `points` uniformly random points, `num_points` (N)
+    being the training points left once they are gone: S E[cost of a shard] in samples, i.e.
+    S (N / (S R)) sum_r (p(r) - p(r+1)) C(r) with p and C as in `expected_speedup` (equal slices of N/(S R)
+    points)."""
+    slices = len(epochs)
+    cost = [sum(epochs[k] * (k + 1) for k in range(r, slices)) for r in range(slices)]
+    p = [(1 - r / (shards * slices)) ** points for r in range(slices + 1)]
+    return num_points / slices * sum((p[r] - p[r + 1]) * cost[r] for r in range(slices))
+
+
+def untrained_slices(epochs: Sequence[int]) -> range:
+    """The last slices that no stage trains on: stages after the last one with e_r > 0 (empty when none)."""
+    last = max((r for r, e in enumerate(epochs) if e > 0), default=-1)
+    return range(last + 1, len(epochs))
 
 
 def expected_speedup(epochs: Sequence[int], shards: int, requests: int) -> float:

@@ -15,7 +15,7 @@ and how a restarted actor continues after a crash.
 
 from __future__ import annotations
 
-import logging
+import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -30,8 +30,6 @@ from rayfed.models import build_classifier
 from rayfed.results import RunDirectory
 from rayfed.seeds import Stream, stream_seed
 from rayfed.training import sgd_epochs
-
-log = logging.getLogger("rayfed")
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,27 @@ class ShardStats:
     samples: int
     """Samples processed (sum of minibatch sizes)."""
     seconds: float
+
+
+DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+"""Environment a process needs before CUDA starts for deterministic cuBLAS (set by the actor's runtime_env)."""
+
+
+def use_deterministic_kernels(on: bool) -> None:
+    """Deterministic kernels on (cuDNN autotuning off, deterministic cuDNN, torch's deterministic algorithms,
+    warning where an op has none) or off (autotuning back on). CPU training is deterministic either way."""
+    torch.backends.cudnn.benchmark = not on
+    torch.backends.cudnn.deterministic = on
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
+
+def kernel_settings() -> dict[str, Any]:
+    """What this process trains with: device, torch version and the determinism switches."""
+    return {"device": "cuda" if torch.cuda.is_available() else "cpu", "torch_version": torch.__version__,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
 
 
 def stage_seed(seed: int, shard: int, stage: int) -> int:
@@ -163,10 +182,3 @@ class ShardTrainer:
         """The model state dict of checkpoint R (on CPU)."""
         return torch.load(self.path(self.num_slices), weights_only=True, map_location="cpu")["model"]
 
-
-def warn_untrained_slices(epochs: tuple[int, ...]) -> None:
-    """Log when the last stages train 0 epochs, so their slices are never trained on."""
-    last = max((r for r, e in enumerate(epochs) if e > 0), default=-1)
-    if last < len(epochs) - 1:
-        log.warning("sisa: the schedule trains 0 epochs after stage %d, so slices %d..%d are never trained on "
-                    "(raise sisa.epochs or lower sisa.slices)", last, last + 1, len(epochs) - 1)

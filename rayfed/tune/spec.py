@@ -40,7 +40,8 @@ FL_METRICS = ROUND_METRICS
 """What an fl trial reports each round: the figures of the last method run of the round (the swept one),
 averaged over its seeds (rayfed.fl.rows.RoundRow's numeric fields)."""
 SISA_METRICS = ("accuracy", "f1", "auroc", "unlearned_accuracy", "retrained_accuracy", "speedup_samples",
-                "speedup_seconds", "expected_speedup", "backdoor_asr", "unlearned_backdoor_asr")
+                "speedup_vs_unsharded", "expected_speedup", "backdoor_asr", "unlearned_backdoor_asr",
+                "clean_backdoor_asr")
 """What a sisa trial reports once, at its end."""
 RUN_METRICS = {"fl": FL_METRICS, "sisa": SISA_METRICS}
 DEFAULT_METRIC = {"fl": ("jfi", "max"), "sisa": ("accuracy", "max")}

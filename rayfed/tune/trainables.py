@@ -145,16 +145,20 @@ def sisa_metrics(run_dir: RunDirectory, aggregation: str) -> dict[str, float]:
         return read_table(path) if path.exists() else []
 
     metrics: dict[str, float] = {}
-    prefixes = {"trained": "", "unlearned": "unlearned_", "retrained": "retrained_"}
+    prefixes = {"trained": "", "unlearned": "unlearned_", "retrained": "retrained_", "clean": "clean_"}
     for row in table("metrics"):
-        if row["aggregation"] == aggregation:
+        if row["model"] == "ensemble" and row["aggregation"] == aggregation:
             prefix = prefixes[row["stage"]]
             metrics[f"{prefix}accuracy"] = row["accuracy"]
             if not prefix:
                 metrics.update(f1=row["f1"], auroc=row["auroc"])
     unlearning = table("unlearning")
-    if unlearning:
-        metrics.update({k: unlearning[0][k] for k in ("speedup_samples", "speedup_seconds", "expected_speedup")})
+    if unlearning:  # over all requests: samples of retraining after each one / samples of unlearning
+        samples = max(1, sum(r["samples_processed"] for r in unlearning))
+        metrics["speedup_samples"] = sum(r["ensemble_retrain_samples"] for r in unlearning) / samples
+        metrics["speedup_vs_unsharded"] = sum(r["unsharded_retrain_samples"] for r in unlearning) / samples
+        metrics["expected_speedup"] = sum(r["ensemble_retrain_samples"] for r in unlearning) / max(
+            1.0, sum(r["expected_samples"] for r in unlearning))
     for row in table("backdoor"):
         if row["aggregation"] == aggregation:
             metrics[f"{prefixes[row['stage']]}backdoor_asr"] = row["asr"]
