@@ -24,29 +24,64 @@ import sys
 
 PRESETS = {
     # The notebook's settings scaled down to the bundled digits (no download) for a 2-core CPU.
-    "digits": ["data.dataset=digits", "data.num_clients=10", "data.partition=extreme", "fl.local_epochs=3",
-               "data.batch_size=16", "audit.gan_epochs=10", "audit.n_probes=1000", "audit.gamma=2.0",
-               "audit.gan_epochs_warm=1"],
+    "digits": [
+        "data.dataset=digits",
+        "data.num_clients=10",
+        "data.partition=extreme",
+        "fl.local_epochs=3",
+        "data.batch_size=16",
+        "audit.gan_epochs=10",
+        "audit.n_probes=1000",
+        "audit.gamma=2.0",
+        "audit.gan_epochs_warm=1",
+    ],
     # The notebook's own: CIFAR-10, 20 clients, batch 512, GAN 20 epochs, 2000 probes, gamma 2.
-    "notebook": ["data.dataset=cifar10", "data.num_clients=20", "data.partition=extreme", "fl.local_epochs=3",
-                 "data.batch_size=512", "data.eval_batch_size=1024", "audit.gan_epochs=20", "audit.n_probes=2000",
-                 "audit.gamma=2.0", "audit.gan_batch_size=512", "audit.gan_epochs_warm=1"],
+    "notebook": [
+        "data.dataset=cifar10",
+        "data.num_clients=20",
+        "data.partition=extreme",
+        "fl.local_epochs=3",
+        "data.batch_size=512",
+        "data.eval_batch_size=1024",
+        "audit.gan_epochs=20",
+        "audit.n_probes=2000",
+        "audit.gamma=2.0",
+        "audit.gan_batch_size=512",
+        "audit.gan_epochs_warm=1",
+    ],
 }
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="digits")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="rayfed config override (dotted.key=value), applied after the preset")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="rayfed config override (dotted.key=value), applied after the preset",
+    )
     p.add_argument("--rounds", type=int, default=4, help="rounds per run, the first untimed (default 4)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto = cuda when available; cpu hides the GPUs from torch and Ray")
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers of the notebook loop (default: the notebook's, 4 on GPU, 0 on CPU)")
-    p.add_argument("--profile", action="store_true",
-                   help="per-phase breakdown of the notebook loop and of rayfed's functions run in-process")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto = cuda when available; cpu hides the GPUs from torch and Ray",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers of the notebook loop (default: the notebook's, 4 on GPU, 0 on CPU)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="per-phase breakdown of the notebook loop and of rayfed's functions run in-process",
+    )
     p.add_argument("--skip", action="append", default=[], choices=["notebook", "strict", "warm"])
     return p.parse_args()
 
@@ -71,14 +106,20 @@ from notebook_loop import NotebookFedAuditGan, PhaseTimer  # noqa: E402
 from rayfed.config import Config, load_config  # noqa: E402
 from rayfed.fl.gan_audit import FoldedEvaluator  # noqa: E402
 from rayfed.fl.metrics import accuracy  # noqa: E402
-from rayfed.fl.round import (LocalTraining, audit_evidence, client_update, draw_probes,  # noqa: E402
-                             evaluate_clients, score_and_aggregate, train_audit)
+from rayfed.fl.round import (  # noqa: E402
+    LocalTraining,
+    audit_evidence,
+    client_update,
+    draw_probes,  # noqa: E402
+    evaluate_clients,
+    score_and_aggregate,
+    train_audit,
+)
 from rayfed.fl.setup import ClientData, Federation, build_federation, initial_model_state, select_clients  # noqa: E402
 from rayfed.fl.state import to_numpy, to_torch  # noqa: E402
 from rayfed.fl.strategies import Strategy  # noqa: E402
 from rayfed.fl.strategies.fedauditgan import FedAuditGan  # noqa: E402
 from rayfed.models import build_classifier  # noqa: E402
-
 
 # ------------------------------------------------------------------------------------------ GPU busy
 
@@ -101,8 +142,12 @@ class GpuBusy:
     def _read(self) -> float | None:
         if self.source == "nvml":
             return float(torch.cuda.utilization())
-        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=5).stdout.split()
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.split()
         return float(out[0]) if out else None
 
     def _loop(self) -> None:
@@ -145,18 +190,21 @@ class RayfedInProcess:
         self.model = build_classifier(config.model.name, d.shape, d.num_classes).to(device)
         self.server_model = build_classifier(config.model.name, d.shape, d.num_classes).to(device)
         self.evaluator = FoldedEvaluator(self.server_model)
-        self.training = LocalTraining(fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size,
-                                      config.data.eval_batch_size)
-        self.clients = [ClientData(c.client_id, c.x.to(device), c.y.to(device), c.test_index)
-                        for c in federation.clients]
+        self.training = LocalTraining(
+            fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size, config.data.eval_batch_size
+        )
+        self.clients = [
+            ClientData(c.client_id, c.x.to(device), c.y.to(device), c.test_index) for c in federation.clients
+        ]
         audit = federation.split.audit
         self.audit_x, self.audit_y = d.train_x[audit].to(device), d.train_y[audit].to(device)
         self.test_x, self.test_y = d.test_x.to(device), d.test_y.to(device)
         self.test_rows = np.arange(len(d.test_y))
         self.pad = None if federation.augment_pad is None else federation.augment_pad.to(device)
 
-    def round(self, round_index: int, state: dict, run: Strategy, timer: PhaseTimer,
-              gan_state: dict | None = None) -> tuple[dict, dict]:
+    def round(
+        self, round_index: int, state: dict, run: Strategy, timer: PhaseTimer, gan_state: dict | None = None
+    ) -> tuple[dict, dict]:
         c, a, fl, dev, seed = self.config, self.config.audit, self.config.fl, self.device, self.config.seed
         d = self.federation.data
         threads = torch.get_num_threads()
@@ -166,8 +214,15 @@ class RayfedInProcess:
             theta = to_torch(state, dev)
             results = []
             for cid in selected:
-                result = client_update(self.model, self.clients[cid], theta, self.training, run_seed=seed,
-                                       round_index=round_index, augment_pad=self.pad)
+                result = client_update(
+                    self.model,
+                    self.clients[cid],
+                    theta,
+                    self.training,
+                    run_seed=seed,
+                    round_index=round_index,
+                    augment_pad=self.pad,
+                )
                 result.delta = to_torch(to_numpy(result.delta), dev)  # as through the object store
                 results.append(result)
         torch.set_num_threads(c.resources.server_threads or os.cpu_count() or 1)
@@ -175,9 +230,19 @@ class RayfedInProcess:
         evidence = None
         if run.needs_audit:
             with timer.phase("GAN training"):
-                gan = train_audit(self.server_model, theta, self.audit_x, self.audit_y, a, self.federation.space,
-                                  d.num_classes, d.shape, run_seed=seed, round_index=round_index,
-                                  gan_state=gan_state)
+                gan = train_audit(
+                    self.server_model,
+                    theta,
+                    self.audit_x,
+                    self.audit_y,
+                    a,
+                    self.federation.space,
+                    d.num_classes,
+                    d.shape,
+                    run_seed=seed,
+                    round_index=round_index,
+                    gan_state=gan_state,
+                )
             with timer.phase("probe generation"):
                 probes = draw_probes(gan, a.n_probes, self.federation.space, run_seed=seed, round_index=round_index)
             evidence = audit_evidence(self.evaluator, probes, dev, a.score_chunk)
@@ -191,9 +256,18 @@ class RayfedInProcess:
             self.server_model.load_state_dict(outcome.state)
             out["accuracy"] = accuracy(self.server_model, self.test_x, self.test_y, c.data.eval_batch_size)
             torch.set_num_threads(c.resources.torch_threads)
-            evaluations = evaluate_clients(self.model, to_torch(new_state, dev), self.clients, self.test_x,
-                                           self.test_y, self.test_rows, eval_batch_size=c.data.eval_batch_size,
-                                           augment_pad=self.pad, run_seed=seed, round_index=round_index)
+            evaluations = evaluate_clients(
+                self.model,
+                to_torch(new_state, dev),
+                self.clients,
+                self.test_x,
+                self.test_y,
+                self.test_rows,
+                eval_batch_size=c.data.eval_batch_size,
+                augment_pad=self.pad,
+                run_seed=seed,
+                round_index=round_index,
+            )
             out["client_accs"] = [(e.train_accuracy, e.test_accuracy) for e in evaluations]
         torch.set_num_threads(threads)
         return out, new_state
@@ -202,8 +276,15 @@ class RayfedInProcess:
 # -------------------------------------------------------------------------------------------- runs
 
 
-def run_notebook(config: Config, federation: Federation, device: torch.device, rounds: int, gamma: float,
-                 workers: int | None, profile: bool) -> tuple[list[float], PhaseTimer, float | None]:
+def run_notebook(
+    config: Config,
+    federation: Federation,
+    device: torch.device,
+    rounds: int,
+    gamma: float,
+    workers: int | None,
+    profile: bool,
+) -> tuple[list[float], PhaseTimer, float | None]:
     loop = NotebookFedAuditGan(config, federation, device, workers)
     timer, times = PhaseTimer(device, sync=profile), []
     with GpuBusy() as busy:
@@ -219,8 +300,9 @@ def run_notebook(config: Config, federation: Federation, device: torch.device, r
     return times, timer, busy.mean
 
 
-def run_rayfed(config: Config, federation: Federation, rounds: int, gamma: float,
-               feed_states: list | None = None) -> tuple[list[float], list[list[float]], list, float | None]:
+def run_rayfed(
+    config: Config, federation: Federation, rounds: int, gamma: float, feed_states: list | None = None
+) -> tuple[list[float], list[list[float]], list, float | None]:
     """(seconds of each timed round, S_i per round, the global state after each round (refs), GPU busy %).
     With `feed_states`, round r starts from feed_states[r - 1] (another run's state) instead of its own."""
     import ray
@@ -246,8 +328,13 @@ def run_rayfed(config: Config, federation: Federation, rounds: int, gamma: float
                     times.append(elapsed)
                 state_ref, gan_state = result.state_ref, result.gan_state
                 states.append(state_ref)
-                scores.append([r["score"] for r in sorted(result.client_rows, key=lambda r: r["client"])
-                               if r["score"] is not None])
+                scores.append(
+                    [
+                        r["score"]
+                        for r in sorted(result.client_rows, key=lambda r: r["client"])
+                        if r["score"] is not None
+                    ]
+                )
     finally:
         engine.shutdown()
     return times, scores, states, busy.mean
@@ -289,13 +376,17 @@ def main() -> None:
         sys.exit("--rounds must be >= 2 (the first round is an untimed warm-up)")
     timed = args.rounds - 1
     d, fl, a = config.data, config.fl, config.audit
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"device {device}{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}")
-    print(f"config: {d.dataset} {config.model.name}, {d.num_clients} clients ({d.partition}, sizes "
-          f"{min(federation.num_samples)}-{max(federation.num_samples)}), clients/round {fl.clients_per_round}, "
-          f"local_epochs {fl.local_epochs}, batch {d.batch_size}, gan_epochs {a.gan_epochs} (warm "
-          f"{a.gan_epochs_warm}), n_probes {a.n_probes}, gamma {gamma:g}, audit split {len(federation.split.audit)}, "
-          f"resources.clients_per_actor {config.resources.clients_per_actor}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"device {device}{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}"
+    )
+    print(
+        f"config: {d.dataset} {config.model.name}, {d.num_clients} clients ({d.partition}, sizes "
+        f"{min(federation.num_samples)}-{max(federation.num_samples)}), clients/round {fl.clients_per_round}, "
+        f"local_epochs {fl.local_epochs}, batch {d.batch_size}, gan_epochs {a.gan_epochs} (warm "
+        f"{a.gan_epochs_warm}), n_probes {a.n_probes}, gamma {gamma:g}, audit split {len(federation.split.audit)}, "
+        f"resources.clients_per_actor {config.resources.clients_per_actor}"
+    )
     print(f"rounds: {args.rounds} per run (first untimed), repeats {args.repeats}")
 
     started_ray = False
@@ -308,8 +399,9 @@ def main() -> None:
     nb_timer, rhos = None, []
     for rep in range(args.repeats):
         if "notebook" not in args.skip:
-            times, nb_timer, gpu = run_notebook(config, federation, device, args.rounds, gamma, args.workers,
-                                                args.profile)
+            times, nb_timer, gpu = run_notebook(
+                config, federation, device, args.rounds, gamma, args.workers, args.profile
+            )
             results["notebook"] += times
             busy["notebook"].append(gpu)
             print(f"[{rep + 1}] notebook loop: {[round(t, 3) for t in times]} s")
@@ -323,15 +415,20 @@ def main() -> None:
             times, warm_scores, _, gpu = run_rayfed(warm, federation, args.rounds, gamma, strict_states)
             results["warm"] += times
             busy["warm"].append(gpu)
-            print(f"[{rep + 1}] rayfed warm start: {[round(t, 3) for t in times]} s"
-                  + ("" if strict_states else " (own trajectory: strict skipped)"))
+            print(
+                f"[{rep + 1}] rayfed warm start: {[round(t, 3) for t in times]} s"
+                + ("" if strict_states else " (own trajectory: strict skipped)")
+            )
             if strict_scores is not None and not rhos:
                 rhos = spearman_per_round(strict_scores[1:], warm_scores[1:])  # round 1: both fresh, identical
 
     med = {k: statistics.median(v) for k, v in results.items() if v}
     print()
-    names = {"notebook": "notebook loop", "strict": "rayfed strict (fresh GAN)",
-             "warm": f"rayfed warm start ({a.gan_epochs_warm} GAN epoch/round)"}
+    names = {
+        "notebook": "notebook loop",
+        "strict": "rayfed strict (fresh GAN)",
+        "warm": f"rayfed warm start ({a.gan_epochs_warm} GAN epoch/round)",
+    }
     for key, seconds in med.items():
         gpu = [g for g in busy[key] if g is not None]
         extra = f"  GPU busy {np.mean(gpu):.0f}%" if gpu else ""
@@ -341,8 +438,10 @@ def main() -> None:
     if "strict" in med and "warm" in med:
         print(f"warm start vs strict:   {med['strict'] / med['warm']:.2f}x")
     if rhos:
-        print(f"warm-start fidelity: Spearman rho of S_i vs strict, rounds 2..{args.rounds}: "
-              f"mean {np.nanmean(rhos):.3f}, min {np.nanmin(rhos):.3f}  {[round(r, 3) for r in rhos]}")
+        print(
+            f"warm-start fidelity: Spearman rho of S_i vs strict, rounds 2..{args.rounds}: "
+            f"mean {np.nanmean(rhos):.3f}, min {np.nanmin(rhos):.3f}  {[round(r, 3) for r in rhos]}"
+        )
 
     if args.profile:
         print("\nprofile (seconds per timed round; CUDA synchronised at phase boundaries)")
@@ -353,12 +452,15 @@ def main() -> None:
             initial = initial_model_state(cfg, federation, cfg.seed)
             timer, state, gan_state = PhaseTimer(device), to_numpy(initial), None
             for rnd in range(1, args.rounds + 1):
-                out, state = inproc.round(rnd, state, FedAuditGan(gamma), timer if rnd > 1 else PhaseTimer(device),
-                                          gan_state)
+                out, state = inproc.round(
+                    rnd, state, FedAuditGan(gamma), timer if rnd > 1 else PhaseTimer(device), gan_state
+                )
                 gan_state = out.get("gan_state")
             print_profile(label, timer, timed)
-        print("  (rayfed in-process: clients serial with resources.torch_threads threads each; on Ray they run "
-              "in parallel, one actor per client group)")
+        print(
+            "  (rayfed in-process: clients serial with resources.torch_threads threads each; on Ray they run "
+            "in parallel, one actor per client group)"
+        )
 
     if started_ray:
         import ray

@@ -2,7 +2,8 @@
 
 Bundled digits, iid partition (most clients hold 1-2 images; rayfed trains a 1-image client's BatchNorm on its
 running statistics), resources.clients_per_actor=250 (4 client actors + the audit server: each actor process
-costs ~1 GB of torch, whatever it hosts), rayfed's default epochs. Runs FedAvg and Fed-AuditGAN (200 probes) one after the other on the same engine. A thread samples every 0.5 s the summed
+costs ~1 GB of torch, whatever it hosts), rayfed's default epochs. Runs FedAvg and Fed-AuditGAN (200 probes)
+one after the other on the same engine. A thread samples every 0.5 s the summed
 RSS of this driver and all its descendants (Ray's GCS, raylet, workers and actors) and reports the peak
 (RSS counts pages shared between processes, e.g. torch's libraries and the object store, once per process:
 an upper bound; the proportional set size, PSS, splits them and is reported beside it).
@@ -23,8 +24,16 @@ import statistics
 import threading
 import time
 
-DEFAULTS = ["data.dataset=digits", "data.num_clients=1000", "fl.clients_per_round=100", "data.partition=iid",
-            "resources.clients_per_actor=250", "audit.n_probes=200", "audit.gamma=2.0", "tracking.wandb=disabled"]
+DEFAULTS = [
+    "data.dataset=digits",
+    "data.num_clients=1000",
+    "fl.clients_per_round=100",
+    "data.partition=iid",
+    "resources.clients_per_actor=250",
+    "audit.n_probes=200",
+    "audit.gamma=2.0",
+    "tracking.wandb=disabled",
+]
 
 
 def _pss(pid: int) -> int:
@@ -43,8 +52,8 @@ class MemorySampler:
     """Peak of the summed RSS of a process and all its descendants, sampled every `interval` s."""
 
     def __init__(self, interval: float = 0.5):
-        import ray  # noqa: F401  (Ray ships psutil in its thirdparty_files, put on sys.path by this import)
         import psutil
+        import ray  # noqa: F401  (Ray ships psutil in its thirdparty_files, put on sys.path by this import)
 
         self.psutil, self.root = psutil, psutil.Process()
         self.interval, self.peak, self.peak_procs, self.peak_pss = interval, 0, 0, 0
@@ -97,8 +106,8 @@ def main() -> None:
     from rayfed.engine.fl_engine import FederatedEngine
     from rayfed.engine.runtime import init_ray
     from rayfed.fl.setup import build_federation, initial_model_state
-    from rayfed.fl.strategies import REGISTRY
     from rayfed.fl.state import to_numpy
+    from rayfed.fl.strategies import REGISTRY
 
     config = load_config(None, DEFAULTS + list(args.overrides))
     gamma = config.gammas[0]
@@ -110,12 +119,16 @@ def main() -> None:
         engine = FederatedEngine(config, federation)
         ray.get([a.pid.remote() for a in [*engine.actors, engine.server]])  # wait for every actor
         setup = time.perf_counter() - setup_start
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
-        print(f"config: {config.data.dataset}, {config.data.num_clients} clients ({config.data.partition}, sizes "
-              f"{min(sizes)}-{max(sizes)}, {sum(s == 1 for s in sizes)} with one image, {sum(s == 0 for s in sizes)} "
-              f"empty), {config.fl.clients_per_round} per round, {len(engine.actors)} client actors of "
-              f"{config.resources.clients_per_actor}, local_epochs {config.fl.local_epochs}, gan_epochs "
-              f"{config.audit.gan_epochs}, n_probes {config.audit.n_probes}")
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+        )
+        print(
+            f"config: {config.data.dataset}, {config.data.num_clients} clients ({config.data.partition}, sizes "
+            f"{min(sizes)}-{max(sizes)}, {sum(s == 1 for s in sizes)} with one image, {sum(s == 0 for s in sizes)} "
+            f"empty), {config.fl.clients_per_round} per round, {len(engine.actors)} client actors of "
+            f"{config.resources.clients_per_actor}, local_epochs {config.fl.local_epochs}, gan_epochs "
+            f"{config.audit.gan_epochs}, n_probes {config.audit.n_probes}"
+        )
         print(f"setup (data, Ray, actors): {setup:.1f} s, memory now {memory.sample() / 2**30:.2f} GiB")
         medians = {}
         try:
@@ -130,9 +143,11 @@ def main() -> None:
                     elapsed = time.perf_counter() - start
                     state_ref, gan_state = result.state_ref, result.gan_state
                     row = result.round_row
-                    print(f"{method} round {rnd}: {elapsed:.2f} s{' (warm-up)' if rnd == 1 else ''}, accuracy "
-                          f"{row['accuracy']:.1f}, participants {row['participants']}, memory "
-                          f"{memory.sample() / 2**30:.2f} GiB")
+                    print(
+                        f"{method} round {rnd}: {elapsed:.2f} s{' (warm-up)' if rnd == 1 else ''}, accuracy "
+                        f"{row['accuracy']:.1f}, participants {row['participants']}, memory "
+                        f"{memory.sample() / 2**30:.2f} GiB"
+                    )
                     if rnd > 1 or args.rounds == 1:
                         times.append(elapsed)
                 medians[method] = statistics.median(times)
@@ -143,8 +158,10 @@ def main() -> None:
     print()
     for method, seconds in medians.items():
         print(f"{method:<12} median {seconds:.2f} s/round")
-    print(f"peak memory (RSS, driver + {memory.peak_procs - 1} descendant processes): {memory.peak / 2**30:.2f} GiB "
-          f"(aim < 8 GiB); peak PSS (shared pages counted once) {memory.peak_pss / 2**30:.2f} GiB")
+    print(
+        f"peak memory (RSS, driver + {memory.peak_procs - 1} descendant processes): {memory.peak / 2**30:.2f} GiB "
+        f"(aim < 8 GiB); peak PSS (shared pages counted once) {memory.peak_pss / 2**30:.2f} GiB"
+    )
     print(f"seconds_per_round: {max(medians.values()):.1f}")
 
 

@@ -22,7 +22,9 @@ from rayfed.models import build_classifier
 from rayfed.models.layers import use_reference_ops
 
 
-def notebook_loop(global_model: torch.nn.Module, updates: list[dict], x: torch.Tensor, x_prime: torch.Tensor) -> list[float]:
+def notebook_loop(
+    global_model: torch.nn.Module, updates: list[dict], x: torch.Tensor, x_prime: torch.Tensor
+) -> list[float]:
     """The notebook's Phase 3: per client, deep-copy Theta_old, add dw_i, load, compute_bias (two forwards)."""
     scores = []
     for upd in updates:
@@ -57,8 +59,10 @@ def main() -> None:
             module.running_mean.normal_(0, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     state = copy.deepcopy(model.state_dict())
-    updates = [{k: (0.01 * torch.randn_like(v) if v.is_floating_point() else torch.ones_like(v))
-                for k, v in state.items()} for _ in range(args.clients)]
+    updates = [
+        {k: (0.01 * torch.randn_like(v) if v.is_floating_point() else torch.ones_like(v)) for k, v in state.items()}
+        for _ in range(args.clients)
+    ]
     x = torch.randn(args.probes, *shape)
     x_prime = x + 0.1 * torch.randn_like(x)
 
@@ -74,8 +78,10 @@ def main() -> None:
         ours_times.append(time.perf_counter() - start)
     worst = max(abs(a - b) / abs(a) for a, b in zip(reference, ours))
     loop_s, ours_s = statistics.median(loop_times), statistics.median(ours_times)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}"
+    )
     print(f"config: model={args.model} shape={shape} K={args.clients} probes={args.probes} repeats={args.repeats}")
     print(f"notebook deep-copy loop: median {loop_s:.3f} s  {[round(t, 3) for t in loop_times]}")
     print(f"rayfed folded scoring:   median {ours_s:.3f} s  {[round(t, 3) for t in ours_times]}")

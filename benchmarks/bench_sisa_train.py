@@ -48,8 +48,15 @@ from rayfed.sisa.plan import make_layout  # noqa: E402
 from rayfed.sisa.schedule import epochs_per_stage  # noqa: E402
 from rayfed.sisa.train import TrainSettings  # noqa: E402
 
-DEFAULTS = ["data.dataset=digits", "model.name=cnn", "sisa.shards=5", "sisa.slices=5", "sisa.epochs=5",
-            "sisa.schedule=union", "sisa.batch_size=64"]
+DEFAULTS = [
+    "data.dataset=digits",
+    "model.name=cnn",
+    "sisa.shards=5",
+    "sisa.slices=5",
+    "sisa.epochs=5",
+    "sisa.schedule=union",
+    "sisa.batch_size=64",
+]
 
 
 def main() -> None:
@@ -63,14 +70,26 @@ def main() -> None:
     layout = make_layout(len(data.train_y), s.shards, s.slices, config.seed)
     epochs = epochs_per_stage(s.schedule, s.epochs, s.slices)
     pad = black_level(data.mean, data.std) if data.augment else None
-    settings = TrainSettings(model=config.model.name, input_shape=data.shape, num_classes=data.num_classes,
-                             epochs=tuple(epochs), lr=s.lr, momentum=s.momentum, batch_size=s.batch_size,
-                             seed=config.seed, augment_pad=pad)
+    settings = TrainSettings(
+        model=config.model.name,
+        input_shape=data.shape,
+        num_classes=data.num_classes,
+        epochs=tuple(epochs),
+        lr=s.lr,
+        momentum=s.momentum,
+        batch_size=s.batch_size,
+        seed=config.seed,
+        augment_pad=pad,
+    )
     samples = sum(e * sum(len(p) for p in shard[: r + 1]) for shard in layout.slices for r, e in enumerate(epochs))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"device {device}{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}")
-    print(f"config: {d.dataset} {config.model.name}, N={len(data.train_y)}, S={s.shards}, R={s.slices}, "
-          f"schedule {s.schedule} {epochs}, batch {s.batch_size}, lr {s.lr}; {samples} samples per training")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"device {device}{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}"
+    )
+    print(
+        f"config: {d.dataset} {config.model.name}, N={len(data.train_y)}, S={s.shards}, R={s.slices}, "
+        f"schedule {s.schedule} {epochs}, batch {s.batch_size}, lr {s.lr}; {samples} samples per training"
+    )
 
     trainset = AugmentedTensorDataset(data.train_x, data.train_y, pad, config.seed)
     times = {"notebook": [], "rayfed": []}

@@ -40,8 +40,14 @@ def timed_sweep(concurrency: int, overrides: list[str], out: Path) -> tuple[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, nargs=2, default=[1, 2], metavar=("BASE", "CONCURRENT"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the sweep file (as rayfed sweep --set)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the sweep file (as rayfed sweep --set)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     cpus = os.cpu_count() or 1
@@ -52,8 +58,10 @@ def main() -> None:
         for concurrency in args.concurrency:
             wall, waiting, trials = timed_sweep(concurrency, args.overrides, Path(folder) / f"c{concurrency}")
             walls[concurrency] = wall
-            print(f"max_concurrent_trials={concurrency}: {trials} trials, wall {wall:.1f}s, "
-                  f"waiting for resources {waiting:.0%} of trial time")
+            print(
+                f"max_concurrent_trials={concurrency}: {trials} trials, wall {wall:.1f}s, "
+                f"waiting for resources {waiting:.0%} of trial time"
+            )
     ray.shutdown()
     base, concurrent = args.concurrency
     print(f"speedup: {walls[base] / walls[concurrent]:.1f}x")

@@ -42,18 +42,36 @@ def main() -> None:
     sisa = Config().sisa
     data = load_dataset("digits")
     epochs = tuple(epochs_per_stage(sisa.schedule, sisa.epochs, args.slices))
-    settings = TrainSettings(model="cnn", input_shape=data.shape, num_classes=data.num_classes, epochs=epochs,
-                             lr=sisa.lr, momentum=sisa.momentum, batch_size=sisa.batch_size, seed=args.seed)
+    settings = TrainSettings(
+        model="cnn",
+        input_shape=data.shape,
+        num_classes=data.num_classes,
+        epochs=epochs,
+        lr=sisa.lr,
+        momentum=sisa.momentum,
+        batch_size=sisa.batch_size,
+        seed=args.seed,
+    )
     layout = make_layout(len(data.train_y), args.shards, args.slices, args.seed)
     forget = resolve_forget(args.forget, len(data.train_y), args.seed)
-    print(f"digits N={len(data.train_y)}, cnn, S={args.shards}, R={args.slices}, schedule={sisa.schedule} "
-          f"e={sisa.epochs} {list(epochs)}, forget {args.forget} points, torch threads {args.threads}, "
-          f"{platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(
+        f"digits N={len(data.train_y)}, cnn, S={args.shards}, R={args.slices}, schedule={sisa.schedule} "
+        f"e={sisa.epochs} {list(epochs)}, forget {args.forget} points, torch threads {args.threads}, "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
+    )
 
     def trainers(directory: Path) -> list[ShardTrainer]:
-        return [ShardTrainer(s, list(layout.slices[s]), data.train_x[torch.from_numpy(layout.shard_indices(s))],
-                             data.train_y[torch.from_numpy(layout.shard_indices(s))], settings, directory / f"shard{s}")
-                for s in range(layout.num_shards)]
+        return [
+            ShardTrainer(
+                s,
+                list(layout.slices[s]),
+                data.train_x[torch.from_numpy(layout.shard_indices(s))],
+                data.train_y[torch.from_numpy(layout.shard_indices(s))],
+                settings,
+                directory / f"shard{s}",
+            )
+            for s in range(layout.num_shards)
+        ]
 
     with tempfile.TemporaryDirectory() as tmp:
         sisa_shards, scratch_shards = trainers(Path(tmp) / "sisa"), trainers(Path(tmp) / "scratch")
@@ -68,19 +86,27 @@ def main() -> None:
         full_seconds = time.perf_counter() - start
         keep = torch.from_numpy(np.setdiff1d(np.arange(len(data.train_y)), forget))
         start = time.perf_counter()
-        _, unsharded_samples = train_unsharded(settings, sisa.epochs, data.train_x[keep], data.train_y[keep],
-                                               torch.device("cpu"))
+        _, unsharded_samples = train_unsharded(
+            settings, sisa.epochs, data.train_x[keep], data.train_y[keep], torch.device("cpu")
+        )
         unsharded_seconds = time.perf_counter() - start
-        exact = all(torch.equal(a.final_state()[k], b.final_state()[k])
-                    for a, b in zip(sisa_shards, scratch_shards) for k in a.final_state())
+        exact = all(
+            torch.equal(a.final_state()[k], b.final_state()[k])
+            for a, b in zip(sisa_shards, scratch_shards)
+            for k in a.final_state()
+        )
 
     unlearn_samples, full_samples = sum(st.samples for st in unlearn), sum(st.samples for st in full)
     print(f"affected shards (shard: first slice): {first}")
     print(f"expected speedup (analytic, samples): {expected_speedup(epochs, args.shards, args.forget):.2f}x")
-    print(f"unlearning: {unlearn_samples} samples, {unlearn_seconds:.2f}s; full retraining: {full_samples} samples, "
-          f"{full_seconds:.2f}s; samples speedup {full_samples / max(1, unlearn_samples):.2f}x")
-    print(f"one unsharded model, e={sisa.epochs} epochs on the retained data: {unsharded_samples} samples, "
-          f"{unsharded_seconds:.2f}s; samples speedup {unsharded_samples / max(1, unlearn_samples):.2f}x")
+    print(
+        f"unlearning: {unlearn_samples} samples, {unlearn_seconds:.2f}s; full retraining: {full_samples} samples, "
+        f"{full_seconds:.2f}s; samples speedup {full_samples / max(1, unlearn_samples):.2f}x"
+    )
+    print(
+        f"one unsharded model, e={sisa.epochs} epochs on the retained data: {unsharded_samples} samples, "
+        f"{unsharded_seconds:.2f}s; samples speedup {unsharded_samples / max(1, unlearn_samples):.2f}x"
+    )
     print(f"bit-identical to retraining from scratch: {exact}")
     print(f"speedup: {full_seconds / unlearn_seconds:.1f}x")
     assert exact and np.isfinite(full_seconds)

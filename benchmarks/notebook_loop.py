@@ -31,8 +31,8 @@ from __future__ import annotations
 import copy
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -121,8 +121,11 @@ class ShuffledBatches(Sampler[list[int]]):
 def loader_kwargs(device: torch.device, workers: int | None) -> dict:
     """The notebook's: NUM_WORKERS = 4 on GPU (persistent, prefetch 4, pinned memory), 0 on CPU."""
     workers = (4 if device.type == "cuda" else 0) if workers is None else workers
-    kwargs = {"num_workers": workers, "pin_memory": device.type == "cuda",
-              "generator": torch.Generator()}  # the loader's own base-seed draw stays off the global RNG
+    kwargs = {
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda",
+        "generator": torch.Generator(),
+    }  # the loader's own base-seed draw stays off the global RNG
     if workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=4)
     return kwargs
@@ -139,8 +142,9 @@ class NotebookFedAuditGan:
     """The notebook's globals (TRAIN_DATA, CLIENT_LOADERS, VAL_LOADER, TEST_LOADER, CLIENT_EVAL_LOADERS) and
     one round of `run_strict_fed_audit_gan` (or `run_fedavg`), built from a rayfed Config and Federation."""
 
-    def __init__(self, config: Config, federation: Federation, device: str | torch.device = "cpu",
-                 workers: int | None = None):
+    def __init__(
+        self, config: Config, federation: Federation, device: str | torch.device = "cpu", workers: int | None = None
+    ):
         self.config, self.federation = config, federation
         self.DEVICE = torch.device(device)
         data, split, a = federation.data, federation.split, config.audit
@@ -152,28 +156,42 @@ class NotebookFedAuditGan:
         self.TRAIN_DATA = AugmentedTensorDataset(data.train_x, data.train_y, pad, config.seed)
         self.TEST_DATA = TensorDataset(data.test_x, data.test_y)
         # Defect 2: the GAN's images are the server's audit split, in GAN space [-1, 1] (transform_gan).
-        self.GAN_TRAIN_DATA = TensorDataset(federation.space.to_gan(data.train_x[split.audit]), data.train_y[split.audit])
+        self.GAN_TRAIN_DATA = TensorDataset(
+            federation.space.to_gan(data.train_x[split.audit]), data.train_y[split.audit]
+        )
         self.client_generators = [torch.Generator() for _ in range(self.N_CLIENTS)]
         self.CLIENT_LOADERS = [
-            DataLoader(Subset(self.TRAIN_DATA, self.CLIENT_IDX[cid]),
-                       batch_sampler=ShuffledBatches(len(self.CLIENT_IDX[cid]), config.data.batch_size,
-                                                     self.client_generators[cid]), **kwargs)
+            DataLoader(
+                Subset(self.TRAIN_DATA, self.CLIENT_IDX[cid]),
+                batch_sampler=ShuffledBatches(
+                    len(self.CLIENT_IDX[cid]), config.data.batch_size, self.client_generators[cid]
+                ),
+                **kwargs,
+            )
             for cid in range(self.N_CLIENTS)
         ]
         self.CLIENT_EVAL_LOADERS = [
-            DataLoader(Subset(self.TRAIN_DATA, self.CLIENT_IDX[cid]), batch_size=config.data.eval_batch_size,
-                       shuffle=False, **kwargs)
+            DataLoader(
+                Subset(self.TRAIN_DATA, self.CLIENT_IDX[cid]),
+                batch_size=config.data.eval_batch_size,
+                shuffle=False,
+                **kwargs,
+            )
             for cid in range(self.N_CLIENTS)
         ]
         self.TEST_LOADER = DataLoader(self.TEST_DATA, batch_size=config.data.eval_batch_size, shuffle=False, **kwargs)
         self.val_generator = torch.Generator()
-        self.VAL_LOADER = DataLoader(self.GAN_TRAIN_DATA,
-                                     batch_sampler=ShuffledBatches(len(self.GAN_TRAIN_DATA), a.gan_batch_size,
-                                                                   self.val_generator, single="keep"), **kwargs)
-        self.global_model = use_reference_ops(
-            build_classifier(config.model.name, self.IMG_SHAPE, self.NUM_CLASSES)).to(self.DEVICE)
-        self.global_model.load_state_dict(
-            initial_model_state(config, federation, config.seed))
+        self.VAL_LOADER = DataLoader(
+            self.GAN_TRAIN_DATA,
+            batch_sampler=ShuffledBatches(
+                len(self.GAN_TRAIN_DATA), a.gan_batch_size, self.val_generator, single="keep"
+            ),
+            **kwargs,
+        )
+        self.global_model = use_reference_ops(build_classifier(config.model.name, self.IMG_SHAPE, self.NUM_CLASSES)).to(
+            self.DEVICE
+        )
+        self.global_model.load_state_dict(initial_model_state(config, federation, config.seed))
         self.scaler = torch.amp.GradScaler(device=self.DEVICE.type, enabled=self.DEVICE.type == "cuda")
         space = federation.space
         self.mean = torch.tensor(space.mean, device=self.DEVICE).view(1, -1, 1, 1)
@@ -212,8 +230,17 @@ class NotebookFedAuditGan:
 
     # ---- Phase 2
 
-    def train_fairness_gan(self, G: nn.Module, D: nn.Module, model: nn.Module, loader: DataLoader, epochs: int,
-                           lambda1: float, lambda2: float, seed: int) -> tuple[nn.Module, nn.Module]:
+    def train_fairness_gan(
+        self,
+        G: nn.Module,
+        D: nn.Module,
+        model: nn.Module,
+        loader: DataLoader,
+        epochs: int,
+        lambda1: float,
+        lambda2: float,
+        seed: int,
+    ) -> tuple[nn.Module, nn.Module]:
         DEVICE, a = self.DEVICE, self.config.audit
         model.eval()
         frozen = [p for p in model.parameters() if p.requires_grad]
@@ -228,7 +255,7 @@ class NotebookFedAuditGan:
         torch.manual_seed(seed)
         G.train()
         D.train()
-        for epoch in range(epochs):
+        for _epoch in range(epochs):
             for imgs, labels in loader:
                 batch_size = imgs.size(0)
                 real_t = torch.ones(batch_size, 1, device=DEVICE)
@@ -294,7 +321,9 @@ class NotebookFedAuditGan:
             pred_xp = model(x_prime)
         return torch.abs(pred_x.float() - pred_xp.float()).sum(dim=1).mean().item()
 
-    def score(self, updates: list[dict], x_p: torch.Tensor, xp_p: torch.Tensor) -> tuple[float, list[float], list[float]]:
+    def score(
+        self, updates: list[dict], x_p: torch.Tensor, xp_p: torch.Tensor
+    ) -> tuple[float, list[float], list[float]]:
         B_base = self.compute_bias(self.global_model, x_p, xp_p)
         B_list, S_list = [], []
         for upd in updates:
@@ -346,8 +375,7 @@ class NotebookFedAuditGan:
 
     # ---- one round
 
-    def round(self, rnd: int, method: str = "fedauditgan", gamma: float = 2.0,
-              timer: PhaseTimer | None = None) -> dict:
+    def round(self, rnd: int, method: str = "fedauditgan", gamma: float = 2.0, timer: PhaseTimer | None = None) -> dict:
         """One round of run_strict_fed_audit_gan (or run_fedavg); returns what the notebook records."""
         c, a = self.config, self.config.audit
         timer = timer or PhaseTimer(self.DEVICE, sync=False)
@@ -360,8 +388,16 @@ class NotebookFedAuditGan:
             # ===== PHASE 2: Server-Side GAN Auditing =====
             with timer.phase("GAN training"):
                 G, D = self.new_gan(stream_seed(c.seed, Stream.GAN_INIT, rnd))
-                G, D = self.train_fairness_gan(G, D, self.global_model, self.VAL_LOADER, a.gan_epochs, a.lambda1,
-                                               a.lambda2, stream_seed(c.seed, Stream.GAN_TRAINING, rnd))
+                G, D = self.train_fairness_gan(
+                    G,
+                    D,
+                    self.global_model,
+                    self.VAL_LOADER,
+                    a.gan_epochs,
+                    a.lambda1,
+                    a.lambda2,
+                    stream_seed(c.seed, Stream.GAN_TRAINING, rnd),
+                )
             with timer.phase("probe generation"):
                 x_p, xp_p = self.generate_probes(G, a.n_probes, stream_seed(c.seed, Stream.PROBES, rnd))
             # ===== PHASE 3: Fairness Contribution Scoring =====
@@ -388,10 +424,16 @@ class NotebookFedAuditGan:
 # ----------------------------------------------------------------------------------------------- SISA
 
 
-def train_model(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: optim.Optimizer,
-                num_epochs: int, device: torch.device) -> nn.Module:
+def train_model(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: optim.Optimizer,
+    num_epochs: int,
+    device: torch.device,
+) -> nn.Module:
     """The SISA notebook's train_model (its per-epoch print left out; its per-step loss.item() kept)."""
-    for epoch in range(num_epochs):
+    for _epoch in range(num_epochs):
         model.train()
         running_loss = 0.0
         for inputs, labels in loader:
@@ -406,8 +448,14 @@ def train_model(model: nn.Module, loader: DataLoader, criterion: nn.Module, opti
     return model
 
 
-def sisa_training(trainset: Dataset, slices: list[list[np.ndarray]], epochs: list[int], config: Config,
-                  device: torch.device, workers: int = 0) -> list[nn.Module]:
+def sisa_training(
+    trainset: Dataset,
+    slices: list[list[np.ndarray]],
+    epochs: list[int],
+    config: Config,
+    device: torch.device,
+    workers: int = 0,
+) -> list[nn.Module]:
     """The notebook's sequential sisa_training: for each shard a fresh model, then for r = 0..R-1 a DataLoader
     over the union of slices 0..r trained `epochs[r]` epochs (the notebook: num_epochs every stage, i.e. the
     `union` schedule). `slices[s][r]` are rayfed's layout (same points per shard and slice); each model starts
@@ -426,9 +474,11 @@ def sisa_training(trainset: Dataset, slices: list[list[np.ndarray]], epochs: lis
         for r in range(len(shard_slices)):
             union_indices = np.concatenate(shard_slices[: r + 1])
             generator = torch.Generator().manual_seed(stage_seed(config.seed, s, r))
-            loader = DataLoader(Subset(trainset, union_indices),
-                                batch_sampler=ShuffledBatches(len(union_indices), s_cfg.batch_size, generator),
-                                **loader_kwargs(device, workers))
+            loader = DataLoader(
+                Subset(trainset, union_indices),
+                batch_sampler=ShuffledBatches(len(union_indices), s_cfg.batch_size, generator),
+                **loader_kwargs(device, workers),
+            )
             model = train_model(model, loader, criterion, optimizer, epochs[r], device)
         all_models.append(model)
     return all_models

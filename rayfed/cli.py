@@ -24,8 +24,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (keys as in rayfed.config)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set audit.gamma=[1,4] (value parsed as YAML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set audit.gamma=[1,4] (value parsed as YAML)",
+    )
     parser.add_argument("--out", help="run directory (default: a new one under runs/)")
     parser.add_argument("--address", help="Ray cluster address (e.g. auto); default: RAY_ADDRESS or a local Ray")
 

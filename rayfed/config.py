@@ -483,8 +483,10 @@ def validate(c: Config) -> None:
     _require(d.shards_per_client >= 1, f"data.shards_per_client: must be >= 1, got {d.shards_per_client}")
     _require(0 < d.audit_fraction < 1, f"data.audit_fraction: must be in (0, 1), got {d.audit_fraction}")
     if isinstance(d.client_test_size, str):
-        _require(d.client_test_size == "max",
-                 f"data.client_test_size: expected an integer >= 1 or 'max', got {d.client_test_size!r}")
+        _require(
+            d.client_test_size == "max",
+            f"data.client_test_size: expected an integer >= 1 or 'max', got {d.client_test_size!r}",
+        )
     else:
         _require(d.client_test_size >= 1, f"data.client_test_size: must be >= 1, got {d.client_test_size}")
     _require(d.batch_size >= 1, f"data.batch_size: must be >= 1, got {d.batch_size}")
@@ -520,8 +522,10 @@ def validate(c: Config) -> None:
     _require(len(qs) >= 1, "qffl.q: needs at least one value")
     for q in qs:
         _require(math.isfinite(q) and q >= 0, f"qffl.q: must be finite and >= 0, got {q}")
-    _require(c.qffl.lipschitz is None or (math.isfinite(c.qffl.lipschitz) and c.qffl.lipschitz > 0),
-             f"qffl.lipschitz: must be > 0, got {c.qffl.lipschitz}")
+    _require(
+        c.qffl.lipschitz is None or (math.isfinite(c.qffl.lipschitz) and c.qffl.lipschitz > 0),
+        f"qffl.lipschitz: must be > 0, got {c.qffl.lipschitz}",
+    )
     _require(a.lambda1 >= 0, f"audit.lambda1: must be >= 0, got {a.lambda1}")
     _require(a.lambda2 >= 0, f"audit.lambda2: must be >= 0, got {a.lambda2}")
     _require(a.gan_epochs >= 1, f"audit.gan_epochs: must be >= 1, got {a.gan_epochs}")
@@ -549,10 +553,13 @@ def validate(c: Config) -> None:
     u = c.unlearn
     _require(u.requests >= 1, f"unlearn.requests: must be >= 1, got {u.requests}")
     if isinstance(forget, int):
-        _require(u.requests <= max(1, forget),
-                 f"unlearn.requests: cannot cut {forget} points into {u.requests} requests")
-    _require(u.membership_size is None or u.membership_size >= 2,
-             f"unlearn.membership_size: must be >= 2, got {u.membership_size}")
+        _require(
+            u.requests <= max(1, forget), f"unlearn.requests: cannot cut {forget} points into {u.requests} requests"
+        )
+    _require(
+        u.membership_size is None or u.membership_size >= 2,
+        f"unlearn.membership_size: must be >= 2, got {u.membership_size}",
+    )
     for method in u.baselines:
         _one_of("unlearn.baselines", method, UNLEARN_BASELINES)
     _require(len(set(u.baselines)) == len(u.baselines), f"unlearn.baselines: repeated method in {u.baselines}")
@@ -572,19 +579,24 @@ def validate(c: Config) -> None:
     for key in ("gpus_per_client", "server_gpus", "gpus_per_shard", "cpus_per_client", "server_cpus", "cpus_per_shard"):
         _fraction_or_auto(f"resources.{key}", getattr(r, key))
     if isinstance(r.clients_per_actor, str):
-        _require(r.clients_per_actor == "auto",
-                 f"resources.clients_per_actor: expected an integer >= 1 or 'auto', got {r.clients_per_actor!r}")
+        _require(
+            r.clients_per_actor == "auto",
+            f"resources.clients_per_actor: expected an integer >= 1 or 'auto', got {r.clients_per_actor!r}",
+        )
     else:
         _require(r.clients_per_actor >= 1, f"resources.clients_per_actor: must be >= 1, got {r.clients_per_actor}")
     _require(r.torch_threads >= 1, f"resources.torch_threads: must be >= 1, got {r.torch_threads}")
     _require(r.stall_timeout > 0, f"resources.stall_timeout: must be > 0, got {r.stall_timeout}")
-    _require(r.server_threads is None or r.server_threads >= 1,
-             f"resources.server_threads: must be >= 1, got {r.server_threads}")
+    _require(
+        r.server_threads is None or r.server_threads >= 1,
+        f"resources.server_threads: must be >= 1, got {r.server_threads}",
+    )
     _one_of("tracking.wandb", c.tracking.wandb, WANDB_MODES)
     _one_of("metrics.client_accuracy", c.metrics.client_accuracy, CLIENT_ACCURACY_BASES)
     _require(c.seed >= 0, f"seed: must be >= 0, got {c.seed}")
-    _require(d.partition_seed is None or d.partition_seed >= 0,
-             f"data.partition_seed: must be >= 0, got {d.partition_seed}")
+    _require(
+        d.partition_seed is None or d.partition_seed >= 0, f"data.partition_seed: must be >= 0, got {d.partition_seed}"
+    )
     seeds = c.seed_list
     _require(len(seeds) >= 1, f"seeds: needs at least one seed, got {c.seeds!r}")
     _require(min(seeds) >= 0, f"seeds: seeds must be >= 0, got {seeds}")

@@ -105,8 +105,14 @@ class Tracker:
 
         self._wandb = wandb
         self.run = wandb.init(
-            project=config.tracking.project, entity=config.tracking.entity, name=name, group=group,
-            mode=config.tracking.wandb, dir=str(run_dir), config=config.to_dict(), reinit="create_new",
+            project=config.tracking.project,
+            entity=config.tracking.entity,
+            name=name,
+            group=group,
+            mode=config.tracking.wandb,
+            dir=str(run_dir),
+            config=config.to_dict(),
+            reinit="create_new",
         )
 
     def log(self, data: dict[str, Any]) -> None:

@@ -49,10 +49,21 @@ class Stream(IntEnum):
 
 
 ARITY = {
-    Stream.CLIENT_TRAINING: 2, Stream.CLIENT_EVALUATION: 2, Stream.GAN_INIT: 1, Stream.GAN_TRAINING: 1,
-    Stream.PROBES: 1, Stream.CLIENT_SELECTION: 1, Stream.SISA_INIT: 1, Stream.SISA_STAGE: 2,
-    Stream.SISA_LAYOUT: 0, Stream.SISA_FORGET: 0, Stream.SISA_MEMBERSHIP: 1, Stream.BACKDOOR_POISON: 0,
-    Stream.BACKDOOR_TRIGGER: 1, Stream.UNSHARDED_INIT: 0, Stream.UNSHARDED_TRAINING: 1,
+    Stream.CLIENT_TRAINING: 2,
+    Stream.CLIENT_EVALUATION: 2,
+    Stream.GAN_INIT: 1,
+    Stream.GAN_TRAINING: 1,
+    Stream.PROBES: 1,
+    Stream.CLIENT_SELECTION: 1,
+    Stream.SISA_INIT: 1,
+    Stream.SISA_STAGE: 2,
+    Stream.SISA_LAYOUT: 0,
+    Stream.SISA_FORGET: 0,
+    Stream.SISA_MEMBERSHIP: 1,
+    Stream.BACKDOOR_POISON: 0,
+    Stream.BACKDOOR_TRIGGER: 1,
+    Stream.UNSHARDED_INIT: 0,
+    Stream.UNSHARDED_TRAINING: 1,
 }
 """How many indices select one draw of each stream."""
 

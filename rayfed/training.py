@@ -39,8 +39,17 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator, device: tor
     return batches
 
 
-def sgd_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-               epochs: int, batch_size: int, seed: int, augment_pad: torch.Tensor | None = None) -> int:
+def sgd_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    augment_pad: torch.Tensor | None = None,
+) -> int:
     """`epochs` passes of minibatch training of `model` on (x, y) with cross-entropy; returns samples processed.
 
     Every random draw (minibatch order, augmentation, dropout) comes from `seed`, so the same model, optimizer

@@ -11,12 +11,31 @@ from rayfed.config import load_config  # noqa: E402
 from rayfed.results import RunDirectory  # noqa: E402
 
 GOLDEN_SETTINGS = {
-    "fl": ["seed=3", "data.num_clients=3", "fl.rounds=2", "fl.local_epochs=1", "fl.methods=[fedavg,fedauditgan]",
-           "audit.gamma=[2.0]", "audit.gan_epochs=1", "audit.n_probes=64", "audit.gan_batch_size=128",
-           "data.client_test_size=20", "resources.server_threads=1", "resources.clients_per_actor=3",
-           "metrics.client_accuracy=train"],
-    "sisa": ["seed=3", "sisa.shards=2", "sisa.slices=2", "sisa.epochs=2", "unlearn.forget=6",
-             "unlearn.membership_size=20", "backdoor.poison=20", "resources.torch_threads=1"],
+    "fl": [
+        "seed=3",
+        "data.num_clients=3",
+        "fl.rounds=2",
+        "fl.local_epochs=1",
+        "fl.methods=[fedavg,fedauditgan]",
+        "audit.gamma=[2.0]",
+        "audit.gan_epochs=1",
+        "audit.n_probes=64",
+        "audit.gan_batch_size=128",
+        "data.client_test_size=20",
+        "resources.server_threads=1",
+        "resources.clients_per_actor=3",
+        "metrics.client_accuracy=train",
+    ],
+    "sisa": [
+        "seed=3",
+        "sisa.shards=2",
+        "sisa.slices=2",
+        "sisa.epochs=2",
+        "unlearn.forget=6",
+        "unlearn.membership_size=20",
+        "backdoor.poison=20",
+        "resources.torch_threads=1",
+    ],
 }
 """Explicit settings, so that a later change of a default does not move these runs."""
 

@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from rayfed.data.datasets import normalise
-from rayfed.fl.gan_audit import (AuditGan, FoldedEvaluator, PixelSpace, compute_bias, freeze, generate_probes,
-                             generator_loss, hypothetical_biases, train_fairness_gan)
+from rayfed.fl.gan_audit import (
+    AuditGan,
+    FoldedEvaluator,
+    PixelSpace,
+    compute_bias,
+    freeze,
+    generate_probes,
+    generator_loss,
+    hypothetical_biases,
+    train_fairness_gan,
+)
 from rayfed.models import CNN, Discriminator, FairnessGenerator, resnet18_cifar
 
 SHAPE = (1, 8, 8)
@@ -84,8 +93,9 @@ def _gap_after_training(classifier, epochs=15):
     torch.manual_seed(0)
     real_x, real_y = torch.randn(64, *SHAPE), torch.randint(0, 10, (64,))
     gan = AuditGan.create(16, 10, SHAPE, 0.1, 2e-3, torch.device("cpu"), seed=0)
-    train_fairness_gan(gan, classifier, real_x, real_y, epochs=epochs, lambda1=0.0, lambda2=0.0, batch_size=32,
-                       space=SPACE, seed=1)
+    train_fairness_gan(
+        gan, classifier, real_x, real_y, epochs=epochs, lambda1=0.0, lambda2=0.0, batch_size=32, space=SPACE, seed=1
+    )
     return gan
 
 
@@ -99,8 +109,9 @@ def test_gan_training_raises_the_prediction_gap_only_through_the_classifier_grad
     cpu = torch.device("cpu")
     before = compute_bias(freeze(classifier), *generate_probes(fresh.G, 256, SPACE, 5, cpu))
     ours = compute_bias(classifier, *generate_probes(_gap_after_training(classifier).G, 256, SPACE, 5, cpu))
-    notebook = compute_bias(classifier, *generate_probes(_gap_after_training(NoGradClassifier(classifier)).G,
-                                                         256, SPACE, 5, cpu))
+    notebook = compute_bias(
+        classifier, *generate_probes(_gap_after_training(NoGradClassifier(classifier)).G, 256, SPACE, 5, cpu)
+    )
     assert ours > 2 * notebook and ours > 2 * before, (before, notebook, ours)
 
 
@@ -110,8 +121,9 @@ def test_gan_last_batch_of_one_joins_the_previous_batch():
     classifier = CNN(SHAPE, 10)
     real_x, real_y = torch.randn(33, *SHAPE), torch.randint(0, 10, (33,))
     gan = AuditGan.create(16, 10, SHAPE, 0.1, 2e-3, torch.device("cpu"), seed=0)
-    train_fairness_gan(gan, classifier, real_x, real_y, epochs=1, lambda1=1.0, lambda2=1.0, batch_size=32,
-                       space=SPACE, seed=1)  # raised "Expected more than 1 value per channel" before
+    train_fairness_gan(
+        gan, classifier, real_x, real_y, epochs=1, lambda1=1.0, lambda2=1.0, batch_size=32, space=SPACE, seed=1
+    )  # raised "Expected more than 1 value per channel" before
     assert all(torch.isfinite(p).all() for p in gan.G.parameters())
 
 
@@ -128,14 +140,25 @@ def test_warm_start_continues_g_and_d():
     real_x, real_y = torch.randn(64, *SHAPE), torch.randint(0, 10, (64,))
     audit = AuditConfig(latent_dim=16, gan_epochs=2, gan_epochs_warm=1, gan_batch_size=32, warm_start=True)
     kwargs = dict(run_seed=7, round_index=2)
-    previous = train_audit(classifier, state, real_x, real_y, audit, SPACE, 10, SHAPE, run_seed=7,
-                           round_index=1).state_dict()
+    previous = train_audit(
+        classifier, state, real_x, real_y, audit, SPACE, 10, SHAPE, run_seed=7, round_index=1
+    ).state_dict()
     warm = train_audit(classifier, state, real_x, real_y, audit, SPACE, 10, SHAPE, gan_state=previous, **kwargs)
     fresh = train_audit(classifier, state, real_x, real_y, audit, SPACE, 10, SHAPE, **kwargs)
     by_hand = AuditGan.create(16, 10, SHAPE, audit.delta_scale, audit.gan_lr, torch.device("cpu"), seed=0)
     by_hand.load_state_dict(previous)
-    train_fairness_gan(by_hand, classifier, real_x, real_y, epochs=1, lambda1=audit.lambda1, lambda2=audit.lambda2,
-                       batch_size=32, space=SPACE, seed=stream_seed(7, Stream.GAN_TRAINING, 2))
+    train_fairness_gan(
+        by_hand,
+        classifier,
+        real_x,
+        real_y,
+        epochs=1,
+        lambda1=audit.lambda1,
+        lambda2=audit.lambda2,
+        batch_size=32,
+        space=SPACE,
+        seed=stream_seed(7, Stream.GAN_TRAINING, 2),
+    )
     for key, value in warm.G.state_dict().items():
         assert torch.equal(value, by_hand.G.state_dict()[key]), key
     for key, value in warm.D.state_dict().items():
@@ -148,8 +171,10 @@ def test_folded_scoring_equals_scoring_each_model_one_by_one(build):
     torch.manual_seed(0)
     model = _randomise_batchnorm(build()).eval()
     state = copy.deepcopy(model.state_dict())
-    updates = [{k: (0.05 * torch.randn_like(v) if v.is_floating_point() else torch.ones_like(v))
-                for k, v in state.items()} for _ in range(4)]
+    updates = [
+        {k: (0.05 * torch.randn_like(v) if v.is_floating_point() else torch.ones_like(v)) for k, v in state.items()}
+        for _ in range(4)
+    ]
     x = torch.randn(40, *SHAPE)
     x_prime = x + 0.2 * torch.randn_like(x)
     base, biases = hypothetical_biases(FoldedEvaluator(model), state, updates, x, x_prime, chunk=16)

@@ -89,7 +89,7 @@ def test_trigger_is_set_in_pixel_space_then_normalised(digits):
 
 def test_trigger_stamps_exactly_its_square_and_no_other_pixel(digits):
     x = digits.test_x[:50]
-    level = float(((1.0 - digits.mean[0]) / digits.std[0]))
+    level = float((1.0 - digits.mean[0]) / digits.std[0])
     for position in ("bottom_right", "random"):
         out = stamp(x, digits.mean, digits.std, size=3, value=1.0, position=position, seed=7)
         square = torch.zeros_like(x, dtype=torch.bool)
@@ -108,8 +108,19 @@ def test_poisoning_persists_and_badnets_relabels_non_target_images(digits):
     y = digits.train_y
     idx = choose_poison(y, target=3, num_classes=10, mode="badnets", count=None, fraction=0.05, seed=0)
     assert len(idx) == round(0.05 * int((y != 3).sum())) and (y[idx] != 3).all()  # a share of the candidates
-    x2, y2 = poison_data(digits.train_x, y, idx, target=3, mode="badnets", mean=digits.mean, std=digits.std,
-                         size=3, value=1.0, position="bottom_right", seed=0)
+    x2, y2 = poison_data(
+        digits.train_x,
+        y,
+        idx,
+        target=3,
+        mode="badnets",
+        mean=digits.mean,
+        std=digits.std,
+        size=3,
+        value=1.0,
+        position="bottom_right",
+        seed=0,
+    )
     assert (y2[idx] == 3).all() and not torch.equal(x2[idx], digits.train_x[idx])  # the notebook's edit did not stick
     others = np.setdiff1d(np.arange(len(y)), idx)
     assert torch.equal(x2[others], digits.train_x[others]) and torch.equal(y2[others], y[others])
@@ -117,8 +128,19 @@ def test_poisoning_persists_and_badnets_relabels_non_target_images(digits):
     assert len(clean) == 20 and (y[clean] == 3).all()  # a count wins over the fraction
     half = choose_poison(y, target=3, num_classes=10, mode="clean_label", count=None, fraction=0.5, seed=0)
     assert len(half) == round(0.5 * int((y == 3).sum()))  # half the target class, not 50% of the training set
-    _, y3 = poison_data(digits.train_x, y, clean, target=3, mode="clean_label", mean=digits.mean, std=digits.std,
-                        size=3, value=1.0, position="bottom_right", seed=0)
+    _, y3 = poison_data(
+        digits.train_x,
+        y,
+        clean,
+        target=3,
+        mode="clean_label",
+        mean=digits.mean,
+        std=digits.std,
+        size=3,
+        value=1.0,
+        position="bottom_right",
+        seed=0,
+    )
     assert torch.equal(y3, y)
 
 
@@ -144,19 +166,37 @@ def test_backdoor_is_present_before_unlearning_and_gone_after(digits, tmp_path):
     trigger = {"mean": digits.mean, "std": digits.std, "size": 3, "value": 1.0, "position": "bottom_right"}
     x, y = poison_data(clean_x, clean_y, idx, target=target, mode="badnets", seed=0, **trigger)
     layout = make_layout(len(y), shards=2, slices=2, seed=0)
-    settings = TrainSettings(model="cnn", input_shape=digits.shape, num_classes=10, epochs=(2, 2), lr=0.01,
-                             momentum=0.9, batch_size=32, seed=1)
-    trainers = [ShardTrainer(s, list(layout.slices[s]), x[torch.from_numpy(layout.shard_indices(s))],
-                             y[torch.from_numpy(layout.shard_indices(s))], settings, tmp_path / f"shard{s}")
-                for s in range(2)]
+    settings = TrainSettings(
+        model="cnn",
+        input_shape=digits.shape,
+        num_classes=10,
+        epochs=(2, 2),
+        lr=0.01,
+        momentum=0.9,
+        batch_size=32,
+        seed=1,
+    )
+    trainers = [
+        ShardTrainer(
+            s,
+            list(layout.slices[s]),
+            x[torch.from_numpy(layout.shard_indices(s))],
+            y[torch.from_numpy(layout.shard_indices(s))],
+            settings,
+            tmp_path / f"shard{s}",
+        )
+        for s in range(2)
+    ]
     triggered = stamp(digits.test_x, **trigger)
 
     def asr_and_accuracy():
         models = [model_from_state(settings, t.final_state()) for t in trainers]
         pred_triggered = combine_shards(shard_probs(models, triggered), "mean")[0]
         pred_clean = combine_shards(shard_probs(models, digits.test_x), "mean")[0]
-        return (attack_success_rate(pred_triggered, digits.test_y, target),
-                100 * float((pred_clean == digits.test_y).float().mean()))
+        return (
+            attack_success_rate(pred_triggered, digits.test_y, target),
+            100 * float((pred_clean == digits.test_y).float().mean()),
+        )
 
     for t in trainers:
         t.run()

@@ -1,7 +1,8 @@
 """The benchmark's notebook-loop port computes what rayfed computes: one tiny Fed-AuditGAN round of the port
-(benchmarks/notebook_loop.py) against rayfed's plain functions run in-process the way the actors call them
-(benchmarks/bench_round.RayfedInProcess, which calls the same rayfed.fl.round functions as the actors), on CPU with the same seeds: same dw_i, same G (hence same probes),
-same B_i and S_i, same aggregated Theta (integer buffers included)."""
+(benchmarks/notebook_loop.py) against rayfed's plain functions run in-process
+(benchmarks/bench_round.RayfedInProcess calls the same rayfed.fl.round functions the actors wrap), on CPU with
+the same seeds: same dw_i, same G (hence same probes), same B_i and S_i, same aggregated Theta (integer buffers
+included)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from bench_round import RayfedInProcess  # noqa: E402
 from notebook_loop import NotebookFedAuditGan, PhaseTimer, ShuffledBatches  # noqa: E402
 
 from rayfed.config import load_config  # noqa: E402
-from rayfed.training import minibatches  # noqa: E402
 from rayfed.fl.setup import build_federation, initial_model_state  # noqa: E402
-from rayfed.fl.strategies.fedauditgan import FedAuditGan  # noqa: E402
 from rayfed.fl.state import to_numpy, to_torch  # noqa: E402
+from rayfed.fl.strategies.fedauditgan import FedAuditGan  # noqa: E402
 from rayfed.models.layers import TrimmedConv2d, UpsampleConv2d  # noqa: E402
+from rayfed.training import minibatches  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +30,21 @@ def tiny():
     # Seed 1: digits' pixels take few values, so max-pool and ReLU ties are common, and float rounding (the
     # port's DataLoader batches vs rayfed's indexing) can break one differently and grow through SGD; with seed
     # 42's draws one client's dw differed by 5e-2 that way, while seeds 1, 2 and 4 stay within 4e-6.
-    config = load_config(None, [
-        "seed=1", "data.dataset=digits", "data.num_clients=3", "fl.local_epochs=1", "data.batch_size=16",
-        "audit.gan_epochs=1", "audit.n_probes=64", "audit.gan_batch_size=64", "audit.gamma=2.0",
-        "data.client_test_size=20",
-    ])
+    config = load_config(
+        None,
+        [
+            "seed=1",
+            "data.dataset=digits",
+            "data.num_clients=3",
+            "fl.local_epochs=1",
+            "data.batch_size=16",
+            "audit.gan_epochs=1",
+            "audit.n_probes=64",
+            "audit.gan_batch_size=64",
+            "audit.gamma=2.0",
+            "data.client_test_size=20",
+        ],
+    )
     return config, build_federation(config)
 
 
@@ -56,13 +67,16 @@ def test_port_round_equals_rayfed_functions(tiny, monkeypatch):
     port = NotebookFedAuditGan(config, federation, cpu, workers=0)
     port_out = port.round(1, "fedauditgan", 2.0)
     ours, new_state = RayfedInProcess(config, federation, cpu).round(
-        1, to_numpy(initial_model_state(config, federation, config.seed)), FedAuditGan(2.0), PhaseTimer(cpu))
+        1, to_numpy(initial_model_state(config, federation, config.seed)), FedAuditGan(2.0), PhaseTimer(cpu)
+    )
 
     assert port_out["clients"] == ours["clients"] == [0, 1, 2]
     for a, b in zip(port_out["updates"], ours["updates"]):  # Phase 1: dw_i
         for key in a:
             assert a[key].dtype == b[key].dtype, key
-            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)  # float noise ~1e-6; a wrong batch order ~1e-2
+            torch.testing.assert_close(
+                a[key], b[key], rtol=1e-4, atol=1e-5, msg=key
+            )  # float noise ~1e-6; a wrong batch order ~1e-2
     # Phases 2-3: the same G gives the same probes, hence the same B and S (the folded template and the plain
     # model agree to ~1e-5 relative; a G trained differently or probes left in GAN space change B entirely).
     scale = max(ours["B_list"] + [ours["bias"]])

@@ -10,8 +10,9 @@ ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
 
 
 def rayfed(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "rayfed", *args], capture_output=True, text=True, env=ENV,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rayfed", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300
+    )
 
 
 def assert_user_error(result, *needles):
@@ -58,8 +59,7 @@ def test_bad_values_exit_2_and_leave_no_run_dir(tmp_path, args, needle):
 
 
 def test_missing_config_file(tmp_path):
-    assert_user_error(rayfed("fl", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")),
-                      "nope.yaml")
+    assert_user_error(rayfed("fl", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")), "nope.yaml")
     assert not (tmp_path / "r").exists()
 
 
@@ -78,8 +78,17 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
 
 def test_dataset_not_on_disk_names_where_it_looked(tmp_path):
     out = tmp_path / "r"
-    result = rayfed("fl", "--set", "data.dataset=cifar10", "--set", f"data.root={tmp_path / 'nodata'}",
-                    "--set", "data.download=false", "--out", str(out))
+    result = rayfed(
+        "fl",
+        "--set",
+        "data.dataset=cifar10",
+        "--set",
+        f"data.root={tmp_path / 'nodata'}",
+        "--set",
+        "data.download=false",
+        "--out",
+        str(out),
+    )
     assert_user_error(result, "cifar10", str(tmp_path / "nodata"))
     assert not out.exists()
 

@@ -46,11 +46,21 @@ def test_aws_cluster_has_a_cpu_head_and_autoscaling_gpu_workers():
 
 def test_launch_runs_rayfed_commands_from_the_project_folder(tmp_path):
     """launch.py is what `ray submit` runs: a bad sweep file gives the CLI's own error and exit status."""
-    result = subprocess.run([sys.executable, str(CLUSTER / "launch.py"), "sweep", "tune_configs/nope.yaml"],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                            env={**ENV, "RAYFED_PROJECT": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, str(CLUSTER / "launch.py"), "sweep", "tune_configs/nope.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**ENV, "RAYFED_PROJECT": str(ROOT)},
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: sweep file tune_configs/nope.yaml does not exist"
-    missing = subprocess.run([sys.executable, str(CLUSTER / "launch.py"), "fl"], capture_output=True, text=True,
-                             timeout=60, env={**ENV, "RAYFED_PROJECT": str(tmp_path / "absent")})
+    missing = subprocess.run(
+        [sys.executable, str(CLUSTER / "launch.py"), "fl"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**ENV, "RAYFED_PROJECT": str(tmp_path / "absent")},
+    )
     assert missing.returncode == 2 and "RAYFED_PROJECT" in missing.stderr

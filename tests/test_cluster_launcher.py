@@ -40,8 +40,22 @@ from rayfed.results import read_table
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-TINY_FL = ["--address", "auto", "--set", "data.num_clients=3", "--set", "fl.rounds=2", "--set", "fl.methods=[fedavg]",
-           "--set", "fl.local_epochs=1", "--set", "tracking.wandb=disabled", "--out", "runs/launcher-test"]
+TINY_FL = [
+    "--address",
+    "auto",
+    "--set",
+    "data.num_clients=3",
+    "--set",
+    "fl.rounds=2",
+    "--set",
+    "fl.methods=[fedavg]",
+    "--set",
+    "fl.local_epochs=1",
+    "--set",
+    "tracking.wandb=disabled",
+    "--out",
+    "runs/launcher-test",
+]
 
 PROXY = textwrap.dedent("""
     # ssh ProxyCommand: relays stdin/stdout to HOST PORT
@@ -89,7 +103,8 @@ def ssh_head():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(temp / key)], check=True)
     shutil.copy(temp / "client_key.pub", temp / "authorized_keys")
     (temp / "home").mkdir()
-    (temp / "sshd_config").write_text(textwrap.dedent(f"""
+    (temp / "sshd_config").write_text(
+        textwrap.dedent(f"""
         Port {port}
         ListenAddress 127.0.0.1
         HostKey {temp}/host_key
@@ -101,25 +116,43 @@ def ssh_head():
         StrictModes no
         UsePAM no
         SetEnv HOME={temp}/home
-    """))
+    """)
+    )
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
     with open(temp / "sshd.log", "w") as log:
-        sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(temp / "sshd_config")], stdout=subprocess.DEVNULL,
-                                stderr=log, start_new_session=True)
+        sshd = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(temp / "sshd_config")],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
     try:
         (temp / "proxy.py").write_text(PROXY)
-        probe = ["ssh", "-i", str(temp / "client_key"), "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes",
-                 "-o", "UserKnownHostsFile=/dev/null", "-o", f"ProxyCommand={proxy_command(temp, port)}",
-                 f"{getpass.getuser()}@127.0.0.1", "echo $HOME"]
+        probe = [
+            "ssh",
+            "-i",
+            str(temp / "client_key"),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            f"ProxyCommand={proxy_command(temp, port)}",
+            f"{getpass.getuser()}@127.0.0.1",
+            "echo $HOME",
+        ]
         for _ in range(20):
             answer = subprocess.run(probe, capture_output=True, text=True, timeout=30)
             if answer.returncode == 0 or sshd.poll() is not None:
                 break
             time.sleep(0.5)
         if answer.stdout.strip() != str(temp / "home"):
-            pytest.skip(f"could not start an SSH server here: {(temp / 'sshd.log').read_text()[-300:]}"
-                        f" {answer.stderr[-300:]}")
+            pytest.skip(
+                f"could not start an SSH server here: {(temp / 'sshd.log').read_text()[-300:]} {answer.stderr[-300:]}"
+            )
         yield temp, port
     finally:
         stop_processes(str(temp), sshd.pid)  # the head's Ray and sshd with its sessions
@@ -143,8 +176,11 @@ def cluster_file(temp: Path, ssh_port: int, ray_port: int) -> dict:
     config["cluster_name"] = f"rayfed-test-{secrets.token_hex(3)}"
     config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
     config.update(min_workers=0, max_workers=0)
-    config["auth"] = {"ssh_user": getpass.getuser(), "ssh_private_key": str(temp / "client_key"),
-                      "ssh_proxy_command": proxy_command(temp, ssh_port)}
+    config["auth"] = {
+        "ssh_user": getpass.getuser(),
+        "ssh_private_key": str(temp / "client_key"),
+        "ssh_proxy_command": proxy_command(temp, ssh_port),
+    }
     (mount,) = config["file_mounts"].values()
     config["file_mounts"] = {str(home / "rayfed"): mount}
     setup = config["setup_commands"]
@@ -163,8 +199,13 @@ def cluster_file(temp: Path, ssh_port: int, ray_port: int) -> dict:
     start = config["head_start_ray_commands"]
     assert any("ray start --head --port=6379" in c for c in start)
     config["head_start_ray_commands"] = [
-        c.replace("--port=6379", f"--port={ray_port} --num-cpus=2 --include-dashboard=false "
-                  "--node-ip-address=127.0.0.1 --disable-usage-stats").replace("ray stop", stop_head) for c in start]
+        c.replace(
+            "--port=6379",
+            f"--port={ray_port} --num-cpus=2 --include-dashboard=false "
+            "--node-ip-address=127.0.0.1 --disable-usage-stats",
+        ).replace("ray stop", stop_head)
+        for c in start
+    ]
     config["worker_start_ray_commands"] = []  # no workers
     assert not [c for c in yaml.safe_dump(config).splitlines() if "ray stop" in c]
     return config
@@ -178,17 +219,25 @@ def test_ray_up_submit_down_on_a_head_reached_over_ssh(ssh_head):
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     (temp / "launcher").mkdir()
     # the launcher's side in T too: its home, Ray's config cache (TMPDIR), the local provider's state (RAY_TMPDIR)
-    env = {**os.environ, "HOME": str(temp / "launcher"), "TMPDIR": str(temp), "RAY_TMPDIR": str(temp),
-           "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "HOME": str(temp / "launcher"),
+        "TMPDIR": str(temp),
+        "RAY_TMPDIR": str(temp),
+        "PYTHONWARNINGS": "ignore",
+    }
     env.pop("RAY_ADDRESS", None)
     head_home = temp / "home"
     try:
         run([RAY, "up", "-y", "--no-config-cache", str(path)], env, timeout=300)
         # every module of the package imports from the mount (the venv's editable install would hide a gap)
-        modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-                         for p in (ROOT / "rayfed").rglob("*.py") if p.name != "__main__.py")  # that one runs the CLI
+        modules = sorted(
+            ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            for p in (ROOT / "rayfed").rglob("*.py")
+            if p.name != "__main__.py"
+        )  # that one runs the CLI
         where = "import importlib, sys; [print('FILE', importlib.import_module(m).__file__) for m in sys.argv[1:]]"
-        origin = run([RAY, "exec", str(path), f"python -c \"{where}\" {' '.join(modules)}"], env, timeout=180)
+        origin = run([RAY, "exec", str(path), f'python -c "{where}" {" ".join(modules)}'], env, timeout=180)
         files = [line.split()[1] for line in origin.stdout.splitlines() if line.startswith("FILE ")]
         assert len(files) == len(modules) and "rayfed.data" in modules, origin.stdout[-2000:]
         outside = [f for f in files if not f.startswith(f"{head_home}/rayfed/rayfed/")]
@@ -197,8 +246,9 @@ def test_ray_up_submit_down_on_a_head_reached_over_ssh(ssh_head):
         run_dir = head_home / "rayfed" / "runs" / "launcher-test"
         assert f"results in {run_dir}" in submit.stdout + submit.stderr
     finally:
-        down = subprocess.run([RAY, "down", "-y", str(path)], capture_output=True, text=True, env=env, cwd=ROOT,
-                              timeout=120)
+        down = subprocess.run(
+            [RAY, "down", "-y", str(path)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+        )
         remove_ssh_control_path(config["cluster_name"])
     assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
     assert not processes_using(f"{temp}/ray/"), "ray down left the head's Ray running"

@@ -120,9 +120,27 @@ def test_fl_on_two_one_gpu_nodes_places_more_actors_than_fit_on_one(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore", "RAY_TMPDIR": temp}
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
-        [sys.executable, "-c", SIMULATED_CLUSTER, "--set", "data.num_clients=4", "--set", "fl.rounds=1",
-         "--set", "fl.methods=[fedavg]", "--set", "fl.local_epochs=1", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        [
+            sys.executable,
+            "-c",
+            SIMULATED_CLUSTER,
+            "--set",
+            "data.num_clients=4",
+            "--set",
+            "fl.rounds=1",
+            "--set",
+            "fl.methods=[fedavg]",
+            "--set",
+            "fl.local_epochs=1",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         _, stderr = process.communicate(timeout=420)
     finally:
@@ -145,9 +163,27 @@ def test_actors_that_cannot_be_placed_are_an_error_not_a_wait(tmp_path, command,
     out = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore", "RAY_ADDRESS": ""}
     result = subprocess.run(
-        [sys.executable, "-m", "rayfed", command, "--set", count, "--set", f"resources.{key}=0.6",
-         "--set", "resources.clients_per_actor=1",
-         "--set", "fl.rounds=1", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "rayfed",
+            command,
+            "--set",
+            count,
+            "--set",
+            f"resources.{key}=0.6",
+            "--set",
+            "resources.clients_per_actor=1",
+            "--set",
+            "fl.rounds=1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: resources.{key}=0.6: 64 actors of "), result.stderr

@@ -13,8 +13,13 @@ from ray.autoscaler._private.command_runner import SSHCommandRunner
 ROOT = Path(__file__).resolve().parents[1]
 NOT_COPIED = {".git", ".venv", ".venv-ci", "runs", "data", "wandb", ".pytest_cache", "build", "dist"}
 """Top-level folders left out of the checkout copy (the test plants small ones of its own)."""
-PLANTED = ["data/digits/train.npz", "runs/fl-1/rounds.parquet", ".venv/bin/python", ".git/HEAD",
-           "rayfed/__pycache__/cli.cpython-311.pyc"]
+PLANTED = [
+    "data/digits/train.npz",
+    "runs/fl-1/rounds.parquet",
+    ".venv/bin/python",
+    ".git/HEAD",
+    "rayfed/__pycache__/cli.cpython-311.pyc",
+]
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
 
@@ -29,8 +34,15 @@ def sync(options: dict, source: Path, target: Path) -> None:
 def checkout(tmp_path_factory):
     """This checkout's files (top-level junk folders aside) plus the folders a user's checkout holds."""
     copy = tmp_path_factory.mktemp("checkout") / "rayfed"
-    shutil.copytree(ROOT, copy, ignore=lambda folder, names: NOT_COPIED & set(names) if Path(folder) == ROOT else
-                    {n for n in names if n == "__pycache__" or n.endswith(".egg-info")})
+    shutil.copytree(
+        ROOT,
+        copy,
+        ignore=lambda folder, names: (
+            NOT_COPIED & set(names)
+            if Path(folder) == ROOT
+            else {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
+        ),
+    )
     for name in PLANTED:
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         (copy / name).write_bytes(b"x")
@@ -59,6 +71,9 @@ def test_the_mount_ships_every_module_and_no_data(name, checkout, tmp_path):
 
 def test_unanchored_excludes_would_drop_rayfed_data(checkout, tmp_path):
     """The excludes the cluster files had: `data` matches rayfed/data/ too, so the package arrived broken."""
-    sync({"rsync_exclude": [".git", ".venv", "runs", "data", "**/__pycache__"], "rsync_filter": [".gitignore"]},
-         checkout, tmp_path)
+    sync(
+        {"rsync_exclude": [".git", ".venv", "runs", "data", "**/__pycache__"], "rsync_filter": [".gitignore"]},
+        checkout,
+        tmp_path,
+    )
     assert (tmp_path / "rayfed" / "cli.py").is_file() and not (tmp_path / "rayfed" / "data").exists()

@@ -58,7 +58,7 @@ def test_extreme_partition_is_the_notebooks_algorithm():
         for c in client_classes:
             n_samples = len(class_indices[c]) // (6 // 2)
             start = np.random.randint(0, max(1, len(class_indices[c]) - n_samples))
-            idx.extend(class_indices[c][start:start + n_samples])
+            idx.extend(class_indices[c][start : start + n_samples])
         np.random.shuffle(idx)
         assert np.array_equal(ours[cid], np.array(idx))
         assert 1 <= len(set(labels[ours[cid]].tolist())) <= 2
@@ -113,8 +113,10 @@ def _write_cifar(root, n_per_batch=10):
     rng = np.random.RandomState(0)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
-        batch = {"data": rng.randint(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 "labels": rng.randint(0, 10, n_per_batch).tolist()}
+        batch = {
+            "data": rng.randint(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            "labels": rng.randint(0, 10, n_per_batch).tolist(),
+        }
         (folder / name).write_bytes(pickle.dumps(batch))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
     return {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in names + ["batches.meta"]}

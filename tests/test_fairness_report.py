@@ -26,14 +26,28 @@ def test_mean_interval_hand_case():
 
 
 def _round(method, gamma, seed, rnd, accuracy, jfi, min_accuracy, gap):
-    return {"method": method, "gamma": gamma, "q": None, "seed": seed, "round": rnd, "accuracy": accuracy,
-            "jfi": jfi, "max_min": 0.5, "variance": 1.0, "min_accuracy": min_accuracy, "max_accuracy": 90.0,
-            "gap": gap, "bias": None, "effective_clients": 3.0}
+    return {
+        "method": method,
+        "gamma": gamma,
+        "q": None,
+        "seed": seed,
+        "round": rnd,
+        "accuracy": accuracy,
+        "jfi": jfi,
+        "max_min": 0.5,
+        "variance": 1.0,
+        "min_accuracy": min_accuracy,
+        "max_accuracy": 90.0,
+        "gap": gap,
+        "bias": None,
+        "effective_clients": 3.0,
+    }
 
 
 ROWS = [
     _round("fedavg", None, 1, 1, 10.0, 0.5, 5.0, 50.0),  # an earlier round: not the final figures
-    _round("fedavg", None, 1, 2, 80.0, 0.90, 60.0, 30.0), _round("fedavg", None, 2, 2, 82.0, 0.92, 62.0, 28.0),
+    _round("fedavg", None, 1, 2, 80.0, 0.90, 60.0, 30.0),
+    _round("fedavg", None, 2, 2, 82.0, 0.92, 62.0, 28.0),
     _round("fedauditgan", 2.0, 1, 2, 81.0, 0.95, 70.0, 20.0),
     _round("fedauditgan", 2.0, 2, 2, 85.0, 0.93, 66.0, 25.0),
 ]
@@ -61,13 +75,23 @@ def test_weight_figures_hand_case():
     assert figures["effective_clients"] == pytest.approx(1 / (0.25 + 0.0625 + 0.0625))
     assert figures["max_weight"] == 0.5
     assert figures["score_spread"] == pytest.approx(math.sqrt(0.02 / 3))
-    assert weight_figures([0.25] * 4, [None] * 4) == {"effective_clients": 4.0, "max_weight": 0.25,
-                                                       "score_spread": None}
+    assert weight_figures([0.25] * 4, [None] * 4) == {
+        "effective_clients": 4.0,
+        "max_weight": 0.25,
+        "score_spread": None,
+    }
 
 
 def _client(method, gamma, seed, rnd, weight):
-    return {"method": method, "gamma": gamma, "q": None, "seed": seed, "round": rnd, "weight": weight,
-            "participated": True}
+    return {
+        "method": method,
+        "gamma": gamma,
+        "q": None,
+        "seed": seed,
+        "round": rnd,
+        "weight": weight,
+        "participated": True,
+    }
 
 
 def test_uniform_weight_note_only_for_adaptive_runs_within_one_percent():
@@ -90,8 +114,10 @@ def test_standardised_scores_make_gamma_scale_free():
 
 def test_uniform_strategy_averages_the_models():
     theta = {"w": torch.tensor([0.0, 0.0]), "n": torch.tensor(4)}
-    updates = [LocalResult(0, 10, {"w": torch.tensor([1.0, 0.0]), "n": torch.tensor(2)}, 1.0),
-               LocalResult(1, 90, {"w": torch.tensor([0.0, 3.0]), "n": torch.tensor(2)}, 1.0)]
+    updates = [
+        LocalResult(0, 10, {"w": torch.tensor([1.0, 0.0]), "n": torch.tensor(2)}, 1.0),
+        LocalResult(1, 90, {"w": torch.tensor([0.0, 3.0]), "n": torch.tensor(2)}, 1.0),
+    ]
     decision = Uniform().aggregate(theta, updates, None)
     assert decision.weights == [0.5, 0.5]  # 1/K, whatever the sizes (FedAvg: 0.1, 0.9)
     assert torch.allclose(decision.state["w"], torch.tensor([0.5, 1.5]))
@@ -146,11 +172,24 @@ def test_qffl_with_q_0_is_the_uniform_average_of_the_models():
     from rayfed.fl.strategies.qffl import QFedAvg
 
     torch.manual_seed(0)
-    theta = {"conv.weight": torch.randn(3, 2), "bn.running_mean": torch.randn(3),
-             "bn.num_batches_tracked": torch.tensor(10)}
-    updates = [LocalResult(i, 10 * (i + 1), {"conv.weight": torch.randn(3, 2), "bn.running_mean": torch.randn(3),
-                                             "bn.num_batches_tracked": torch.tensor(3)}, float(i + 1))
-               for i in range(3)]
+    theta = {
+        "conv.weight": torch.randn(3, 2),
+        "bn.running_mean": torch.randn(3),
+        "bn.num_batches_tracked": torch.tensor(10),
+    }
+    updates = [
+        LocalResult(
+            i,
+            10 * (i + 1),
+            {
+                "conv.weight": torch.randn(3, 2),
+                "bn.running_mean": torch.randn(3),
+                "bn.num_batches_tracked": torch.tensor(3),
+            },
+            float(i + 1),
+        )
+        for i in range(3)
+    ]
     buffers = frozenset({"bn.running_mean", "bn.num_batches_tracked"})
     qffl = QFedAvg(0.0, 1 / 0.01).aggregate(theta, updates, None, buffers)
     uniform = Uniform().aggregate(theta, updates, None)

@@ -14,16 +14,23 @@ from rayfed.config import load_config
 from rayfed.engine.fl_engine import FederatedEngine
 from rayfed.engine.fl_run import run_fl
 from rayfed.fl.setup import build_federation, initial_model_state
+from rayfed.fl.state import to_numpy
 from rayfed.fl.strategies import LocalResult
 from rayfed.fl.strategies.fedauditgan import FedAuditGan
 from rayfed.fl.strategies.fedavg import FedAvg
-from rayfed.fl.state import to_numpy
 from rayfed.results import RunDirectory
 
 pytestmark = pytest.mark.slow
 
 SEED = 3
-BASE = ["fl.methods=[fedavg,fedauditgan]", "data.num_clients=3", "audit.gamma=[2.0]", "audit.n_probes=64", "data.client_test_size=20", f"seed={SEED}"]
+BASE = [
+    "fl.methods=[fedavg,fedauditgan]",
+    "data.num_clients=3",
+    "audit.gamma=[2.0]",
+    "audit.n_probes=64",
+    "data.client_test_size=20",
+    f"seed={SEED}",
+]
 
 
 def _engine(extra):
@@ -65,7 +72,9 @@ def test_client_killed_mid_training(ray_session, policy, caplog):
     else:  # aggregated without it, weights renormalised over the others
         assert not rows[1]["participated"] and rows[1]["weight"] == 0.0
         assert rows[0]["weight"] + rows[2]["weight"] == pytest.approx(1.0)
-        assert rows[0]["weight"] == pytest.approx(rows[0]["num_samples"] / (rows[0]["num_samples"] + rows[2]["num_samples"]))
+        assert rows[0]["weight"] == pytest.approx(
+            rows[0]["num_samples"] / (rows[0]["num_samples"] + rows[2]["num_samples"])
+        )
         assert "dropped" in caplog.text
     assert result.round_row["participants"] == (3 if policy == "retry" else 2)
 
@@ -96,13 +105,18 @@ def test_server_killed_mid_audit_gives_the_same_round(ray_session):
 def test_corrupt_updates_are_rejected_and_the_rest_renormalised(ray_session, method):
     engine, state_ref = _engine(["fl.local_epochs=1"])
     try:
-        good = ray.get([actor.train.remote(1, SEED, state_ref, [cid])[1] for cid, actor in enumerate(engine.actors[:2])])
+        good = ray.get(
+            [actor.train.remote(1, SEED, state_ref, [cid])[1] for cid, actor in enumerate(engine.actors[:2])]
+        )
         nan_delta = {k: v.copy() for k, v in good[0][0].delta.items()}
         nan_delta["fc2.weight"][0, 0] = np.nan
         wrong_shape = {k: v.copy() for k, v in good[1][0].delta.items()}
         wrong_shape["fc2.bias"] = np.zeros(3, dtype=np.float32)
-        crafted = [LocalResult(7, 10, nan_delta, 1.0), LocalResult(8, 10, wrong_shape, 1.0),
-                   LocalResult(9, 10, good[1][0].delta, float("inf"))]
+        crafted = [
+            LocalResult(7, 10, nan_delta, 1.0),
+            LocalResult(8, 10, wrong_shape, 1.0),
+            LocalResult(9, 10, good[1][0].delta, float("inf")),
+        ]
         refs = [ray.put(good[0]), ray.put(good[1]), ray.put(crafted)]
         probes = engine.server.audit.remote(1, SEED, state_ref)[0] if method == "fedauditgan" else None
         run = FedAuditGan(2.0) if method == "fedauditgan" else FedAvg()
@@ -117,8 +131,18 @@ def test_corrupt_updates_are_rejected_and_the_rest_renormalised(ray_session, met
 
 
 def test_partial_participation_and_many_clients_per_actor(ray_session, tmp_path):
-    common = ["fl.methods=[fedavg,fedauditgan]", "data.num_clients=4", "fl.clients_per_round=2", "fl.rounds=2", "fl.local_epochs=1",
-              "audit.gamma=[1.0]", "audit.n_probes=32", "audit.gan_epochs=1", "data.client_test_size=10", "seed=11"]
+    common = [
+        "fl.methods=[fedavg,fedauditgan]",
+        "data.num_clients=4",
+        "fl.clients_per_round=2",
+        "fl.rounds=2",
+        "fl.local_epochs=1",
+        "audit.gamma=[1.0]",
+        "audit.n_probes=32",
+        "audit.gan_epochs=1",
+        "data.client_test_size=10",
+        "seed=11",
+    ]
     tables = []
     for per_actor in (1, 2):
         config = load_config(None, common + [f"resources.clients_per_actor={per_actor}"])
@@ -145,10 +169,31 @@ def test_a_stalled_round_stops_with_an_error_naming_what_it_waited_for(tmp_path)
 
     out = tmp_path / "stalled"
     result = subprocess.run(
-        [sys.executable, "-m", "rayfed", "fl", "--out", str(out), *[a for s in BASE + [
-            "fl.rounds=1", "fl.methods=[fedauditgan]", "audit.gan_epochs=5", "fl.local_epochs=1",
-            "resources.stall_timeout=0.01"] for a in ("--set", s)]],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_MODE": "disabled"})
+        [
+            sys.executable,
+            "-m",
+            "rayfed",
+            "fl",
+            "--out",
+            str(out),
+            *[
+                a
+                for s in BASE
+                + [
+                    "fl.rounds=1",
+                    "fl.methods=[fedauditgan]",
+                    "audit.gan_epochs=5",
+                    "fl.local_epochs=1",
+                    "resources.stall_timeout=0.01",
+                ]
+                for a in ("--set", s)
+            ],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
     assert result.returncode == 3, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "waiting for" in errors[0] and "resources.stall_timeout" in errors[0], errors

@@ -17,8 +17,17 @@ from rayfed.results import RunDirectory
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["fl.methods=[fedavg,fedauditgan]", "data.num_clients=3", "fl.rounds=2", "fl.local_epochs=1", "audit.gamma=[2.0]", "audit.gan_epochs=2",
-         "audit.n_probes=64", "data.client_test_size=20", "seed=5"]
+SMALL = [
+    "fl.methods=[fedavg,fedauditgan]",
+    "data.num_clients=3",
+    "fl.rounds=2",
+    "fl.local_epochs=1",
+    "audit.gamma=[2.0]",
+    "audit.gan_epochs=2",
+    "audit.n_probes=64",
+    "data.client_test_size=20",
+    "seed=5",
+]
 
 
 def small_run(tmp_path, name, extra=()):
@@ -37,13 +46,39 @@ def two_runs(tmp_path_factory, ray_session):
 
 def test_run_directory_holds_the_contract(two_runs):
     path = two_runs[0]
-    for name in ("config.yaml", "rounds.parquet", "clients.parquet", "summary.md", "fairness.png",
-                 "model_fedavg.pt", "model_fedauditgan_gamma2.pt"):
+    for name in (
+        "config.yaml",
+        "rounds.parquet",
+        "clients.parquet",
+        "summary.md",
+        "fairness.png",
+        "model_fedavg.pt",
+        "model_fedauditgan_gamma2.pt",
+    ):
         assert (path / name).is_file(), name
     rounds = pd.read_parquet(path / "rounds.parquet")
-    contract = ["method", "gamma", "q", "seed", "round", "accuracy", "bias", "jfi", "max_min", "variance",
-                "min_accuracy", "max_accuracy", "mean_accuracy", "gap", "fairness_basis", "participants",
-                "effective_clients", "max_weight", "score_spread", "seconds"]
+    contract = [
+        "method",
+        "gamma",
+        "q",
+        "seed",
+        "round",
+        "accuracy",
+        "bias",
+        "jfi",
+        "max_min",
+        "variance",
+        "min_accuracy",
+        "max_accuracy",
+        "mean_accuracy",
+        "gap",
+        "fairness_basis",
+        "participants",
+        "effective_clients",
+        "max_weight",
+        "score_spread",
+        "seconds",
+    ]
     assert list(rounds.columns) == contract
     assert len(rounds) == 4 and set(rounds["round"]) == {1, 2}
     fedavg, audit = rounds[rounds.method == "fedavg"], rounds[rounds.method == "fedauditgan"]
@@ -60,7 +95,9 @@ def test_clients_table_weights_and_scores(two_runs):
     for (method, rnd), group in clients.groupby(["method", "round"]):
         assert group["weight"].sum() == pytest.approx(1.0)
         if method == "fedavg":  # alpha_i = n_i / sum n
-            assert group["weight"].tolist() == pytest.approx((group["num_samples"] / group["num_samples"].sum()).tolist())
+            assert group["weight"].tolist() == pytest.approx(
+                (group["num_samples"] / group["num_samples"].sum()).tolist()
+            )
             assert group["score"].isna().all()
         else:  # S_i = B_base - B_i, alpha = softmax(2 * S)
             base = rounds[(rounds.method == method) & (rounds["round"] == rnd)]["bias"].item()
@@ -71,9 +108,11 @@ def test_clients_table_weights_and_scores(two_runs):
         row = rounds[(rounds.method == method) & (rounds["round"] == rnd)].iloc[0]
         assert row["fairness_basis"] == "test"
         assert row["min_accuracy"] == group["test_accuracy"].min() and row["gap"] == pytest.approx(
-            group["test_accuracy"].max() - group["test_accuracy"].min())
-        assert row["jfi"] == pytest.approx(group["test_accuracy"].sum() ** 2
-                                           / (len(group) * (group["test_accuracy"] ** 2).sum()))
+            group["test_accuracy"].max() - group["test_accuracy"].min()
+        )
+        assert row["jfi"] == pytest.approx(
+            group["test_accuracy"].sum() ** 2 / (len(group) * (group["test_accuracy"] ** 2).sum())
+        )
         assert row["effective_clients"] == pytest.approx(1 / (group["weight"] ** 2).sum())
         assert row["max_weight"] == pytest.approx(group["weight"].max())
         assert (group["test_samples"] == 20).all() and (group["loss"] > 0).all()
@@ -120,12 +159,17 @@ def test_saved_model_is_theta_old_plus_weighted_client_deltas(ray_session, tmp_p
     federation = build_federation(config)
     theta = initial_model_state(config, federation, config.seed)
     fl = config.fl
-    training = LocalTraining(fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size,
-                             config.data.eval_batch_size)
+    training = LocalTraining(
+        fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size, config.data.eval_batch_size
+    )
     model = build_classifier(config.model.name, federation.data.shape, federation.data.num_classes)
     torch.set_num_threads(1)  # as the actors (resources.torch_threads)
-    deltas = [client_update(model, c, theta, training, run_seed=config.seed, round_index=1,
-                            augment_pad=federation.augment_pad).delta for c in federation.clients]
+    deltas = [
+        client_update(
+            model, c, theta, training, run_seed=config.seed, round_index=1, augment_pad=federation.augment_pad
+        ).delta
+        for c in federation.clients
+    ]
     weights = pd.read_parquet(path / "clients.parquet").sort_values("client")["weight"].tolist()
     saved = torch.load(path / "model_fedauditgan_gamma2.pt", weights_only=True)
     for key, value in theta.items():
@@ -148,9 +192,12 @@ def test_seeds_run_side_by_side_on_one_partition(ray_session, tmp_path):
     by_seed = clients[clients.method == "fedavg"].groupby("seed")
     assert by_seed["num_samples"].apply(list).map(tuple).nunique() == 1  # the same partition for both seeds
     assert rounds[rounds.method == "fedavg"]["accuracy"].nunique() == 2  # different init and SGD order
-    assert {p.name for p in path.glob("model_*.pt")} == {"model_fedavg_seed5.pt", "model_fedavg_seed6.pt",
-                                                         "model_fedauditgan_gamma2_seed5.pt",
-                                                         "model_fedauditgan_gamma2_seed6.pt"}
+    assert {p.name for p in path.glob("model_*.pt")} == {
+        "model_fedavg_seed5.pt",
+        "model_fedavg_seed6.pt",
+        "model_fedauditgan_gamma2_seed5.pt",
+        "model_fedauditgan_gamma2_seed6.pt",
+    }
     summary = (path / "summary.md").read_text()
     assert "95% Student-t interval" in summary and "Paired differences" in summary and " ± " in summary
 

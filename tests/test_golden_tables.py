@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from golden_runs import GOLDEN_TABLES, run_golden
 
 pytestmark = pytest.mark.slow
@@ -23,5 +22,11 @@ def test_tables_match_the_golden_run(command, ray_session, tmp_path):
         columns = [c for c in golden.columns if "seconds" not in c]  # wall times vary
         missing = [c for c in columns if c not in now.columns]
         assert not missing, f"{table} lost columns {missing}"
-        pd.testing.assert_frame_equal(now[columns].reset_index(drop=True), golden[columns].reset_index(drop=True),
-                                      check_exact=False, rtol=1e-5, atol=1e-8, obj=f"{command} {table}")
+        pd.testing.assert_frame_equal(
+            now[columns].reset_index(drop=True),
+            golden[columns].reset_index(drop=True),
+            check_exact=False,
+            rtol=1e-5,
+            atol=1e-8,
+            obj=f"{command} {table}",
+        )

@@ -33,10 +33,12 @@ def test_local_training_with_autocast_follows_fp32():
     for device in ("cpu", "cuda"):
         m = build_classifier("cnn", SHAPE, 10).to(device)
         m.load_state_dict(model.state_dict())
-        deltas[device] = local_update(m, x.to(device), y.to(device), epochs=1, lr=0.01, momentum=0.9,
-                                      weight_decay=1e-4, batch_size=64, seed=1)
-    flat = {d: torch.cat([v.float().flatten().cpu() for k, v in deltas[d].items() if v.is_floating_point()])
-            for d in deltas}
+        deltas[device] = local_update(
+            m, x.to(device), y.to(device), epochs=1, lr=0.01, momentum=0.9, weight_decay=1e-4, batch_size=64, seed=1
+        )
+    flat = {
+        d: torch.cat([v.float().flatten().cpu() for k, v in deltas[d].items() if v.is_floating_point()]) for d in deltas
+    }
     assert torch.nn.functional.cosine_similarity(flat["cpu"], flat["cuda"], dim=0) > 0.95
 
 
@@ -51,8 +53,7 @@ def test_gan_step_on_the_device_raises_the_prediction_gap():
     x, y = (t.to(cuda) for t in _batch(512))
     gan = AuditGan.create(128, 10, SHAPE, 0.1, 2e-4, cuda, seed=0)
     before = compute_bias(classifier, *generate_probes(gan.G, 512, space, 5, cuda))
-    train_fairness_gan(gan, classifier, x, y, epochs=5, lambda1=0.0, lambda2=0.0, batch_size=128, space=space,
-                       seed=1)
+    train_fairness_gan(gan, classifier, x, y, epochs=5, lambda1=0.0, lambda2=0.0, batch_size=128, space=space, seed=1)
     after = compute_bias(classifier, *generate_probes(gan.G, 512, space, 5, cuda))
     assert all(torch.isfinite(p).all() for p in gan.G.parameters()) and after > before
 
@@ -64,15 +65,22 @@ def test_folded_scoring_in_reduced_precision_matches_fp32():
     torch.manual_seed(0)
     model = build_classifier("resnet18", SHAPE, 10).eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    updates = [{k: 0.01 * torch.randn_like(v) if v.is_floating_point() else torch.zeros_like(v)
-                for k, v in state.items()} for _ in range(3)]
+    updates = [
+        {k: 0.01 * torch.randn_like(v) if v.is_floating_point() else torch.zeros_like(v) for k, v in state.items()}
+        for _ in range(3)
+    ]
     x, _ = _batch(128)
     x_prime = x + 0.1 * torch.randn_like(x)
     cuda = torch.device("cuda")
     evaluator = FoldedEvaluator(model.to(cuda))
-    base, biases = hypothetical_biases(evaluator, {k: v.to(cuda) for k, v in state.items()},
-                                       [{k: v.to(cuda) for k, v in u.items()} for u in updates], x.to(cuda),
-                                       x_prime.to(cuda), chunk=64)
+    base, biases = hypothetical_biases(
+        evaluator,
+        {k: v.to(cuda) for k, v in state.items()},
+        [{k: v.to(cuda) for k, v in u.items()} for u in updates],
+        x.to(cuda),
+        x_prime.to(cuda),
+        chunk=64,
+    )
     reference = compute_bias(model.cpu().float(), x, x_prime)
     assert base == pytest.approx(reference, rel=2e-2)
     assert len(biases) == 3
@@ -90,9 +98,13 @@ def test_fractional_actors_share_the_real_gpu(ray_session):
 def test_sisa_is_bit_exact_on_the_gpu_in_deterministic_mode(tmp_path):
     out = tmp_path / "sisa"
     sets = ["sisa.shards=2", "sisa.slices=2", "sisa.epochs=2", "unlearn.forget=5", "backdoor.enabled=false"]
-    result = subprocess.run([sys.executable, "-m", "rayfed", "sisa", "--out", str(out),
-                             *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True,
-                            timeout=900, env={**os.environ, "WANDB_MODE": "disabled"})
+    result = subprocess.run(
+        [sys.executable, "-m", "rayfed", "sisa", "--out", str(out), *[a for s in sets for a in ("--set", s)]],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     exactness = pd.read_parquet(out / "exactness.parquet")
     assert exactness["device"].str.startswith("cuda").all() and exactness["deterministic"].all()

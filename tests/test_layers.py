@@ -41,9 +41,22 @@ def test_live_taps_hand_cases():
     assert live_taps(2, 5, 1, 2) == (1, 3, 1, 1)
 
 
-@pytest.mark.parametrize("size,kernel,stride,padding", [
-    (1, 3, 2, 1), (2, 3, 2, 1), (1, 3, 1, 1), (2, 3, 1, 1), (3, 3, 2, 1), (4, 3, 2, 1), (8, 3, 2, 1),
-    (2, 5, 1, 2), (3, 5, 2, 2), (1, 5, 1, 2), (3, 3, 1, 0)])
+@pytest.mark.parametrize(
+    "size,kernel,stride,padding",
+    [
+        (1, 3, 2, 1),
+        (2, 3, 2, 1),
+        (1, 3, 1, 1),
+        (2, 3, 1, 1),
+        (3, 3, 2, 1),
+        (4, 3, 2, 1),
+        (8, 3, 2, 1),
+        (2, 5, 1, 2),
+        (3, 5, 2, 2),
+        (1, 5, 1, 2),
+        (3, 3, 1, 0),
+    ],
+)
 def test_trimmed_conv_equals_conv(size, kernel, stride, padding):
     torch.manual_seed(0)
     x = torch.randn(5, 4, size, size + 1, requires_grad=True)  # also a non-square map
@@ -77,8 +90,7 @@ def test_upsample_conv_hand_case():
 def test_upsample_conv_equals_upsample_then_conv(size):
     torch.manual_seed(1)
     x = torch.randn(2, 3, size, size + 2, requires_grad=True)
-    assert_same_as_plain(UpsampleConv2d(3, 5), lambda plain, x: plain(F.interpolate(x, scale_factor=2)), x,
-                         tol=1e-4)
+    assert_same_as_plain(UpsampleConv2d(3, 5), lambda plain, x: plain(F.interpolate(x, scale_factor=2)), x, tol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
@@ -88,14 +100,19 @@ def test_models_equal_their_notebook_layers(shape):
     torch.manual_seed(2)
     x = torch.randn(6, *shape)
     z, labels = torch.randn(6, 16), torch.arange(6) % 10
-    for model, args in [(CNN(shape), (x,)), (FairnessGenerator(16, 10, shape), (z, labels)),
-                        (Discriminator(10, shape), (x, labels))]:
+    for model, args in [
+        (CNN(shape), (x,)),
+        (FairnessGenerator(16, 10, shape), (z, labels)),
+        (Discriminator(10, shape), (x, labels)),
+    ]:
         reference = use_reference_ops(copy.deepcopy(model))
         torch.manual_seed(3)
         ours = model(*args)
         torch.manual_seed(3)  # the CNN's dropout draws the same mask
         theirs = reference(*args)
-        for a, b in zip(ours if isinstance(ours, tuple) else (ours,), theirs if isinstance(theirs, tuple) else (theirs,)):
+        for a, b in zip(
+            ours if isinstance(ours, tuple) else (ours,), theirs if isinstance(theirs, tuple) else (theirs,)
+        ):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 

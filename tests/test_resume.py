@@ -15,14 +15,31 @@ from rayfed.results import RunDirectory
 
 pytestmark = pytest.mark.slow
 
-SETS = ["fl.methods=[fedavg,fedauditgan]", "data.num_clients=3", "fl.rounds=3", "fl.local_epochs=1", "audit.gamma=[2.0]", "audit.gan_epochs=2",
-        "audit.n_probes=64", "audit.warm_start=true", "data.client_test_size=20", "seed=9"]
+SETS = [
+    "fl.methods=[fedavg,fedauditgan]",
+    "data.num_clients=3",
+    "fl.rounds=3",
+    "fl.local_epochs=1",
+    "audit.gamma=[2.0]",
+    "audit.gan_epochs=2",
+    "audit.n_probes=64",
+    "audit.warm_start=true",
+    "data.client_test_size=20",
+    "seed=9",
+]
 ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
 
 
 def rayfed(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "rayfed", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rayfed", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
 
 
 def _sets():
@@ -52,8 +69,13 @@ def resumed_and_reference(tmp_path_factory, ray_session, kill_session):
     kill_session(process)
     killed_after = _checkpointed_round(victim)
     assert killed_after < 3
-    resumed = subprocess.run([sys.executable, "-m", "rayfed", "fl", "--resume", str(victim)], env=ENV,
-                             capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "rayfed", "fl", "--resume", str(victim)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     return victim, reference.path
 
@@ -68,8 +90,13 @@ def test_resume_can_extend_fl_rounds(resumed_and_reference, tmp_path):
     victim, _ = resumed_and_reference
     longer = tmp_path / "longer"
     shutil.copytree(victim, longer)
-    result = subprocess.run([sys.executable, "-m", "rayfed", "fl", "--resume", str(longer), "--set", "fl.rounds=4"],
-                            env=ENV, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "rayfed", "fl", "--resume", str(longer), "--set", "fl.rounds=4"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rounds = pd.read_parquet(longer / "rounds.parquet")
     assert sorted(set(rounds["round"])) == [1, 2, 3, 4] and len(rounds) == 8
@@ -100,18 +127,26 @@ def _assert_user_error(result, needle):
 
 
 def _resume(path, *extra):
-    return subprocess.run([sys.executable, "-m", "rayfed", "fl", "--resume", str(path), *extra], env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rayfed", "fl", "--resume", str(path), *extra],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("damage,needle", [
-    ("config_change", "audit.lambda1"),
-    ("corrupt_checkpoint", "checkpoint.pt"),
-    ("truncated_table", "rounds.parquet"),
-    ("not_a_run", "not a `rayfed fl` run"),
-    ("sisa_run", "not a `rayfed fl` run"),
-    ("fewer_rounds", "fl.rounds=1"),
-])
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        ("config_change", "audit.lambda1"),
+        ("corrupt_checkpoint", "checkpoint.pt"),
+        ("truncated_table", "rounds.parquet"),
+        ("not_a_run", "not a `rayfed fl` run"),
+        ("sisa_run", "not a `rayfed fl` run"),
+        ("fewer_rounds", "fl.rounds=1"),
+    ],
+)
 def test_bad_resume_exits_2_and_leaves_the_directory_as_it_was(resumed_and_reference, tmp_path, damage, needle):
     import shutil
 

@@ -8,8 +8,10 @@ from rayfed.seeds import ARITY, Stream, stream_seed
 
 def all_round_seeds(run_seed: int, round_index: int, num_clients: int) -> list[tuple[str, int]]:
     """Every seed one federated round draws, with its name."""
-    seeds = [(s.name, stream_seed(run_seed, s, round_index)) for s in (Stream.GAN_INIT, Stream.GAN_TRAINING,
-                                                                          Stream.PROBES, Stream.CLIENT_SELECTION)]
+    seeds = [
+        (s.name, stream_seed(run_seed, s, round_index))
+        for s in (Stream.GAN_INIT, Stream.GAN_TRAINING, Stream.PROBES, Stream.CLIENT_SELECTION)
+    ]
     for client in range(num_clients):
         seeds.append((f"train{client}", stream_seed(run_seed, Stream.CLIENT_TRAINING, round_index, client)))
         seeds.append((f"eval{client}", stream_seed(run_seed, Stream.CLIENT_EVALUATION, round_index, client)))
@@ -35,10 +37,15 @@ def test_named_streams_separate_what_positional_seeds_merged():
 def test_streams_and_sisa_draws_distinct_across_rounds_shards_stages_and_audits():
     seeds = [stream_seed(0, Stream.SISA_STAGE, shard, stage) for shard in range(20) for stage in range(20)]
     seeds += [stream_seed(0, Stream.SISA_INIT, shard) for shard in range(20)]
-    seeds += [stream_seed(0, s) for s in (Stream.SISA_LAYOUT, Stream.SISA_FORGET, Stream.BACKDOOR_POISON,
-                                               Stream.UNSHARDED_INIT)]
-    seeds += [stream_seed(0, s, part) for s in (Stream.SISA_MEMBERSHIP, Stream.BACKDOOR_TRIGGER,
-                                                       Stream.UNSHARDED_TRAINING) for part in range(4)]
+    seeds += [
+        stream_seed(0, s)
+        for s in (Stream.SISA_LAYOUT, Stream.SISA_FORGET, Stream.BACKDOOR_POISON, Stream.UNSHARDED_INIT)
+    ]
+    seeds += [
+        stream_seed(0, s, part)
+        for s in (Stream.SISA_MEMBERSHIP, Stream.BACKDOOR_TRIGGER, Stream.UNSHARDED_TRAINING)
+        for part in range(4)
+    ]
     seeds += [v for r in range(1, 30) for _, v in all_round_seeds(0, r, 10)]
     assert len(set(seeds)) == len(seeds)
 

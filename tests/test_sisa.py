@@ -52,8 +52,7 @@ def test_layout_is_a_seeded_permutation_not_contiguous_blocks():
     assert not np.array_equal(np.sort(a.shard_indices(0)), np.arange(20))  # the notebook's range(0, N/S)
 
 
-@pytest.mark.parametrize("shards, slices, key", [(0, 1, "sisa.shards"), (11, 1, "sisa.shards"),
-                                                 (3, 4, "sisa.slices")])
+@pytest.mark.parametrize("shards, slices, key", [(0, 1, "sisa.shards"), (11, 1, "sisa.shards"), (3, 4, "sisa.slices")])
 def test_layout_rejects_empty_shards_or_slices(shards, slices, key):
     with pytest.raises(UserError, match=key):
         make_layout(10, shards, slices, seed=0)  # 10 points, 3 shards -> smallest shard has 3
@@ -140,7 +139,8 @@ def test_expected_request_samples_matches_a_monte_carlo_over_real_layouts():
     # C(0) = 2*1 + 2*2 + 2*3 = 12, C(1) = 10, C(2) = 6; E = (12 + 10 + 6) / 3 * 50 = 466.67
     assert expected_request_samples(epochs, shards, 1, n) == pytest.approx(28 / 3 * 50)
     assert shards * stage_samples([50] * 3, epochs) / expected_request_samples(epochs, shards, 1, n) == pytest.approx(
-        expected_speedup(epochs, shards, 1))
+        expected_speedup(epochs, shards, 1)
+    )
 
 
 def test_untrained_last_slices_are_found():
@@ -214,8 +214,17 @@ def digits_subset():
 
 def _trainers(x, y, layout, directory, epochs=(1, 1, 1), augment_pad=None):
     data_shape, classes = tuple(x.shape[1:]), 10
-    settings = TrainSettings(model="cnn", input_shape=data_shape, num_classes=classes, epochs=epochs, lr=0.05,
-                             momentum=0.9, batch_size=32, seed=5, augment_pad=augment_pad)
+    settings = TrainSettings(
+        model="cnn",
+        input_shape=data_shape,
+        num_classes=classes,
+        epochs=epochs,
+        lr=0.05,
+        momentum=0.9,
+        batch_size=32,
+        seed=5,
+        augment_pad=augment_pad,
+    )
     trainers = []
     for s in range(layout.num_shards):
         rows = torch.from_numpy(layout.shard_indices(s))
@@ -255,8 +264,10 @@ def test_unlearning_retrains_only_affected_shards_from_the_right_slice_and_is_ex
     assert _states_equal(trainers[1].final_state(), scratch[1].final_state())
     assert _states_equal(trainers[0].final_state(), scratch[0].final_state())
     # and differs from the shard that still holds the points (the notebook's "unlearning" kept them)
-    assert not _states_equal(torch.load(tmp_path / "scratch/shard1/slice3.pt", weights_only=True)["model"],
-                             {k: v for k, v in _load_model_bytes(before, tmp_path / "main/shard1/slice3.pt").items()})
+    assert not _states_equal(
+        torch.load(tmp_path / "scratch/shard1/slice3.pt", weights_only=True)["model"],
+        {k: v for k, v in _load_model_bytes(before, tmp_path / "main/shard1/slice3.pt").items()},
+    )
     seen = torch.load(trainers[1].path(3), weights_only=True)["seen"]
     assert not set(forget) & set(seen.tolist()) and len(seen) == 118
 
@@ -284,8 +295,9 @@ def test_a_repeated_run_resumes_with_nothing_to_do_and_a_lost_checkpoint_is_redo
 
 
 @pytest.mark.parametrize("epochs, augment, threads", [((1, 1, 2), False, 1), ((0, 2, 1), True, 2)])
-def test_forgetting_only_late_slice_points_retrains_from_that_checkpoint_exactly(digits_subset, tmp_path, epochs,
-                                                                                  augment, threads):
+def test_forgetting_only_late_slice_points_retrains_from_that_checkpoint_exactly(
+    digits_subset, tmp_path, epochs, augment, threads
+):
     """Points only in the last slice: the shard resumes from checkpoint R-1 (a full retrain would also be exact,
     so the resume point and the cost are what is checked), with augmentation, a zero-epoch stage and 2 threads."""
     from rayfed.data.datasets import black_level
@@ -313,8 +325,9 @@ def test_approximate_baselines_count_their_samples_and_neggrad_ascends_on_the_fo
 
     torch.set_num_threads(1)
     x, y, data = digits_subset
-    settings = TrainSettings(model="cnn", input_shape=data.shape, num_classes=10, epochs=(1,), lr=0.05,
-                             momentum=0.9, batch_size=32, seed=5)
+    settings = TrainSettings(
+        model="cnn", input_shape=data.shape, num_classes=10, epochs=(1,), lr=0.05, momentum=0.9, batch_size=32, seed=5
+    )
     cpu = torch.device("cpu")
     state, samples = train_unsharded(settings, 3, x, y, cpu)
     assert samples == 3 * 240

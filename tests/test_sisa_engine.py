@@ -24,8 +24,16 @@ def test_a_shard_killed_mid_training_restarts_from_its_checkpoint_with_the_same_
     data = load_dataset("digits")
     x, y = data.train_x[:240], data.train_y[:240]
     layout = make_layout(len(y), shards=2, slices=3, seed=0)
-    settings = TrainSettings(model="cnn", input_shape=data.shape, num_classes=10, epochs=(1, 1, 8), lr=0.05,
-                             momentum=0.9, batch_size=32, seed=3)
+    settings = TrainSettings(
+        model="cnn",
+        input_shape=data.shape,
+        num_classes=10,
+        epochs=(1, 1, 8),
+        lr=0.05,
+        momentum=0.9,
+        batch_size=32,
+        seed=3,
+    )
     resources = ResourcesConfig(torch_threads=1)
 
     pool = ShardPool(layout, x, y, settings, tmp_path / "killed", resources)
@@ -56,16 +64,39 @@ def test_shard_actors_run_deterministic_kernels_and_a_stalled_step_fails_naming_
 
     data = load_dataset("digits")
     layout = make_layout(120, shards=1, slices=2, seed=0)
-    settings = TrainSettings(model="cnn", input_shape=data.shape, num_classes=10, epochs=(1, 400), lr=0.05,
-                             momentum=0.9, batch_size=32, seed=3)
-    pool = ShardPool(layout, data.train_x[:120], data.train_y[:120], settings, tmp_path,
-                     ResourcesConfig(torch_threads=1, stall_timeout=1.5), deterministic=True)
-    assert pool.kernel_settings() == {"device": "cpu", "torch_version": torch.__version__, "deterministic": True,
-                                      "cudnn_benchmark": False, "cudnn_deterministic": True,
-                                      "cublas_workspace_config": ":4096:8"}
+    settings = TrainSettings(
+        model="cnn",
+        input_shape=data.shape,
+        num_classes=10,
+        epochs=(1, 400),
+        lr=0.05,
+        momentum=0.9,
+        batch_size=32,
+        seed=3,
+    )
+    pool = ShardPool(
+        layout,
+        data.train_x[:120],
+        data.train_y[:120],
+        settings,
+        tmp_path,
+        ResourcesConfig(torch_threads=1, stall_timeout=1.5),
+        deterministic=True,
+    )
+    assert pool.kernel_settings() == {
+        "device": "cpu",
+        "torch_version": torch.__version__,
+        "deterministic": True,
+        "cudnn_benchmark": False,
+        "cudnn_deterministic": True,
+        "cublas_workspace_config": ":4096:8",
+    }
     # stage 0 (1 epoch) finishes, then stage 1 (400 epochs) runs far past the 1.5 s without a checkpoint
-    with pytest.raises(RunStalled, match=r"sisa: slow: shard\(s\) \[0\] finished no slice stage in 1.5 s "
-                                        r"\(resources.stall_timeout\)"):
+    with pytest.raises(
+        RunStalled,
+        match=r"sisa: slow: shard\(s\) \[0\] finished no slice stage in 1.5 s "
+        r"\(resources.stall_timeout\)",
+    ):
         pool.run([0], [], "sisa: slow")
     assert (tmp_path / "shard0" / "slice1.pt").exists() and not (tmp_path / "shard0" / "slice2.pt").exists()
     pool.close()
@@ -79,12 +110,16 @@ def test_run_sisa_audits_show_what_they_must_on_an_overfitting_setting(ray_sessi
     both approximate baselines: every table holds the values the audits promise."""
     from rayfed.engine.sisa_run import run_sisa
 
-    config = build_config([{
-        "sisa": {"shards": 2, "slices": 2, "epochs": 6, "schedule": "union"},
-        "unlearn": {"forget": 150, "requests": 2, "baselines": ["finetune", "neggrad"]},
-        "backdoor": {"poison": 60},
-        "resources": {"torch_threads": 1},
-    }])
+    config = build_config(
+        [
+            {
+                "sisa": {"shards": 2, "slices": 2, "epochs": 6, "schedule": "union"},
+                "unlearn": {"forget": 150, "requests": 2, "baselines": ["finetune", "neggrad"]},
+                "backdoor": {"poison": 60},
+                "resources": {"torch_threads": 1},
+            }
+        ]
+    )
     run_sisa(config, RunDirectory(tmp_path))
     check_audit_tables(tmp_path)
 
@@ -92,10 +127,24 @@ def test_run_sisa_audits_show_what_they_must_on_an_overfitting_setting(ray_sessi
 def check_audit_tables(tmp_path):
     """The assertions of the test above on its run directory."""
     files = {p.name for p in tmp_path.iterdir()}
-    for name in ("config.yaml", "layout.parquet", "forget.txt", "metrics.parquet", "unlearning.parquet",
-                 "unlearning_points.parquet", "exactness.parquet", "membership.parquet", "backdoor.parquet",
-                 "baselines.parquet", "summary.md", "accuracy.png", "unlearning_cost.png", "membership.png",
-                 "backdoor.png", "baselines.png"):
+    for name in (
+        "config.yaml",
+        "layout.parquet",
+        "forget.txt",
+        "metrics.parquet",
+        "unlearning.parquet",
+        "unlearning_points.parquet",
+        "exactness.parquet",
+        "membership.parquet",
+        "backdoor.parquet",
+        "baselines.parquet",
+        "summary.md",
+        "accuracy.png",
+        "unlearning_cost.png",
+        "membership.png",
+        "backdoor.png",
+        "baselines.png",
+    ):
         assert name in files, name
     forget = [int(t) for t in (tmp_path / "forget.txt").read_text().split()]
     n = len(pd.read_parquet(tmp_path / "layout.parquet"))
@@ -121,8 +170,9 @@ def check_audit_tables(tmp_path):
     assert unlearning["request"].tolist() == [0, 1] and unlearning["points"].tolist() == [75, 75]
     assert unlearning["cumulative_samples"].tolist() == unlearning["samples_processed"].cumsum().tolist()
     assert unlearning["unsharded_retrain_samples"].tolist() == [6 * (n - 75), 6 * (n - 150)]
-    assert (unlearning["speedup_vs_unsharded"] == unlearning["unsharded_retrain_samples"]
-            / unlearning["samples_processed"]).all()
+    assert (
+        unlearning["speedup_vs_unsharded"] == unlearning["unsharded_retrain_samples"] / unlearning["samples_processed"]
+    ).all()
     # 75 points hit both shards in slice 0 with near certainty: each request retrains everything, as expected
     assert (unlearning["samples_processed"] == unlearning["ensemble_retrain_samples"]).all()
     assert (abs(unlearning["expected_samples"] / unlearning["samples_processed"] - 1) < 0.02).all()
@@ -166,9 +216,16 @@ def test_a_forget_set_that_empties_a_shard_takes_it_out_of_the_ensemble(ray_sess
 
     layout = make_layout(len(load_dataset("digits").train_y), shards=3, slices=1, seed=42)
     (tmp_path / "forget.txt").write_text("\n".join(str(i) for i in layout.shard_indices(0)))
-    config = build_config([{"sisa": {"shards": 3, "slices": 1, "epochs": 1},
-                            "unlearn": {"forget": str(tmp_path / "forget.txt")}, "backdoor": {"enabled": False},
-                            "resources": {"torch_threads": 1}}])
+    config = build_config(
+        [
+            {
+                "sisa": {"shards": 3, "slices": 1, "epochs": 1},
+                "unlearn": {"forget": str(tmp_path / "forget.txt")},
+                "backdoor": {"enabled": False},
+                "resources": {"torch_threads": 1},
+            }
+        ]
+    )
     run = tmp_path / "run"
     run.mkdir()
     run_sisa(config, RunDirectory(run))
@@ -180,19 +237,22 @@ def test_a_forget_set_that_empties_a_shard_takes_it_out_of_the_ensemble(ray_sess
     assert "empties shard(s) [0]: they leave the ensemble" in (run / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["sisa.shards=2000"], "sisa.shards"),
-    (["sisa.slices=700"], "sisa.slices"),
-    (["backdoor.target_class=10"], "backdoor.target_class"),
-    (["unlearn.forget=FILE:5 5"], "unlearn.forget"),
-    (["unlearn.forget=FILE:1 99999"], "unlearn.forget"),
-    (["unlearn.forget=FILE:1 two"], "unlearn.forget"),
-    (["unlearn.forget=/nonexistent/forget.txt"], "unlearn.forget"),
-    (["backdoor.poison=0.5"], "backdoor.poison"),  # a count; the fraction has its own key
-    (["sisa.slices=20", "sisa.epochs=5"], "sisa.epochs"),  # the distributed schedule never trains slice 19
-    (["unlearn.baselines=[retrain]"], "unlearn.baselines"),
-    (["unlearn.requests=21"], "unlearn.requests"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["sisa.shards=2000"], "sisa.shards"),
+        (["sisa.slices=700"], "sisa.slices"),
+        (["backdoor.target_class=10"], "backdoor.target_class"),
+        (["unlearn.forget=FILE:5 5"], "unlearn.forget"),
+        (["unlearn.forget=FILE:1 99999"], "unlearn.forget"),
+        (["unlearn.forget=FILE:1 two"], "unlearn.forget"),
+        (["unlearn.forget=/nonexistent/forget.txt"], "unlearn.forget"),
+        (["backdoor.poison=0.5"], "backdoor.poison"),  # a count; the fraction has its own key
+        (["sisa.slices=20", "sisa.epochs=5"], "sisa.epochs"),  # the distributed schedule never trains slice 19
+        (["unlearn.baselines=[retrain]"], "unlearn.baselines"),
+        (["unlearn.requests=21"], "unlearn.requests"),
+    ],
+)
 def test_cli_bad_input_exits_2_with_one_error_line_and_no_run_dir(tmp_path, overrides, key):
     sets = []
     for text in overrides:
@@ -203,8 +263,13 @@ def test_cli_bad_input_exits_2_with_one_error_line_and_no_run_dir(tmp_path, over
         sets += ["--set", text]
     out = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-m", "rayfed", "sisa", *sets, "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rayfed", "sisa", *sets, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0], proc.stderr

@@ -14,8 +14,16 @@ from rayfed.results import RunDirectory
 
 pytestmark = pytest.mark.slow
 
-SETS = ["sisa.shards=2", "sisa.slices=3", "sisa.epochs=2", "sisa.schedule=union", "unlearn.forget=6",
-        "unlearn.membership_size=20", "backdoor.poison=30", "seed=4"]
+SETS = [
+    "sisa.shards=2",
+    "sisa.slices=3",
+    "sisa.epochs=2",
+    "sisa.schedule=union",
+    "unlearn.forget=6",
+    "unlearn.membership_size=20",
+    "backdoor.poison=30",
+    "seed=4",
+]
 ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
 RESULTS = ("metrics.parquet", "exactness.parquet", "membership.parquet", "backdoor.parquet", "layout.parquet")
 
@@ -27,8 +35,13 @@ def test_killed_sisa_run_resumes_to_the_same_results(tmp_path, ray_session, kill
 
     victim = tmp_path / "victim"
     args = [arg for s in SETS for arg in ("--set", s)]
-    process = subprocess.Popen([sys.executable, "-m", "rayfed", "sisa", *args, "--out", str(victim)], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rayfed", "sisa", *args, "--out", str(victim)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     first_checkpoint = victim / "checkpoints" / "main" / "shard0" / "slice1.pt"
     deadline = time.time() + 600
     while not first_checkpoint.exists():
@@ -37,8 +50,13 @@ def test_killed_sisa_run_resumes_to_the_same_results(tmp_path, ray_session, kill
     kill_session(process)
     assert not (victim / "metrics.parquet").exists()  # killed mid-training
 
-    resumed = subprocess.run([sys.executable, "-m", "rayfed", "sisa", "--resume", str(victim)], env=ENV,
-                             capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "rayfed", "sisa", "--resume", str(victim)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for name in RESULTS:
         pd.testing.assert_frame_equal(pd.read_parquet(victim / name), pd.read_parquet(reference.file(name)))
@@ -47,8 +65,13 @@ def test_killed_sisa_run_resumes_to_the_same_results(tmp_path, ray_session, kill
 
 def test_resume_of_something_else_exits_2_and_changes_nothing(tmp_path):
     (tmp_path / "config.yaml").write_text("seed: 1\n")  # an fl run has no layout.parquet
-    result = subprocess.run([sys.executable, "-m", "rayfed", "sisa", "--resume", str(tmp_path)], env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "rayfed", "sisa", "--resume", str(tmp_path)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "not a `rayfed sisa` run" in lines[0]

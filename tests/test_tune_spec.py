@@ -37,7 +37,7 @@ def test_bundled_sweep_files_validate(path):
 
 def test_every_sweep_has_a_smoke_twin_on_digits():
     full = [p for p in TUNE_CONFIGS if not p.stem.endswith("_smoke")]
-    assert {p.stem for p in full} == {"fedaudit_gamma", "fedaudit_lambda", "sisa_grid"}
+    assert {p.stem for p in full} == {"fedaudit_gamma", "fedaudit_lambda", "qffl_q", "sisa_grid"}
     for path in full:
         twin = path.with_name(f"{path.stem}_smoke.yaml")
         spec, smoke = load_sweep(path), load_sweep(twin)
@@ -51,19 +51,32 @@ def test_notebook_settings_of_the_full_sweeps():
     assert (c.data.num_clients, c.fl.rounds, c.fl.local_epochs, c.data.batch_size, c.fl.lr) == (20, 50, 3, 512, 0.01)
     assert (c.audit.gan_epochs, c.audit.n_probes, c.data.partition, c.model.name) == (20, 2000, "extreme", "cnn")
     assert gamma.params[0].values == [0.5, 1, 2, 4, 8, 16] and c.fl.methods == ["fedavg", "fedauditgan"]
+    qffl = load_sweep(ROOT / "tune_configs" / "qffl_q.yaml")
+    assert qffl.params[0].key == "qffl.q" and qffl.params[0].values == [0, 0.1, 1, 5]
+    assert qffl.base_config.fl.methods[-1] == "qffl" and qffl.base_config.seed_list == [42, 43, 44]
     sisa = load_sweep(ROOT / "tune_configs" / "sisa_grid.yaml").base_config
     assert (sisa.model.name, sisa.sisa.epochs, sisa.sisa.schedule, sisa.sisa.lr) == ("resnet18", 5, "union", 0.001)
 
 
 def test_overrides_address_the_sweep_file_and_config_keys_are_base_shorthand(tmp_path):
     path = write_sweep(tmp_path, MINIMAL)
-    spec = load_sweep(path, ["tune_config.num_samples=3", "base.fl.rounds=4", "data.num_clients=3",
-                             "param_space.audit.lambda1={choice: [0.5, 2]}", "resources.address=auto"])
+    spec = load_sweep(
+        path,
+        [
+            "tune_config.num_samples=3",
+            "base.fl.rounds=4",
+            "data.num_clients=3",
+            "param_space.audit.lambda1={choice: [0.5, 2]}",
+            "resources.address=auto",
+        ],
+    )
     assert spec.num_samples == 3
     config = spec.base_config
     assert (config.fl.rounds, config.data.num_clients, config.resources.address) == (4, 3, "auto")
     assert [(p.key, p.sampler, p.values) for p in spec.params] == [
-        ("audit.gamma", "grid_search", [1, 2]), ("audit.lambda1", "choice", [0.5, 2])]
+        ("audit.gamma", "grid_search", [1, 2]),
+        ("audit.lambda1", "choice", [0.5, 2]),
+    ]
 
 
 def test_base_may_be_a_path_next_to_the_sweep_file(tmp_path):
@@ -114,8 +127,13 @@ def test_unknown_override_is_refused(tmp_path):
 def test_cli_reports_a_bad_sweep_file_in_one_line_and_leaves_nothing(tmp_path):
     path = write_sweep(tmp_path, {**MINIMAL, "param_space": {"audit.gama": {"grid_search": [1]}}})
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "rayfed", "sweep", str(path), "--out", str(out)],
-                            capture_output=True, text=True, env=ENV, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "rayfed", "sweep", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "audit.gama" in lines[0], result.stderr
@@ -131,8 +149,13 @@ def test_fl_trial_shares_its_budget_among_driver_and_actors():
     plan = plan_trial("fl", config, TrialBudget(1.0, 0.5, SESSION_NODE, trials=2))
     assert plan.driver_cpus == 0.2 and plan.actors == ((0.2, 0.125),) * 4  # 3 clients + the server
     assert plan.total["CPU"] == pytest.approx(1.0) and plan.total["GPU"] == pytest.approx(0.5)
-    assert plan.overrides == {"cpus_per_client": 0.2, "gpus_per_client": 0.125, "server_cpus": 0.2,
-                              "server_gpus": 0.125, "clients_per_actor": 1}
+    assert plan.overrides == {
+        "cpus_per_client": 0.2,
+        "gpus_per_client": 0.125,
+        "server_cpus": 0.2,
+        "server_gpus": 0.125,
+        "clients_per_actor": 1,
+    }
     bundles = plan.placement_group().bundles
     assert bundles[0] == {"CPU": 0.2} and bundles[1:] == [{"CPU": 0.2, "GPU": 0.125}] * 4
 
@@ -174,20 +197,38 @@ def test_budget_defaults_to_the_cluster_shared_by_concurrent_trials():
     assert budget_for(nodes, 4, None, None) == TrialBudget(2, 0.5, nodes, 4)
     assert budget_for((Node(8, 0),), None, 3, None) == TrialBudget(3, 0, (Node(8, 0),), 1)
     with pytest.raises(UserError, match="trial_resources.cpus"):
-        plan_trial("fl", build_config([{"data": {"num_clients": 50}, "resources": {"clients_per_actor": 1}}]),
-                   TrialBudget(0.001, 0, (Node(8, 0),)))
+        plan_trial(
+            "fl",
+            build_config([{"data": {"num_clients": 50}, "resources": {"clients_per_actor": 1}}]),
+            TrialBudget(0.001, 0, (Node(8, 0),)),
+        )
 
 
 def test_sweep_figures(tmp_path):
     from rayfed.tune.plots import plot_sweep
 
-    fl = pd.DataFrame({"status": "TERMINATED", "audit.lambda1": [0.1, 0.1, 10, 10],
-                       "audit.lambda2": [0.1, 10, 0.1, 10], "accuracy": [50.0, 52, 49, 55],
-                       "jfi": [0.9, 0.92, 0.95, 0.91], "fedavg/accuracy": 51.0, "fedavg/jfi": 0.9})
+    fl = pd.DataFrame(
+        {
+            "status": "TERMINATED",
+            "audit.lambda1": [0.1, 0.1, 10, 10],
+            "audit.lambda2": [0.1, 10, 0.1, 10],
+            "accuracy": [50.0, 52, 49, 55],
+            "jfi": [0.9, 0.92, 0.95, 0.91],
+            "fedavg/accuracy": 51.0,
+            "fedavg/jfi": 0.9,
+        }
+    )
     paths = plot_sweep("fl", fl, ["audit.lambda1", "audit.lambda2"], tmp_path)
     assert [p.name for p in paths] == ["fl_audit.lambda1.png", "fl_audit.lambda2.png"]
-    sisa = pd.DataFrame({"status": "TERMINATED", "sisa.shards": [5, 5, 10, 10], "sisa.slices": [5, 10, 5, 10],
-                         "accuracy": [0.5, 0.6, 0.4, 0.45], "speedup_samples": [3.0, 4, 6, 8]})
+    sisa = pd.DataFrame(
+        {
+            "status": "TERMINATED",
+            "sisa.shards": [5, 5, 10, 10],
+            "sisa.slices": [5, 10, 5, 10],
+            "accuracy": [0.5, 0.6, 0.4, 0.45],
+            "speedup_samples": [3.0, 4, 6, 8],
+        }
+    )
     paths = plot_sweep("sisa", sisa, ["sisa.shards", "sisa.slices"], tmp_path)
     assert [p.name for p in paths] == ["sisa_heatmaps.png"]
     assert all(p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
@@ -198,8 +239,13 @@ def test_params_become_tune_search_spaces(tmp_path):
 
     from rayfed.tune.sweep import tune_domain
 
-    space = {"audit.gamma": {"grid_search": [1, 2]}, "audit.lambda1": {"choice": [1, 3]},
-             "audit.lambda2": {"loguniform": [0.1, 10]}, "fl.rounds": {"randint": [1, 4]}, "fl.lr": 0.05}
+    space = {
+        "audit.gamma": {"grid_search": [1, 2]},
+        "audit.lambda1": {"choice": [1, 3]},
+        "audit.lambda2": {"loguniform": [0.1, 10]},
+        "fl.rounds": {"randint": [1, 4]},
+        "fl.lr": 0.05,
+    }
     document = {**MINIMAL, "param_space": space}
     domains = {p.key: tune_domain(p) for p in load_sweep(write_sweep(tmp_path, document)).params}
     assert domains["audit.gamma"] == {"grid_search": [1, 2]} and domains["fl.lr"] == 0.05

@@ -16,8 +16,13 @@ SMOKE = ROOT / "tune_configs" / "fedaudit_gamma_smoke.yaml"
 
 # No concurrency cap: each trial reserves 1 CPU + 0.5 GPU, so the 2-CPU, 1-GPU session fits two at a time and
 # the third must wait for resources. Fed-AuditGAN only and one round, to keep the test short.
-OVERRIDES = ["tune_config.max_concurrent_trials=null", "trial_resources.cpus=1", "trial_resources.gpus=0.5",
-             "base.fl.methods=[fedauditgan]", "base.fl.rounds=1"]
+OVERRIDES = [
+    "tune_config.max_concurrent_trials=null",
+    "trial_resources.cpus=1",
+    "trial_resources.gpus=0.5",
+    "base.fl.methods=[fedauditgan]",
+    "base.fl.rounds=1",
+]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,16 @@ from rayfed.errors import UserError
 from rayfed.seeds import Stream, stream_seed
 
 
-def stamp(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], *, size: int, value: float,
-          position: str = "bottom_right", seed: int = 0) -> torch.Tensor:
+def stamp(
+    x: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    size: int,
+    value: float,
+    position: str = "bottom_right",
+    seed: int = 0,
+) -> torch.Tensor:
     """A copy of normalised images x (n x C x H x W) with the trigger square set to pixel value `value`:
     bottom-right corner, or a random position per image (drawn from `seed`)."""
     n, c, h, w = x.shape
@@ -38,8 +46,9 @@ def stamp(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], *, s
     return out
 
 
-def choose_poison(y: torch.Tensor, *, target: int, num_classes: int, mode: str, count: int | None,
-                  fraction: float, seed: int) -> np.ndarray:
+def choose_poison(
+    y: torch.Tensor, *, target: int, num_classes: int, mode: str, count: int | None, fraction: float, seed: int
+) -> np.ndarray:
     """Sorted indices to poison, drawn (the BACKDOOR_POISON stream of the run seed `seed`) from the candidates:
     the non-target images (badnets) or the target-class images (clean_label). `count` points when given, else
     round(fraction x candidates), at least one."""
@@ -54,15 +63,33 @@ def choose_poison(y: torch.Tensor, *, target: int, num_classes: int, mode: str, 
     return np.sort(rng.choice(pool, size=count, replace=False))
 
 
-def poison_data(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray, *, target: int, mode: str,
-           mean: tuple[float, ...], std: tuple[float, ...], size: int, value: float, position: str,
-           seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def poison_data(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    indices: np.ndarray,
+    *,
+    target: int,
+    mode: str,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    size: int,
+    value: float,
+    position: str,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """New (x, y) with the trigger stamped on x[indices] and, for badnets, y[indices] set to the target; random
     positions come from the BACKDOOR_TRIGGER stream (part 0) of the run seed `seed`."""
     rows = torch.from_numpy(indices)
     x, y = x.clone(), y.clone()
-    x[rows] = stamp(x[rows], mean, std, size=size, value=value, position=position,
-                    seed=stream_seed(seed, Stream.BACKDOOR_TRIGGER, 0))
+    x[rows] = stamp(
+        x[rows],
+        mean,
+        std,
+        size=size,
+        value=value,
+        position=position,
+        seed=stream_seed(seed, Stream.BACKDOOR_TRIGGER, 0),
+    )
     if mode == "badnets":
         y[rows] = target
     return x, y

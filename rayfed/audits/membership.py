@@ -43,8 +43,9 @@ def lr_cv_accuracy(members: np.ndarray, nonmembers: np.ndarray, seed: int = 0, f
     return float(cross_val_score(LogisticRegression(), losses.reshape(-1, 1), labels, cv=cv, scoring="accuracy").mean())
 
 
-def threshold_attack(members: np.ndarray, nonmembers: np.ndarray,
-                     max_fpr: float = 0.01) -> tuple[float | None, float | None]:
+def threshold_attack(
+    members: np.ndarray, nonmembers: np.ndarray, max_fpr: float = 0.01
+) -> tuple[float | None, float | None]:
     """(AUC, TPR at FPR <= max_fpr) of the attack "member when l < t", over all thresholds t, balanced sets;
     the TPR is null with fewer than MIN_NEGATIVES_FOR_TPR non-members."""
     losses, labels = balanced(members, nonmembers)
@@ -55,8 +56,13 @@ def threshold_attack(members: np.ndarray, nonmembers: np.ndarray,
     return float(roc_auc_score(labels, -losses)), low_fpr
 
 
-def auc_interval(members: np.ndarray, nonmembers: np.ndarray, seed: int = 0, level: float = 0.95,
-                 resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float | None, float | None]:
+def auc_interval(
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    seed: int = 0,
+    level: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval of the threshold attack's AUC on the balanced sets: each side resampled with
     replacement; AUC = (sum of member ranks - n(n+1)/2) / n^2 (Mann-Whitney) on the scores -l."""
     n = min(len(members), len(nonmembers))
@@ -76,6 +82,13 @@ def membership_row(stage: str, comparison: str, members: np.ndarray, nonmembers:
     auc_high, tpr_at_1pct_fpr."""
     auc, tpr = threshold_attack(members, nonmembers)
     low, high = auc_interval(members, nonmembers, seed)
-    return {"stage": stage, "comparison": comparison, "n": min(len(members), len(nonmembers)),
-            "lr_cv_accuracy": lr_cv_accuracy(members, nonmembers, seed), "auc": auc, "auc_low": low,
-            "auc_high": high, "tpr_at_1pct_fpr": tpr}
+    return {
+        "stage": stage,
+        "comparison": comparison,
+        "n": min(len(members), len(nonmembers)),
+        "lr_cv_accuracy": lr_cv_accuracy(members, nonmembers, seed),
+        "auc": auc,
+        "auc_low": low,
+        "auc_high": high,
+        "tpr_at_1pct_fpr": tpr,
+    }

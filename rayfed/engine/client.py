@@ -52,7 +52,8 @@ class ClientActor:
         self.clients: dict[int, ClientData] = {}
         for client in ray.get(client_refs):
             self.clients[client.client_id] = ClientData(
-                client.client_id, client.x.to(self.device), client.y.to(self.device), client.test_index)
+                client.client_id, client.x.to(self.device), client.y.to(self.device), client.test_index
+            )
         # the test images its clients are scored on, once for all of them (clients' subsets overlap)
         test_x, test_y = ray.get(test_ref[0])
         self.test_rows = np.unique(np.concatenate([c.test_index for c in self.clients.values()]))
@@ -62,15 +63,23 @@ class ClientActor:
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
 
     @ray.method(num_returns=2)
-    def train(self, round_index: int, run_seed: int, global_state: NumpyState,
-              client_ids: list[int]) -> tuple[list[UpdateReceipt], list[LocalResult]]:
+    def train(
+        self, round_index: int, run_seed: int, global_state: NumpyState, client_ids: list[int]
+    ) -> tuple[list[UpdateReceipt], list[LocalResult]]:
         """Phase 1 for each of client_ids from Theta_old. Two results: small receipts for the driver, and the
         updates (dw_i as numpy, with F_i(Theta_old)), which only the server fetches."""
         state = to_torch(global_state, self.device)
         results = []
         for cid in client_ids:
-            result = client_update(self.model, self.clients[cid], state, self.settings.training, run_seed=run_seed,
-                                   round_index=round_index, augment_pad=self.pad)
+            result = client_update(
+                self.model,
+                self.clients[cid],
+                state,
+                self.settings.training,
+                run_seed=run_seed,
+                round_index=round_index,
+                augment_pad=self.pad,
+            )
             result.delta = to_numpy(result.delta)
             results.append(result)
         receipts = [UpdateReceipt(cid, self.restarted) for cid in client_ids]
@@ -79,9 +88,18 @@ class ClientActor:
 
     def evaluate(self, round_index: int, run_seed: int, global_state: NumpyState) -> list[ClientEvaluation]:
         """Both accuracies of every hosted client under Theta (see `evaluate_clients`)."""
-        return evaluate_clients(self.model, to_torch(global_state, self.device), self.clients.values(), self.test_x,
-                                self.test_y, self.test_rows, eval_batch_size=self.settings.training.eval_batch_size,
-                                augment_pad=self.pad, run_seed=run_seed, round_index=round_index)
+        return evaluate_clients(
+            self.model,
+            to_torch(global_state, self.device),
+            self.clients.values(),
+            self.test_x,
+            self.test_y,
+            self.test_rows,
+            eval_batch_size=self.settings.training.eval_batch_size,
+            augment_pad=self.pad,
+            run_seed=run_seed,
+            round_index=round_index,
+        )
 
     def pid(self) -> int:
         """The actor's process id (tests use it to kill the process)."""

@@ -16,10 +16,10 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from rayfed.config import Config
-from rayfed.errors import RunStalled
 from rayfed.engine.client import ClientActor, ClientSettings
 from rayfed.engine.runtime import actor_shares, cluster_cpus, cluster_gpus
 from rayfed.engine.server import AuditServer
+from rayfed.errors import RunStalled
 from rayfed.fl.metrics import fairness_summary
 from rayfed.fl.round import LocalTraining, RoundOutcome
 from rayfed.fl.rows import ClientRow, RoundRow, as_dict
@@ -79,18 +79,21 @@ class FederatedEngine:
         self.actor_of = {cid: a for a, group in enumerate(self.groups) for cid in group}
         num_actors = len(self.groups) + 1  # + the server
         cpus, gpus = actor_shares(r.cpus_per_client, r.gpus_per_client, num_actors, "client")  # server: one of them
-        training = LocalTraining(fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size,
-                                 config.data.eval_batch_size)
-        settings = ClientSettings(config.model.name, d.shape, d.num_classes, training, federation.augment_pad,
-                                  r.torch_threads)
+        training = LocalTraining(
+            fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size, config.data.eval_batch_size
+        )
+        settings = ClientSettings(
+            config.model.name, d.shape, d.num_classes, training, federation.augment_pad, r.torch_threads
+        )
         retries = fl.max_retries
         task_retries = retries if fl.on_client_failure == "retry" else 0
         # Each partition enters the object store once; the engine keeps the refs so restarted actors find them.
         self.client_refs = [ray.put(c) for c in federation.clients]
         self.test_ref = ray.put((d.test_x, d.test_y))
         self.actors = [
-            ClientActor.options(num_cpus=cpus, num_gpus=gpus, max_restarts=retries, max_task_retries=task_retries)
-            .remote(settings, [self.client_refs[cid] for cid in group], [self.test_ref])
+            ClientActor.options(
+                num_cpus=cpus, num_gpus=gpus, max_restarts=retries, max_task_retries=task_retries
+            ).remote(settings, [self.client_refs[cid] for cid in group], [self.test_ref])
             for group in self.groups
         ]
         split = federation.split
@@ -98,26 +101,44 @@ class FederatedEngine:
         self.server = AuditServer.options(
             num_cpus=cpus if r.server_cpus == "auto" else r.server_cpus,
             num_gpus=gpus if r.server_gpus == "auto" else r.server_gpus,
-            max_restarts=retries, max_task_retries=retries,
-        ).remote(config.model.name, d.shape, d.num_classes, config.audit, federation.space, [self.server_data],
-                 config.data.eval_batch_size, r.server_threads)
+            max_restarts=retries,
+            max_task_retries=retries,
+        ).remote(
+            config.model.name,
+            d.shape,
+            d.num_classes,
+            config.audit,
+            federation.space,
+            [self.server_data],
+            config.data.eval_batch_size,
+            r.server_threads,
+        )
         log.info("%d client actors (%.4g CPU, %.4g GPU each) + audit server", len(self.actors), cpus, gpus)
 
-    def start_round(self, round_index: int, run: Strategy, seed: int, state_ref: ray.ObjectRef,
-                    gan_state: dict[str, Any] | None = None) -> PendingRound:
+    def start_round(
+        self,
+        round_index: int,
+        run: Strategy,
+        seed: int,
+        state_ref: ray.ObjectRef,
+        gan_state: dict[str, Any] | None = None,
+    ) -> PendingRound:
         """Submit Phase 1 on the selected clients' actors and, for an audited method, Phase 2 on the server
         (it needs only Theta_old, so the server trains the audit GAN while the clients train)."""
         config = self.config
-        selected = select_clients(config.data.num_clients, config.fl.clients_per_round, config.fl.client_fraction,
-                                  seed, round_index)
+        selected = select_clients(
+            config.data.num_clients, config.fl.clients_per_round, config.fl.client_fraction, seed, round_index
+        )
         by_actor: dict[int, list[int]] = {}
         for cid in selected:
             by_actor.setdefault(self.actor_of[cid], []).append(cid)
         trains = {a: self.actors[a].train.remote(round_index, seed, state_ref, cids) for a, cids in by_actor.items()}
-        probes_ref, gan_ref = (self.server.audit.remote(round_index, seed, state_ref, gan_state)
-                               if run.needs_audit else (None, None))
-        return PendingRound(round_index, run, seed, state_ref, time.perf_counter(), by_actor, trains, probes_ref,
-                            gan_ref)
+        probes_ref, gan_ref = (
+            self.server.audit.remote(round_index, seed, state_ref, gan_state) if run.needs_audit else (None, None)
+        )
+        return PendingRound(
+            round_index, run, seed, state_ref, time.perf_counter(), by_actor, trains, probes_ref, gan_ref
+        )
 
     def _wait(self, refs: Any, what: str, p: PendingRound) -> Any:
         """ray.get(refs), or RunStalled naming what the round waited for after resources.stall_timeout seconds
@@ -126,8 +147,10 @@ class FederatedEngine:
         try:
             return ray.get(refs, timeout=timeout)
         except GetTimeoutError:
-            raise RunStalled(f"round {p.round_index} of {p.run.label} (seed {p.seed}) made no progress for "
-                             f"{timeout:g} s waiting for {what} (resources.stall_timeout)") from None
+            raise RunStalled(
+                f"round {p.round_index} of {p.run.label} (seed {p.seed}) made no progress for "
+                f"{timeout:g} s waiting for {what} (resources.stall_timeout)"
+            ) from None
 
     def finish_round(self, pending: PendingRound) -> RoundResult:
         """Collect the receipts (dropping the clients of a dead actor), score and aggregate on the server,
@@ -140,50 +163,85 @@ class FederatedEngine:
                     retries[receipt.client_id] = int(receipt.restarted)
                 delivered.append(updates_ref)
             except RayActorError as exc:
-                log.warning("round %d: clients %s dropped, their actor died (%s)", p.round_index, p.by_actor[a],
-                            str(exc).splitlines()[0])
+                log.warning(
+                    "round %d: clients %s dropped, their actor died (%s)",
+                    p.round_index,
+                    p.by_actor[a],
+                    str(exc).splitlines()[0],
+                )
         for cid, count in retries.items():
             if count:
                 log.warning("round %d: client %d was recomputed on a restarted actor", p.round_index, cid)
-        outcome_ref, new_state_ref = self.server.score_and_aggregate.remote(p.run, p.state_ref, delivered,
-                                                                            p.probes_ref)
+        outcome_ref, new_state_ref = self.server.score_and_aggregate.remote(p.run, p.state_ref, delivered, p.probes_ref)
         outcome: RoundOutcome = self._wait(outcome_ref, "the audit server's scoring and aggregation", p)
-        evaluations = {e.client_id: e for batch in self._wait(
-            [actor.evaluate.remote(p.round_index, p.seed, new_state_ref) for actor in self.actors],
-            "the clients' evaluations", p) for e in batch}
+        evaluations = {
+            e.client_id: e
+            for batch in self._wait(
+                [actor.evaluate.remote(p.round_index, p.seed, new_state_ref) for actor in self.actors],
+                "the clients' evaluations",
+                p,
+            )
+            for e in batch
+        }
         for cid, why in outcome.rejected.items():
             log.warning("round %d: update of client %d rejected: %s", p.round_index, cid, why)
         client_rows = self._client_rows(p, outcome, evaluations, retries)
         basis = config.metrics.client_accuracy
         per_client = [r["test_accuracy" if basis == "test" else "accuracy"] for r in client_rows]
         row = RoundRow(
-            method=p.run.name, seed=p.seed, round=p.round_index, accuracy=outcome.test_accuracy,
-            bias=outcome.bias_base, **fairness_summary(per_client), fairness_basis=basis,
+            method=p.run.name,
+            seed=p.seed,
+            round=p.round_index,
+            accuracy=outcome.test_accuracy,
+            bias=outcome.bias_base,
+            **fairness_summary(per_client),
+            fairness_basis=basis,
             participants=sum(r["participated"] for r in client_rows),
-            **weight_figures(outcome.weights, outcome.scores), seconds=time.perf_counter() - p.started,
+            **weight_figures(outcome.weights, outcome.scores),
+            seconds=time.perf_counter() - p.started,
         )
         gan_state = None if p.gan_ref is None else self._wait(p.gan_ref, "the audit GAN's state", p)
         return RoundResult(new_state_ref, as_dict(row, p.run), client_rows, gan_state)
 
-    def _client_rows(self, p: PendingRound, outcome: RoundOutcome, evaluations: dict,
-                     retries: dict[int, int]) -> list[dict[str, Any]]:
+    def _client_rows(
+        self, p: PendingRound, outcome: RoundOutcome, evaluations: dict, retries: dict[int, int]
+    ) -> list[dict[str, Any]]:
         index = {cid: i for i, cid in enumerate(outcome.client_ids)}
         rows = []
         for client in self.federation.clients:
             cid, i = client.client_id, index.get(client.client_id)
-            rows.append(as_dict(ClientRow(
-                method=p.run.name, seed=p.seed, round=p.round_index, client=cid, num_samples=len(client.y),
-                test_samples=len(client.test_index), loss=None if i is None else outcome.losses[i],
-                accuracy=evaluations[cid].train_accuracy, test_accuracy=evaluations[cid].test_accuracy,
-                bias=None if i is None else outcome.biases[i], score=None if i is None else outcome.scores[i],
-                weight=0.0 if i is None else outcome.weights[i],
-                participated=i is not None and cid not in outcome.rejected,
-                retries=retries.get(cid, 0), rejected=outcome.rejected.get(cid),
-            ), p.run))
+            rows.append(
+                as_dict(
+                    ClientRow(
+                        method=p.run.name,
+                        seed=p.seed,
+                        round=p.round_index,
+                        client=cid,
+                        num_samples=len(client.y),
+                        test_samples=len(client.test_index),
+                        loss=None if i is None else outcome.losses[i],
+                        accuracy=evaluations[cid].train_accuracy,
+                        test_accuracy=evaluations[cid].test_accuracy,
+                        bias=None if i is None else outcome.biases[i],
+                        score=None if i is None else outcome.scores[i],
+                        weight=0.0 if i is None else outcome.weights[i],
+                        participated=i is not None and cid not in outcome.rejected,
+                        retries=retries.get(cid, 0),
+                        rejected=outcome.rejected.get(cid),
+                    ),
+                    p.run,
+                )
+            )
         return rows
 
-    def round(self, round_index: int, run: Strategy, seed: int, state_ref: ray.ObjectRef,
-              gan_state: dict[str, Any] | None = None) -> RoundResult:
+    def round(
+        self,
+        round_index: int,
+        run: Strategy,
+        seed: int,
+        state_ref: ray.ObjectRef,
+        gan_state: dict[str, Any] | None = None,
+    ) -> RoundResult:
         """One whole round: `start_round` then `finish_round`."""
         return self.finish_round(self.start_round(round_index, run, seed, state_ref, gan_state))
 

@@ -64,16 +64,35 @@ def _save_checkpoint(run_dir: RunDirectory, progress: Progress) -> None:
     """Tables first, then the checkpoint that points past them: a crash in between only repeats a round."""
     run_dir.write_table("rounds.parquet", progress.round_rows, schema(RoundRow))
     run_dir.write_table("clients.parquet", progress.client_rows, schema(ClientRow))
-    run_dir.save_state(CHECKPOINT, {
-        "command": "fl", "next_round": progress.next_round,
-        "states": {key: to_torch(state) for key, state in progress.states.items()}, "gans": progress.gans,
-        "rows": len(progress.round_rows), "client_rows": len(progress.client_rows),
-    })
+    run_dir.save_state(
+        CHECKPOINT,
+        {
+            "command": "fl",
+            "next_round": progress.next_round,
+            "states": {key: to_torch(state) for key, state in progress.states.items()},
+            "gans": progress.gans,
+            "rows": len(progress.round_rows),
+            "client_rows": len(progress.client_rows),
+        },
+    )
 
 
 def _log_round(tracker: Tracker, row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
-    data = {k: row[k] for k in ("round", "accuracy", "jfi", "max_min", "variance", "min_accuracy", "max_accuracy",
-                                "effective_clients", "max_weight", "score_spread")}
+    data = {
+        k: row[k]
+        for k in (
+            "round",
+            "accuracy",
+            "jfi",
+            "max_min",
+            "variance",
+            "min_accuracy",
+            "max_accuracy",
+            "effective_clients",
+            "max_weight",
+            "score_spread",
+        )
+    }
     data.update({"accuracy_gap": row["gap"], "bias": row["bias"], f"fairness_basis/{row['fairness_basis']}": 1})
     for c in client_rows:
         data[f"client_{c['client']}_accuracy"] = c["accuracy"]
@@ -94,8 +113,9 @@ def model_file(seeded: SeededRun, config: Config) -> str:
     return f"model_{seeded.run.file_label}{suffix}.pt"
 
 
-def execute(config: Config, run_dir: RunDirectory, progress: Progress,
-            on_round: RoundCallback | None = None) -> list[dict[str, Any]]:
+def execute(
+    config: Config, run_dir: RunDirectory, progress: Progress, on_round: RoundCallback | None = None
+) -> list[dict[str, Any]]:
     """Run (or continue) every seeded run to fl.rounds, round-major (round r of every run, then r + 1),
     checkpointing after each round; then write the outputs.
 
@@ -107,18 +127,21 @@ def execute(config: Config, run_dir: RunDirectory, progress: Progress,
     runs = seeded_runs(config)
     started_ray = init_ray(config.resources.address)
     engine = FederatedEngine(config, federation)
-    initial = {seed: to_numpy(initial_model_state(config, federation, seed))
-               for seed in config.seed_list}
+    initial = {seed: to_numpy(initial_model_state(config, federation, seed)) for seed in config.seed_list}
     state_refs = {r.key: ray.put(progress.states.get(r.key, initial[r.seed])) for r in runs}
-    trackers = {r.key: Tracker(config, f"{r.run.label} seed {r.seed}", run_dir.path, group=run_dir.path.name)
-                for r in runs}
+    trackers = {
+        r.key: Tracker(config, f"{r.run.label} seed {r.seed}", run_dir.path, group=run_dir.path.name) for r in runs
+    }
     try:
-        with tqdm(total=len(runs) * config.fl.rounds, initial=len(runs) * (progress.next_round - 1),
-                  unit="round") as bar:
+        with tqdm(
+            total=len(runs) * config.fl.rounds, initial=len(runs) * (progress.next_round - 1), unit="round"
+        ) as bar:
             for round_index in range(progress.next_round, config.fl.rounds + 1):
                 bar.set_description(f"round {round_index}")
-                pending = [engine.start_round(round_index, r.run, r.seed, state_refs[r.key], progress.gans.get(r.key))
-                           for r in runs]
+                pending = [
+                    engine.start_round(round_index, r.run, r.seed, state_refs[r.key], progress.gans.get(r.key))
+                    for r in runs
+                ]
                 for seeded, started in zip(runs, pending):
                     result = engine.finish_round(started)
                     state_refs[seeded.key] = result.state_ref
@@ -133,7 +156,7 @@ def execute(config: Config, run_dir: RunDirectory, progress: Progress,
                 progress.states = {key: ray.get(ref) for key, ref in state_refs.items()}
                 _save_checkpoint(run_dir, progress)
                 if on_round is not None:
-                    on_round(progress.round_rows[-len(runs):])
+                    on_round(progress.round_rows[-len(runs) :])
         for seeded in runs:
             run_dir.save_state(model_file(seeded, config), to_torch(progress.states[seeded.key]))
     finally:
@@ -169,8 +192,13 @@ def load_progress(directory: Path) -> Progress:
     checkpoint = _load_checkpoint(directory / CHECKPOINT)
     rounds = read_table(directory / "rounds.parquet")[: checkpoint["rows"]]
     clients = read_table(directory / "clients.parquet")[: checkpoint["client_rows"]]
-    return Progress(checkpoint["next_round"], {k: to_numpy(v) for k, v in checkpoint["states"].items()},
-                    checkpoint["gans"], rounds, clients)
+    return Progress(
+        checkpoint["next_round"],
+        {k: to_numpy(v) for k, v in checkpoint["states"].items()},
+        checkpoint["gans"],
+        rounds,
+        clients,
+    )
 
 
 def resume_fl(path: str, config_file: str | None, overrides: list[str]) -> list[dict[str, Any]]:

@@ -55,8 +55,11 @@ class Node:
 
 def alive_nodes() -> list[Node]:
     """The alive nodes of the cluster, from ray.nodes() (fake GPUs included)."""
-    return [Node(float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)))
-            for n in ray.nodes() if n["Alive"]]
+    return [
+        Node(float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)))
+        for n in ray.nodes()
+        if n["Alive"]
+    ]
 
 
 def _units(amount: float) -> int:
@@ -105,8 +108,15 @@ def _largest_share(fits: Callable[[float], bool], most: float) -> float | None:
     return low / RAY_UNITS if low else None
 
 
-def fit_shares(nodes: Sequence[Node], cpus: float | str, gpus: float | str, num_actors: int, keys: tuple[str, str],
-               most: tuple[float, float] = (1.0, 1.0), drivers: int = 0) -> tuple[float, float]:
+def fit_shares(
+    nodes: Sequence[Node],
+    cpus: float | str,
+    gpus: float | str,
+    num_actors: int,
+    keys: tuple[str, str],
+    most: tuple[float, float] = (1.0, 1.0),
+    drivers: int = 0,
+) -> tuple[float, float]:
     """(CPUs, GPUs) per actor for num_actors identical actors that must all run at once on the nodes.
 
     A number is kept; `auto` is the largest share in Ray's 1/10,000 units, at most `most` (one CPU, one GPU),
@@ -116,6 +126,7 @@ def fit_shares(nodes: Sequence[Node], cpus: float | str, gpus: float | str, num_
     CPU share must fit alongside (Tune trials' drivers). Raises UserError naming `keys` (the config keys of
     the CPU and the GPU share) when the actors cannot all be placed.
     """
+
     def fits(cpu: float, gpu: float) -> bool:
         requests = [(cpu, gpu)] * num_actors + [(cpu, 0.0)] * drivers
         return placeable(nodes, requests) == len(requests)
@@ -134,9 +145,11 @@ def fit_shares(nodes: Sequence[Node], cpus: float | str, gpus: float | str, num_
     settings = dict(zip(keys, (cpus, gpus)))
     blamed = {k: v for k, v in settings.items() if v != "auto"} or settings
     held = placeable(nodes, [(cpu, gpu)] * num_actors + [(cpu, 0.0)] * drivers)
-    raise UserError(f"{' and '.join(f'{k}={v}' for k, v in blamed.items())}: {num_actors} actors of "
-                    f"{' + '.join(sizes) or 'any size'}{f' and {drivers} drivers' if drivers else ''} cannot all be "
-                    f"placed on the cluster's nodes ({describe(nodes)}), which hold only {held} of them at once")
+    raise UserError(
+        f"{' and '.join(f'{k}={v}' for k, v in blamed.items())}: {num_actors} actors of "
+        f"{' + '.join(sizes) or 'any size'}{f' and {drivers} drivers' if drivers else ''} cannot all be "
+        f"placed on the cluster's nodes ({describe(nodes)}), which hold only {held} of them at once"
+    )
 
 
 def describe(nodes: Sequence[Node]) -> str:

@@ -37,8 +37,17 @@ def to_cpu(value: Any) -> Any:
 class AuditServer:
     """Holds the audit split (never any client's data) and the global test set."""
 
-    def __init__(self, model_name: str, shape: tuple[int, int, int], num_classes: int, audit: AuditConfig,
-                 space: PixelSpace, data_ref: list[ray.ObjectRef], eval_batch_size: int, threads: int | None):
+    def __init__(
+        self,
+        model_name: str,
+        shape: tuple[int, int, int],
+        num_classes: int,
+        audit: AuditConfig,
+        space: PixelSpace,
+        data_ref: list[ray.ObjectRef],
+        eval_batch_size: int,
+        threads: int | None,
+    ):
         self.device = setup_worker(threads or os.cpu_count() or 1)
         audit_x, audit_y, test_x, test_y = (t.to(self.device) for t in ray.get(data_ref[0]))
         self.audit_x, self.audit_y, self.test_x, self.test_y = audit_x, audit_y, test_x, test_y
@@ -49,23 +58,39 @@ class AuditServer:
         self.shape, self.num_classes = shape, num_classes
 
     @ray.method(num_returns=2)
-    def audit(self, round_index: int, run_seed: int, global_state: NumpyState,
-              gan_state: dict[str, Any] | None = None) -> tuple[Probes, dict[str, Any] | None]:
+    def audit(
+        self, round_index: int, run_seed: int, global_state: NumpyState, gan_state: dict[str, Any] | None = None
+    ) -> tuple[Probes, dict[str, Any] | None]:
         """Phase 2: train G (and D) against the frozen Theta_old and draw the probe set P. It needs nothing
         from the clients, so the engine starts it with their local training.
 
         Returns the probes (for `score_and_aggregate`) and, with warm start, G, D and their optimizers' states
         (for the driver's next round and checkpoint), both on the CPU."""
         a = self.audit_config
-        gan = train_audit(self.model, to_torch(global_state, self.device), self.audit_x, self.audit_y, a,
-                          self.space, self.num_classes, self.shape, run_seed=run_seed, round_index=round_index,
-                          gan_state=gan_state)
+        gan = train_audit(
+            self.model,
+            to_torch(global_state, self.device),
+            self.audit_x,
+            self.audit_y,
+            a,
+            self.space,
+            self.num_classes,
+            self.shape,
+            run_seed=run_seed,
+            round_index=round_index,
+            gan_state=gan_state,
+        )
         probes = draw_probes(gan, a.n_probes, self.space, run_seed=run_seed, round_index=round_index)
         return Probes(probes.x.cpu(), probes.x_prime.cpu()), to_cpu(gan.state_dict()) if a.warm_start else None
 
     @ray.method(num_returns=2)
-    def score_and_aggregate(self, strategy: Strategy, global_state: NumpyState, update_refs: list[ray.ObjectRef],
-                            probes: Probes | None = None) -> tuple[RoundOutcome, NumpyState]:
+    def score_and_aggregate(
+        self,
+        strategy: Strategy,
+        global_state: NumpyState,
+        update_refs: list[ray.ObjectRef],
+        probes: Probes | None = None,
+    ) -> tuple[RoundOutcome, NumpyState]:
         """Check the updates, weight them by `strategy` (with this round's `probes` from `audit` if it needs
         them), apply them, evaluate Theta_new on the test set. Returns the outcome (with the test accuracy; its
         `state` emptied, as Theta_new travels separately as the second result)."""
@@ -75,8 +100,11 @@ class AuditServer:
             r.delta = to_torch(r.delta, self.device)
         if strategy.needs_audit and probes is None:
             raise ValueError(f"{strategy.name} needs this round's probes from AuditServer.audit")
-        evidence = (audit_evidence(self.evaluator, probes, self.device, self.audit_config.score_chunk)
-                    if strategy.needs_audit else None)
+        evidence = (
+            audit_evidence(self.evaluator, probes, self.device, self.audit_config.score_chunk)
+            if strategy.needs_audit
+            else None
+        )
         outcome = score_and_aggregate(strategy, state, results, evidence, self.buffers)
         self.model.load_state_dict(outcome.state)
         outcome.test_accuracy = accuracy(self.model, self.test_x, self.test_y, self.eval_batch_size)

@@ -40,8 +40,11 @@ SHARD_MAX_RESTARTS = 3
 def worker_options(resources: ResourcesConfig, num_shards: int, deterministic: bool) -> dict[str, Any]:
     """Ray options of a shard actor or baseline task: its CPU and GPU share, and the deterministic runtime env."""
     cpus, gpus = actor_shares(resources.cpus_per_shard, resources.gpus_per_shard, num_shards, "shard")
-    return {"num_cpus": cpus, "num_gpus": gpus,
-            "runtime_env": {"env_vars": DETERMINISTIC_ENV} if deterministic else None}
+    return {
+        "num_cpus": cpus,
+        "num_gpus": gpus,
+        "runtime_env": {"env_vars": DETERMINISTIC_ENV} if deterministic else None,
+    }
 
 
 @ray.remote(num_cpus=0)
@@ -62,8 +65,18 @@ class StageCounter:
 class ShardActor:
     """One shard's ShardTrainer inside a Ray actor, on whatever device torch sees there."""
 
-    def __init__(self, shard: int, slices: list[np.ndarray], x: torch.Tensor, y: torch.Tensor,
-                 settings: TrainSettings, directory: str, threads: int, deterministic: bool, counter):
+    def __init__(
+        self,
+        shard: int,
+        slices: list[np.ndarray],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        settings: TrainSettings,
+        directory: str,
+        threads: int,
+        deterministic: bool,
+        counter,
+    ):
         device = setup_worker(threads)
         use_deterministic_kernels(deterministic)
         self.trainer = ShardTrainer(shard, slices, x, y, settings, directory, device)
@@ -93,10 +106,21 @@ def run_in_worker(job: Callable, threads: int, deterministic: bool, *args: Any) 
 class ShardPool:
     """S ShardActors training one ensemble, checkpoints in `directory`/shard{s}/slice{k}.pt."""
 
-    def __init__(self, layout: Layout, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings,
-                 directory: Path, resources: ResourcesConfig, deterministic: bool = True):
-        options = {**worker_options(resources, layout.num_shards, deterministic),
-                   "max_restarts": SHARD_MAX_RESTARTS, "max_task_retries": SHARD_MAX_RESTARTS}
+    def __init__(
+        self,
+        layout: Layout,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        settings: TrainSettings,
+        directory: Path,
+        resources: ResourcesConfig,
+        deterministic: bool = True,
+    ):
+        options = {
+            **worker_options(resources, layout.num_shards, deterministic),
+            "max_restarts": SHARD_MAX_RESTARTS,
+            "max_task_retries": SHARD_MAX_RESTARTS,
+        }
         self.directory, self.stall_timeout = directory, resources.stall_timeout
         self.counter = StageCounter.remote()
         self.actors = []
@@ -104,9 +128,18 @@ class ShardPool:
         for s in range(layout.num_shards):
             rows = torch.from_numpy(layout.shard_indices(s))
             self._data.append((ray.put(x[rows]), ray.put(y[rows])))
-            self.actors.append(ShardActor.options(**options).remote(
-                s, list(layout.slices[s]), *self._data[-1], settings, str(directory / f"shard{s}"),
-                resources.torch_threads, deterministic, self.counter))
+            self.actors.append(
+                ShardActor.options(**options).remote(
+                    s,
+                    list(layout.slices[s]),
+                    *self._data[-1],
+                    settings,
+                    str(directory / f"shard{s}"),
+                    resources.torch_threads,
+                    deterministic,
+                    self.counter,
+                )
+            )
         ray.get([actor.__ray_ready__.remote() for actor in self.actors])  # timings exclude actor start-up
 
     def run(self, shards: Sequence[int], removed: Collection[int], desc: str) -> tuple[list[ShardStats], float]:
@@ -124,8 +157,10 @@ class ShardPool:
                 if done or now > stages:
                     stages, last_progress = now, time.perf_counter()
                 elif time.perf_counter() - last_progress > self.stall_timeout:
-                    raise RunStalled(f"{desc}: shard(s) {sorted(pending.values())} finished no slice stage in "
-                                    f"{self.stall_timeout:g} s (resources.stall_timeout)")
+                    raise RunStalled(
+                        f"{desc}: shard(s) {sorted(pending.values())} finished no slice stage in "
+                        f"{self.stall_timeout:g} s (resources.stall_timeout)"
+                    )
                 for ref in done:
                     stats.append(ray.get(ref))
                     pending.pop(ref)

@@ -71,20 +71,44 @@ def make_setup(config: Config) -> SisaSetup:
         raise UserError(f"unlearn.requests: cannot cut {len(forget)} points into {config.unlearn.requests} requests")
     if forget and not any(sum(sizes) for sizes in layout.kept_slice_sizes(forget)):
         raise UserError("unlearn.forget: forgets every training point; no shard is left to predict with")
-    poison = (choose_poison(data.train_y, target=b.target_class, num_classes=data.num_classes, mode=b.mode,
-                            count=b.poison, fraction=b.poison_fraction, seed=config.seed) if b.enabled else None)
+    poison = (
+        choose_poison(
+            data.train_y,
+            target=b.target_class,
+            num_classes=data.num_classes,
+            mode=b.mode,
+            count=b.poison,
+            fraction=b.poison_fraction,
+            seed=config.seed,
+        )
+        if b.enabled
+        else None
+    )
     epochs = tuple(epochs_per_stage(s.schedule, s.epochs, s.slices))
     never = untrained_slices(epochs)
     if never:
-        raise UserError(f"sisa.epochs: the {s.schedule} schedule with e={s.epochs} over R={s.slices} slices trains 0 "
-                        f"epochs from stage {never.start}, so slices {never.start}..{s.slices - 1} would never be "
-                        f"trained on (raise sisa.epochs, lower sisa.slices or use sisa.schedule=union)")
+        raise UserError(
+            f"sisa.epochs: the {s.schedule} schedule with e={s.epochs} over R={s.slices} slices trains 0 "
+            f"epochs from stage {never.start}, so slices {never.start}..{s.slices - 1} would never be "
+            f"trained on (raise sisa.epochs, lower sisa.slices or use sisa.schedule=union)"
+        )
     settings = TrainSettings(
-        model=config.model.name, input_shape=data.shape, num_classes=data.num_classes, epochs=epochs, lr=s.lr,
-        momentum=s.momentum, batch_size=s.batch_size, seed=config.seed, pretrained=config.model.pretrained,
-        augment_pad=black_level(data.mean, data.std) if data.augment else None)
-    requests = [[int(i) for i in part] for part in np.array_split(np.asarray(forget, dtype=np.int64),
-                                                                   config.unlearn.requests)] if forget else []
+        model=config.model.name,
+        input_shape=data.shape,
+        num_classes=data.num_classes,
+        epochs=epochs,
+        lr=s.lr,
+        momentum=s.momentum,
+        batch_size=s.batch_size,
+        seed=config.seed,
+        pretrained=config.model.pretrained,
+        augment_pad=black_level(data.mean, data.std) if data.augment else None,
+    )
+    requests = (
+        [[int(i) for i in part] for part in np.array_split(np.asarray(forget, dtype=np.int64), config.unlearn.requests)]
+        if forget
+        else []
+    )
     return SisaSetup(data, layout, forget, requests, poison, settings)
 
 
@@ -92,8 +116,9 @@ class ShardEnsemble:
     """The shard models that predictions use: `members` (default all), the shards that still hold a point (an
     emptied shard would vote with its initial weights, so it leaves the ensemble). `states` keeps every shard."""
 
-    def __init__(self, settings: TrainSettings, states: list[dict[str, Any]], batch_size: int,
-                 members: list[int] | None = None):
+    def __init__(
+        self, settings: TrainSettings, states: list[dict[str, Any]], batch_size: int, members: list[int] | None = None
+    ):
         self.settings, self.batch_size, self.states = settings, batch_size, states
         self.members = list(range(len(states))) if members is None else members
         self.models = [model_from_state(settings, states[s]) for s in self.members]
@@ -112,21 +137,43 @@ def _metric_rows(stage: str, probs: torch.Tensor, y: torch.Tensor, aggregations:
     rows = []
     for agg in aggregations:
         tie_rate = float(vote_ties(probs).float().mean()) if agg == "vote" else None
-        rows.append({"stage": stage, "aggregation": agg, **classification_metrics(y, *combine_shards(probs, agg)),
-                     "model": "ensemble", "shards_used": probs.shape[0], "tie_rate": tie_rate})
+        rows.append(
+            {
+                "stage": stage,
+                "aggregation": agg,
+                **classification_metrics(y, *combine_shards(probs, agg)),
+                "model": "ensemble",
+                "shards_used": probs.shape[0],
+                "tie_rate": tie_rate,
+            }
+        )
     return rows
 
 
-def _exactness_rows(a: ShardEnsemble, b: ShardEnsemble, probs_a: torch.Tensor, probs_b: torch.Tensor,
-                    aggregations: list[str], kernels: dict[str, Any]) -> list[dict]:
+def _exactness_rows(
+    a: ShardEnsemble,
+    b: ShardEnsemble,
+    probs_a: torch.Tensor,
+    probs_b: torch.Tensor,
+    aggregations: list[str],
+    kernels: dict[str, Any],
+) -> list[dict]:
     weights_equal = all(torch.equal(sa[k], sb[k]) for sa, sb in zip(a.states, b.states) for k in sa)
     rows = []
     for agg in aggregations:
         (pred_a, score_a), (pred_b, score_b) = combine_shards(probs_a, agg), combine_shards(probs_b, agg)
-        rows.append({"aggregation": agg, "predictions_equal": bool(torch.equal(pred_a, pred_b)),
-                     "max_probability_difference": float((score_a - score_b).abs().max()),
-                     "weights_equal": weights_equal, "test_points": len(pred_a), "device": kernels["device"],
-                     "torch_version": kernels["torch_version"], "deterministic": kernels["deterministic"]})
+        rows.append(
+            {
+                "aggregation": agg,
+                "predictions_equal": bool(torch.equal(pred_a, pred_b)),
+                "max_probability_difference": float((score_a - score_b).abs().max()),
+                "weights_equal": weights_equal,
+                "test_points": len(pred_a),
+                "device": kernels["device"],
+                "torch_version": kernels["torch_version"],
+                "deterministic": kernels["deterministic"],
+            }
+        )
     return rows
 
 
@@ -226,25 +273,29 @@ class SisaExperiment:
         """Probabilities of every probe set and the test metrics of one stage's ensemble."""
         self.ensembles[stage] = ensemble
         self.probs[stage] = {k: ensemble.probs(px) for k, (px, _) in self.probes.items()}
-        self.tables["metrics"] += _metric_rows(stage, self.probs[stage]["test"], self.setup.data.test_y,
-                                               self.aggregations)
+        self.tables["metrics"] += _metric_rows(
+            stage, self.probs[stage]["test"], self.setup.data.test_y, self.aggregations
+        )
 
     def train(self) -> None:
         """Train the ensemble on every training point; draw the membership samples."""
         data, layout, config = self.setup.data, self.setup.layout, self.config
         x, y = data.train_x, data.train_y
-        self.pool = ShardPool(layout, x, y, self.setup.settings, self.checkpoints / "main", config.resources,
-                              config.sisa.deterministic)
+        self.pool = ShardPool(
+            layout, x, y, self.setup.settings, self.checkpoints / "main", config.resources, config.sisa.deterministic
+        )
         self.kernels = self.pool.kernel_settings()
         self.trained_stats, self.trained_seconds = self.pool.run(range(layout.num_shards), (), "sisa: train")
         forget, size = self.setup.forget, config.unlearn.membership_size
         test_rows = _sample(len(data.test_y), size, stream_seed(config.seed, Stream.SISA_MEMBERSHIP, 1))
         member_rows = _sample(len(y), len(test_rows), stream_seed(config.seed, Stream.SISA_MEMBERSHIP, 0), forget)
-        self.probes = {"test": (data.test_x, data.test_y), "forget": (x[forget], y[forget]),
-                       "train": (x[member_rows], y[member_rows]),
-                       "nonmember": (data.test_x[test_rows], data.test_y[test_rows])}
-        self._predict("trained", ShardEnsemble(self.setup.settings, self.pool.states(),
-                                               config.data.eval_batch_size))
+        self.probes = {
+            "test": (data.test_x, data.test_y),
+            "forget": (x[forget], y[forget]),
+            "train": (x[member_rows], y[member_rows]),
+            "nonmember": (data.test_x[test_rows], data.test_y[test_rows]),
+        }
+        self._predict("trained", ShardEnsemble(self.setup.settings, self.pool.states(), config.data.eval_batch_size))
 
     def unlearn(self) -> None:
         """Serve the requests one after another: each retrains the shards it touches from their first stale
@@ -262,52 +313,87 @@ class SisaExperiment:
             samples = sum(st.samples for st in stats)
             ensemble_samples = _retrain_samples(layout, settings.epochs, removed)
             unsharded_samples = self.config.sisa.epochs * (len(shard_of) - len(removed))
-            expected = expected_request_samples(settings.epochs, layout.num_shards, len(request),
-                                                len(shard_of) - len(removed))
+            expected = expected_request_samples(
+                settings.epochs, layout.num_shards, len(request), len(shard_of) - len(removed)
+            )
             cumulative, expected_cumulative = cumulative + samples, expected_cumulative + expected
             emptied = layout.num_shards - len(_members(layout, removed))
-            self.tables["unlearning"].append({
-                "request": k, "points": len(request), "shards_retrained": len(stats), "emptied_shards": emptied,
-                "samples_processed": samples, "shard_seconds": sum(st.seconds for st in stats), "wall_seconds": wall,
-                "ensemble_retrain_samples": ensemble_samples, "unsharded_retrain_samples": unsharded_samples,
-                "speedup_vs_ensemble": ensemble_samples / max(1, samples),
-                "speedup_vs_unsharded": unsharded_samples / max(1, samples),
-                "expected_samples": expected,
-                "expected_speedup_vs_ensemble": expected_speedup(settings.epochs, layout.num_shards, len(request)),
-                "cumulative_samples": cumulative, "expected_cumulative_samples": expected_cumulative})
+            self.tables["unlearning"].append(
+                {
+                    "request": k,
+                    "points": len(request),
+                    "shards_retrained": len(stats),
+                    "emptied_shards": emptied,
+                    "samples_processed": samples,
+                    "shard_seconds": sum(st.seconds for st in stats),
+                    "wall_seconds": wall,
+                    "ensemble_retrain_samples": ensemble_samples,
+                    "unsharded_retrain_samples": unsharded_samples,
+                    "speedup_vs_ensemble": ensemble_samples / max(1, samples),
+                    "speedup_vs_unsharded": unsharded_samples / max(1, samples),
+                    "expected_samples": expected,
+                    "expected_speedup_vs_ensemble": expected_speedup(settings.epochs, layout.num_shards, len(request)),
+                    "cumulative_samples": cumulative,
+                    "expected_cumulative_samples": expected_cumulative,
+                }
+            )
             by_shard = {st.shard: st for st in stats}
             for index in request:
                 st = by_shard[int(shard_of[index])]
-                self.tables["unlearning_points"].append({
-                    "request": k, "index": index, "shard": st.shard, "slice": int(slice_of[index]),
-                    "first_slice": st.first_stage, "shard_samples": st.samples})
+                self.tables["unlearning_points"].append(
+                    {
+                        "request": k,
+                        "index": index,
+                        "shard": st.shard,
+                        "slice": int(slice_of[index]),
+                        "first_slice": st.first_stage,
+                        "shard_samples": st.samples,
+                    }
+                )
         members = _members(layout, removed)
         if len(members) < layout.num_shards:
             emptied = sorted(set(range(layout.num_shards)) - set(members))
-            self.warnings.append(f"the forget set empties shard(s) {emptied}: they leave the ensemble (mean and vote "
-                                 f"over the {len(members)} others)")
+            self.warnings.append(
+                f"the forget set empties shard(s) {emptied}: they leave the ensemble (mean and vote "
+                f"over the {len(members)} others)"
+            )
         # only now, every affected shard having finished, does the unlearned ensemble replace the trained one
-        self._predict("unlearned", ShardEnsemble(settings, self.pool.states(), self.config.data.eval_batch_size,
-                                                 members))
+        self._predict(
+            "unlearned", ShardEnsemble(settings, self.pool.states(), self.config.data.eval_batch_size, members)
+        )
 
     def retrain_reference(self) -> None:
         """Train a fresh ensemble from scratch without the forget set and compare it with the unlearned one."""
         setup, directory = self.setup, self.checkpoints / "retrained"
-        retrained = ShardPool(setup.layout, setup.data.train_x, setup.data.train_y, setup.settings, directory,
-                              self.config.resources, self.config.sisa.deterministic)
+        retrained = ShardPool(
+            setup.layout,
+            setup.data.train_x,
+            setup.data.train_y,
+            setup.settings,
+            directory,
+            self.config.resources,
+            self.config.sisa.deterministic,
+        )
         stats, wall = retrained.run(range(setup.layout.num_shards), setup.forget, "sisa: retrain from scratch")
         self.reference_cost = (sum(st.seconds for st in stats), wall)
-        reference = ShardEnsemble(setup.settings, retrained.states(), self.config.data.eval_batch_size,
-                                  self.ensembles["unlearned"].members)
+        reference = ShardEnsemble(
+            setup.settings, retrained.states(), self.config.data.eval_batch_size, self.ensembles["unlearned"].members
+        )
         retrained.close()
         shutil.rmtree(directory, ignore_errors=True)
         self._predict("retrained", reference)
-        self.tables["exactness"] = _exactness_rows(self.ensembles["unlearned"], reference,
-                                                   self.probs["unlearned"]["test"], self.probs["retrained"]["test"],
-                                                   self.aggregations, self.kernels)
+        self.tables["exactness"] = _exactness_rows(
+            self.ensembles["unlearned"],
+            reference,
+            self.probs["unlearned"]["test"],
+            self.probs["retrained"]["test"],
+            self.aggregations,
+            self.kernels,
+        )
 
-    def _unsharded_jobs(self, x: torch.Tensor, y: torch.Tensor, forget: list[int] | np.ndarray,
-                        with_baselines: bool) -> dict[str, dict[str, Any]]:
+    def _unsharded_jobs(
+        self, x: torch.Tensor, y: torch.Tensor, forget: list[int] | np.ndarray, with_baselines: bool
+    ) -> dict[str, dict[str, Any]]:
         """The unsharded model retrained on (x, y) minus `forget` and, with baselines, trained on all of (x, y)
         and unlearned approximately: {method: {"state", "samples", "seconds"}}, computed in Ray workers."""
         config, settings, epochs = self.config, self.setup.settings, self.config.sisa.epochs
@@ -316,15 +402,21 @@ class SisaExperiment:
         keep = torch.from_numpy(np.setdiff1d(np.arange(len(y)), np.asarray(forget, dtype=np.int64)))
         lost = torch.from_numpy(np.asarray(forget, dtype=np.int64))
         x_r, y_r, x_f, y_f = ray.put(x[keep]), ray.put(y[keep]), ray.put(x[lost]), ray.put(y[lost])
-        refs = {"retrained": run_in_worker.options(**options).remote(timed, threads, det, train_unsharded,
-                                                                     settings, epochs, x_r, y_r)}
+        refs = {
+            "retrained": run_in_worker.options(**options).remote(
+                timed, threads, det, train_unsharded, settings, epochs, x_r, y_r
+            )
+        }
         if with_baselines:
-            trained = run_in_worker.options(**options).remote(timed, threads, det, train_unsharded, settings, epochs,
-                                                              ray.put(x), ray.put(y))
+            trained = run_in_worker.options(**options).remote(
+                timed, threads, det, train_unsharded, settings, epochs, ray.put(x), ray.put(y)
+            )
             refs["trained"] = trained
             state = _state_of.remote(trained)
-            jobs = {"finetune": (finetune, settings, u.baseline_epochs, state, x_r, y_r),
-                    "neggrad": (neggrad_plus, settings, u.baseline_epochs, u.neggrad_alpha, state, x_r, y_r, x_f, y_f)}
+            jobs = {
+                "finetune": (finetune, settings, u.baseline_epochs, state, x_r, y_r),
+                "neggrad": (neggrad_plus, settings, u.baseline_epochs, u.neggrad_alpha, state, x_r, y_r, x_f, y_f),
+            }
             for method in u.baselines:
                 refs[method] = run_in_worker.options(**options).remote(timed, threads, det, *jobs[method])
         return dict(zip(refs, ray.get(list(refs.values()))))
@@ -334,8 +426,9 @@ class SisaExperiment:
         accuracy beside the ensemble's is the price of sharding) and, with `unlearn.baselines`, one trained on
         everything and unlearned approximately; their test metrics join metrics.parquet (model `unsharded`)."""
         data = self.setup.data
-        self.unsharded = self._unsharded_jobs(data.train_x, data.train_y, self.setup.forget,
-                                              bool(self.config.unlearn.baselines))
+        self.unsharded = self._unsharded_jobs(
+            data.train_x, data.train_y, self.setup.forget, bool(self.config.unlearn.baselines)
+        )
         for method, result in self.unsharded.items():
             model = ShardEnsemble(self.setup.settings, [result["state"]], self.config.data.eval_batch_size)
             result["probs"] = {k: model.probs(px) for k, (px, _) in self.probes.items()}
@@ -349,8 +442,9 @@ class SisaExperiment:
         for stage in self.probs:
             for members in ("forget", "train"):
                 member = ensemble_losses(self.probs, members, self.probes)
-                self.tables["membership"].append(membership_row(stage, f"{members}_vs_test", member[stage],
-                                                                nonmember[stage], seed))
+                self.tables["membership"].append(
+                    membership_row(stage, f"{members}_vs_test", member[stage], nonmember[stage], seed)
+                )
 
     def backdoor(self) -> None:
         """backdoor.parquet: the clean ensemble's ASR (the floor), then train on poisoned data, measure clean
@@ -358,29 +452,53 @@ class SisaExperiment:
         if self.setup.poison is None:
             return
         b, data, setup, aggs = self.config.backdoor, self.setup.data, self.setup, self.aggregations
-        trigger = {"mean": data.mean, "std": data.std, "size": b.trigger_size, "value": b.trigger_value,
-                   "position": b.trigger_position}
-        x, y = poison_data(data.train_x, data.train_y, setup.poison, target=b.target_class, mode=b.mode,
-                           seed=self.config.seed, **trigger)
+        trigger = {
+            "mean": data.mean,
+            "std": data.std,
+            "size": b.trigger_size,
+            "value": b.trigger_value,
+            "position": b.trigger_position,
+        }
+        x, y = poison_data(
+            data.train_x,
+            data.train_y,
+            setup.poison,
+            target=b.target_class,
+            mode=b.mode,
+            seed=self.config.seed,
+            **trigger,
+        )
         triggered = stamp(data.test_x, seed=stream_seed(self.config.seed, Stream.BACKDOOR_TRIGGER, 1), **trigger)
 
         def rows(stage: str, ensemble: ShardEnsemble, shards: int | None, samples: int | None) -> list[dict]:
             clean, attacked = ensemble.probs(data.test_x), ensemble.probs(triggered)
-            return [{"stage": stage, "aggregation": agg, "mode": b.mode, "poisoned": len(setup.poison),
-                     "clean_accuracy": classification_metrics(data.test_y, *combine_shards(clean, agg))["accuracy"],
-                     "asr": attack_success_rate(combine_shards(attacked, agg)[0], data.test_y, b.target_class),
-                     "shards_retrained": shards, "samples_processed": samples} for agg in aggs]
+            return [
+                {
+                    "stage": stage,
+                    "aggregation": agg,
+                    "mode": b.mode,
+                    "poisoned": len(setup.poison),
+                    "clean_accuracy": classification_metrics(data.test_y, *combine_shards(clean, agg))["accuracy"],
+                    "asr": attack_success_rate(combine_shards(attacked, agg)[0], data.test_y, b.target_class),
+                    "shards_retrained": shards,
+                    "samples_processed": samples,
+                }
+                for agg in aggs
+            ]
 
         self.tables["backdoor"] += rows("clean", self.ensembles["trained"], None, None)
         directory = self.checkpoints / "backdoor"
-        pool = ShardPool(setup.layout, x, y, setup.settings, directory, self.config.resources,
-                         self.config.sisa.deterministic)
-        for stage, shards, removed in (("trained", range(setup.layout.num_shards), ()),
-                                       ("unlearned", list(affected_shards(setup.layout, setup.poison)),
-                                        [int(i) for i in setup.poison])):
+        pool = ShardPool(
+            setup.layout, x, y, setup.settings, directory, self.config.resources, self.config.sisa.deterministic
+        )
+        for stage, shards, removed in (
+            ("trained", range(setup.layout.num_shards), ()),
+            ("unlearned", list(affected_shards(setup.layout, setup.poison)), [int(i) for i in setup.poison]),
+        ):
             stats, _ = pool.run(shards, removed, f"sisa: backdoor {stage}")
-            ensemble = ShardEnsemble(setup.settings, pool.states(), self.config.data.eval_batch_size,
-                                     _members(setup.layout, list(removed)))
+            ensemble = ShardEnsemble(
+                setup.settings, pool.states(), self.config.data.eval_batch_size, _members(setup.layout, list(removed))
+            )
             self.tables["backdoor"] += rows(stage, ensemble, len(stats), sum(st.samples for st in stats))
         pool.close()
         shutil.rmtree(directory, ignore_errors=True)
@@ -388,8 +506,9 @@ class SisaExperiment:
             self.unsharded_backdoor = self._unsharded_jobs(x, y, setup.poison, True)
             for result in self.unsharded_backdoor.values():
                 model = ShardEnsemble(setup.settings, [result["state"]], self.config.data.eval_batch_size)
-                result["asr"] = attack_success_rate(combine_shards(model.probs(triggered), "mean")[0],
-                                                    data.test_y, b.target_class)
+                result["asr"] = attack_success_rate(
+                    combine_shards(model.probs(triggered), "mean")[0], data.test_y, b.target_class
+                )
 
     def compare_baselines(self) -> None:
         """baselines.parquet: exact SISA, each approximate method and the unsharded model retrained from scratch
@@ -401,28 +520,57 @@ class SisaExperiment:
         backdoor = {(r["stage"], r["aggregation"]): r for r in self.tables["backdoor"]}
         poisoned = self.unsharded_backdoor
         sisa_asr = backdoor.get(("unlearned", "mean"), {}).get("asr"), backdoor.get(("trained", "mean"), {}).get("asr")
-        methods = [("sisa", "ensemble", True, self.probs["unlearned"],
-                    sum(r["samples_processed"] for r in self.tables["unlearning"]),
-                    sum(r["wall_seconds"] for r in self.tables["unlearning"]), sisa_asr,
-                    backdoor.get(("unlearned", "mean"), {}).get("samples_processed"))]
+        methods = [
+            (
+                "sisa",
+                "ensemble",
+                True,
+                self.probs["unlearned"],
+                sum(r["samples_processed"] for r in self.tables["unlearning"]),
+                sum(r["wall_seconds"] for r in self.tables["unlearning"]),
+                sisa_asr,
+                backdoor.get(("unlearned", "mean"), {}).get("samples_processed"),
+            )
+        ]
         for method in [*self.config.unlearn.baselines, "retrained"]:
             result = self.unsharded[method]
             asr = (poisoned[method]["asr"], poisoned["trained"]["asr"]) if poisoned else (None, None)
-            methods.append((method, "unsharded", method == "retrained", result["probs"], result["samples"],
-                            result["seconds"], asr, poisoned[method]["samples"] if poisoned else None))
+            methods.append(
+                (
+                    method,
+                    "unsharded",
+                    method == "retrained",
+                    result["probs"],
+                    result["samples"],
+                    result["seconds"],
+                    asr,
+                    poisoned[method]["samples"] if poisoned else None,
+                )
+            )
         for method, model, exact, probs, samples, seconds, (asr_after, asr_before), poison_samples in methods:
             forget_pred = combine_shards(probs["forget"], "mean")[0]
             nonmember = ensemble_loss(probs["nonmember"], self.probes["nonmember"][1]).numpy()
-            mia = membership_row(method, "forget_vs_test", ensemble_loss(probs["forget"], forget_y).numpy(), nonmember,
-                                 seed)
-            self.tables["baselines"].append({
-                "method": method, "model": model, "exact": exact, "samples_processed": samples,
-                "seconds": seconds,
-                "accuracy": classification_metrics(data.test_y, *combine_shards(probs["test"], "mean"))["accuracy"],
-                "forget_accuracy": 100.0 * float((forget_pred == forget_y).float().mean()),
-                "forget_mia_n": mia["n"], "forget_mia_auc": mia["auc"], "forget_mia_auc_low": mia["auc_low"],
-                "forget_mia_auc_high": mia["auc_high"], "asr_before": asr_before, "asr_after": asr_after,
-                "poison_samples": poison_samples})
+            mia = membership_row(
+                method, "forget_vs_test", ensemble_loss(probs["forget"], forget_y).numpy(), nonmember, seed
+            )
+            self.tables["baselines"].append(
+                {
+                    "method": method,
+                    "model": model,
+                    "exact": exact,
+                    "samples_processed": samples,
+                    "seconds": seconds,
+                    "accuracy": classification_metrics(data.test_y, *combine_shards(probs["test"], "mean"))["accuracy"],
+                    "forget_accuracy": 100.0 * float((forget_pred == forget_y).float().mean()),
+                    "forget_mia_n": mia["n"],
+                    "forget_mia_auc": mia["auc"],
+                    "forget_mia_auc_low": mia["auc_low"],
+                    "forget_mia_auc_high": mia["auc_high"],
+                    "asr_before": asr_before,
+                    "asr_after": asr_after,
+                    "poison_samples": poison_samples,
+                }
+            )
 
     def report(self) -> None:
         """Write every non-empty table and summary.md (which leads with the sample-based speedups)."""
@@ -446,8 +594,9 @@ def timed(job, *args: Any, device: torch.device) -> dict[str, Any]:
     return {"state": state, "samples": samples, "seconds": time.perf_counter() - start}
 
 
-def ensemble_losses(probs: dict[str, dict[str, torch.Tensor]], probe: str,
-                    probe_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, np.ndarray]:
+def ensemble_losses(
+    probs: dict[str, dict[str, torch.Tensor]], probe: str, probe_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, np.ndarray]:
     """{stage: per-sample ensemble loss on one probe set}."""
     return {stage: ensemble_loss(p[probe], probe_sets[probe][1]).numpy() for stage, p in probs.items()}
 
@@ -459,43 +608,61 @@ def _table(rows: list[dict], columns: list[str] | None = None) -> str:
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def summary_text(config: Config, setup: SisaSetup, tables: dict[str, list[dict]],
-                 reference_cost: tuple[float, float] | None, warnings: list[str]) -> str:
+def summary_text(
+    config: Config,
+    setup: SisaSetup,
+    tables: dict[str, list[dict]],
+    reference_cost: tuple[float, float] | None,
+    warnings: list[str],
+) -> str:
     """summary.md: the sample-based speedups against both baselines first, then seconds, the price of
     sharding, warnings and the tables."""
     s = config.sisa
-    lines = [f"# rayfed sisa: {config.data.dataset}, {config.model.name}, S={s.shards}, R={s.slices}, "
-             f"{s.schedule} schedule, e={s.epochs}", ""]
+    lines = [
+        f"# rayfed sisa: {config.data.dataset}, {config.model.name}, S={s.shards}, R={s.slices}, "
+        f"{s.schedule} schedule, e={s.epochs}",
+        "",
+    ]
     requests = tables["unlearning"]
     if requests:
         sisa = sum(r["samples_processed"] for r in requests)
         ensemble = sum(r["ensemble_retrain_samples"] for r in requests)
         unsharded = sum(r["unsharded_retrain_samples"] for r in requests)
         expected = sum(r["expected_samples"] for r in requests)
-        lines += [f"## Unlearning {len(setup.forget)} points in {len(requests)} request(s): samples processed", "",
-                  f"- SISA: **{sisa:,}** samples (analytic expectation {expected:,.0f})",
-                  f"- vs retraining the SISA ensemble from scratch after each request: {ensemble:,} samples, "
-                  f"**{ensemble / max(1, sisa):.2f}x**",
-                  f"- vs retraining one unsharded model for e={s.epochs} epochs after each request: {unsharded:,} "
-                  f"samples, **{unsharded / max(1, sisa):.2f}x**",
-                  f"- seconds: SISA {sum(r['shard_seconds'] for r in requests):.1f} s of shard work (sum over "
-                  f"shards), {sum(r['wall_seconds'] for r in requests):.1f} s wall (shards in parallel)"]
+        lines += [
+            f"## Unlearning {len(setup.forget)} points in {len(requests)} request(s): samples processed",
+            "",
+            f"- SISA: **{sisa:,}** samples (analytic expectation {expected:,.0f})",
+            f"- vs retraining the SISA ensemble from scratch after each request: {ensemble:,} samples, "
+            f"**{ensemble / max(1, sisa):.2f}x**",
+            f"- vs retraining one unsharded model for e={s.epochs} epochs after each request: {unsharded:,} "
+            f"samples, **{unsharded / max(1, sisa):.2f}x**",
+            f"- seconds: SISA {sum(r['shard_seconds'] for r in requests):.1f} s of shard work (sum over "
+            f"shards), {sum(r['wall_seconds'] for r in requests):.1f} s wall (shards in parallel)",
+        ]
         if reference_cost:
-            lines.append(f"- the reference ensemble retrained once from scratch: {reference_cost[0]:.1f} s of shard "
-                         f"work, {reference_cost[1]:.1f} s wall")
+            lines.append(
+                f"- the reference ensemble retrained once from scratch: {reference_cost[0]:.1f} s of shard "
+                f"work, {reference_cost[1]:.1f} s wall"
+            )
         metrics = {(r["model"], r["stage"], r["aggregation"]): r["accuracy"] for r in tables["metrics"]}
         if ("unsharded", "retrained", None) in metrics:
-            lines.append(f"- price of sharding: ensemble (mean softmax) accuracy "
-                         f"{metrics[('ensemble', 'unlearned', 'mean')]:.2f}% vs one unsharded model retrained on the "
-                         f"same data {metrics[('unsharded', 'retrained', None)]:.2f}%")
+            lines.append(
+                f"- price of sharding: ensemble (mean softmax) accuracy "
+                f"{metrics[('ensemble', 'unlearned', 'mean')]:.2f}% vs one unsharded model retrained on the "
+                f"same data {metrics[('unsharded', 'retrained', None)]:.2f}%"
+            )
         lines.append("")
     if warnings:
         lines += ["## Warnings", "", *[f"- {w}" for w in warnings], ""]
-    titles = {"metrics": "Test metrics", "exactness": "Exactness (unlearned vs retrained from scratch)",
-              "membership": "Membership inference (n points a side; 95% bootstrap interval of the AUC)",
-              "backdoor": "Backdoor (`clean`: the ensemble trained without poison, the floor)",
-              "baselines": "Exact SISA vs approximate unlearning of one unsharded model",
-              "unlearning": "Requests"}
+    titles = {
+        "metrics": "Test metrics",
+        "exactness": "Exactness (unlearned vs retrained from scratch)",
+        "membership": "Membership inference (n points a side; 95% bootstrap interval of the AUC)",
+        "backdoor": "Backdoor (`clean`: the ensemble trained without poison, the floor)",
+        "baselines": "Exact SISA vs approximate unlearning of one unsharded model",
+        "unlearning": "Requests",
+    }
     for name, title in titles.items():
         if tables[name]:
             lines += [f"## {title}", "", "```", _table(tables[name]), "```", ""]

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from rayfed.data.datasets import denormalise, normalise
-from rayfed.training import autocast, grad_scaler, minibatches
 from rayfed.fl.state import StateDict, apply_update
 from rayfed.models.gan import Discriminator, FairnessGenerator
+from rayfed.training import autocast, grad_scaler, minibatches
 
 
 @dataclass
@@ -62,8 +62,16 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def generator_loss(G: FairnessGenerator, D: Discriminator, classifier: nn.Module, z: torch.Tensor,
-                   labels: torch.Tensor, lambda1: float, lambda2: float, space: PixelSpace) -> GeneratorLoss:
+def generator_loss(
+    G: FairnessGenerator,
+    D: Discriminator,
+    classifier: nn.Module,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    lambda1: float,
+    lambda2: float,
+    space: PixelSpace,
+) -> GeneratorLoss:
     """L_G = -||Theta(x) - Theta(x')||^2 + lambda1 ||x - x'||^2 + lambda2 L_realism for one batch.
 
     The classifier is called without `no_grad`, so the first term's gradient reaches G (defect 1);
@@ -74,10 +82,14 @@ def generator_loss(G: FairnessGenerator, D: Discriminator, classifier: nn.Module
     prediction_gap = -logits_gap.pow(2).sum(dim=1).mean()  # -||Theta(x) - Theta(x')||^2
     closeness = lambda1 * (x - x_prime).pow(2).flatten(1).sum(dim=1).mean()  # lambda1 ||x - x'||^2
     real = torch.ones(len(z), 1, device=z.device)
-    realism = lambda2 * (  # L_realism: D should take x and x' for real images of their label
-        F.binary_cross_entropy_with_logits(D(x, labels), real)
-        + F.binary_cross_entropy_with_logits(D(x_prime, labels), real)
-    ) / 2
+    realism = (
+        lambda2
+        * (  # L_realism: D should take x and x' for real images of their label
+            F.binary_cross_entropy_with_logits(D(x, labels), real)
+            + F.binary_cross_entropy_with_logits(D(x_prime, labels), real)
+        )
+        / 2
+    )
     return GeneratorLoss(prediction_gap + closeness + realism, prediction_gap, closeness, realism)
 
 
@@ -91,8 +103,16 @@ class AuditGan:
     opt_D: torch.optim.Optimizer
 
     @classmethod
-    def create(cls, latent_dim: int, num_classes: int, img_shape: tuple[int, int, int], delta_scale: float,
-               lr: float, device: torch.device, seed: int) -> AuditGan:
+    def create(
+        cls,
+        latent_dim: int,
+        num_classes: int,
+        img_shape: tuple[int, int, int],
+        delta_scale: float,
+        lr: float,
+        device: torch.device,
+        seed: int,
+    ) -> AuditGan:
         """A fresh G and D (initialised from `seed`) with Adam(lr, betas=(0.5, 0.999)) as the notebook. On a GPU
         both run channels-last with fused Adam (one kernel per step instead of one per tensor)."""
         torch.manual_seed(seed)
@@ -101,8 +121,12 @@ class AuditGan:
         fused = True if device.type == "cuda" else None
         if device.type == "cuda":
             G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-        return cls(G, D, torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999), fused=fused),
-                   torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.999), fused=fused))
+        return cls(
+            G,
+            D,
+            torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999), fused=fused),
+            torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.999), fused=fused),
+        )
 
     def state_dict(self) -> dict[str, dict]:
         """A snapshot of G, D and both optimizers' states (what a warm start carries to the next round): copied,
@@ -116,9 +140,19 @@ class AuditGan:
             getattr(self, name).load_state_dict(state[name])
 
 
-def train_fairness_gan(gan: AuditGan, classifier: nn.Module, real_x: torch.Tensor, real_y: torch.Tensor, *,
-                       epochs: int, lambda1: float, lambda2: float, batch_size: int, space: PixelSpace,
-                       seed: int) -> None:
+def train_fairness_gan(
+    gan: AuditGan,
+    classifier: nn.Module,
+    real_x: torch.Tensor,
+    real_y: torch.Tensor,
+    *,
+    epochs: int,
+    lambda1: float,
+    lambda2: float,
+    batch_size: int,
+    space: PixelSpace,
+    seed: int,
+) -> None:
     """Phase 2: alternate G and D steps over the audit split (real_x in classifier space) for `epochs` epochs.
 
     The classifier is frozen for the duration; G learns where it treats near-identical inputs differently.
@@ -155,8 +189,10 @@ def train_fairness_gan(gan: AuditGan, classifier: nn.Module, real_x: torch.Tenso
                 real_t = torch.ones(n, 1, device=device)
                 fake_t = torch.zeros(n, 1, device=device)
                 d_real = F.binary_cross_entropy_with_logits(D(real_gan[batch], real_y[batch]), real_t)
-                d_fake = (F.binary_cross_entropy_with_logits(D(x, gen_labels), fake_t)
-                          + F.binary_cross_entropy_with_logits(D(x_prime, gen_labels), fake_t)) / 2
+                d_fake = (
+                    F.binary_cross_entropy_with_logits(D(x, gen_labels), fake_t)
+                    + F.binary_cross_entropy_with_logits(D(x_prime, gen_labels), fake_t)
+                ) / 2
                 d_loss = (d_real + d_fake) / 2
             scaler.scale(d_loss).backward()
             scaler.step(gan.opt_D)
@@ -164,8 +200,9 @@ def train_fairness_gan(gan: AuditGan, classifier: nn.Module, real_x: torch.Tenso
 
 
 @torch.no_grad()
-def generate_probes(G: FairnessGenerator, n: int, space: PixelSpace, seed: int,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_probes(
+    G: FairnessGenerator, n: int, space: PixelSpace, seed: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The probe set P: n counterfactual pairs (x, x') with random labels, in the classifier's input space."""
     G.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -199,9 +236,14 @@ class FoldedEvaluator:
         self.folds: list[tuple[str, str, float]] = []
         for node in list(traced.graph.nodes):
             source = node.args[0] if node.args else None
-            if (node.op == "call_module" and isinstance(modules.get(node.target), nn.BatchNorm2d)
-                    and isinstance(source, fx.Node) and source.op == "call_module"
-                    and isinstance(modules.get(source.target), nn.Conv2d) and len(source.users) == 1):
+            if (
+                node.op == "call_module"
+                and isinstance(modules.get(node.target), nn.BatchNorm2d)
+                and isinstance(source, fx.Node)
+                and source.op == "call_module"
+                and isinstance(modules.get(source.target), nn.Conv2d)
+                and len(source.users) == 1
+            ):
                 conv = modules[source.target]
                 if conv.bias is None:  # the folded conv needs a bias slot for b'
                     conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
@@ -213,9 +255,12 @@ class FoldedEvaluator:
         for node in list(traced.graph.nodes):
             if node.op == "call_module" and isinstance(modules.get(node.target), nn.Conv2d):
                 with traced.graph.inserting_after(node):
-                    channels_last = traced.graph.call_method("contiguous", (node,),
-                                                             {"memory_format": torch.channels_last})
-                node.replace_all_uses_with(channels_last, delete_user_cb=lambda user: user is not channels_last)
+                    channels_last = traced.graph.call_method(
+                        "contiguous", (node,), {"memory_format": torch.channels_last}
+                    )
+                node.replace_all_uses_with(
+                    channels_last, delete_user_cb=lambda user, new=channels_last: user is not new
+                )
         traced.delete_all_unused_submodules()
         traced.recompile()
         self.module = traced.to(memory_format=torch.channels_last)
@@ -262,8 +307,14 @@ def compute_bias(model: nn.Module, x: torch.Tensor, x_prime: torch.Tensor, chunk
 
 
 @torch.no_grad()
-def hypothetical_biases(evaluator: FoldedEvaluator, global_state: StateDict, updates: Sequence[StateDict],
-                        x: torch.Tensor, x_prime: torch.Tensor, chunk: int = 512) -> tuple[float, list[float]]:
+def hypothetical_biases(
+    evaluator: FoldedEvaluator,
+    global_state: StateDict,
+    updates: Sequence[StateDict],
+    x: torch.Tensor,
+    x_prime: torch.Tensor,
+    chunk: int = 512,
+) -> tuple[float, list[float]]:
     """B_base for Theta_old and B_i for every Theta_test_i = Theta_old + dw_i, through one folded template:
     no model is deep-copied or loaded; each weight set is swapped in with `functional_call`."""
     base = evaluator.bias(global_state, x, x_prime, chunk)

@@ -9,9 +9,19 @@ from rayfed.fl.state import StateDict, clone_state, state_delta
 from rayfed.training import sgd_epochs
 
 
-def local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, momentum: float,
-                 weight_decay: float, batch_size: int, seed: int,
-                 augment_pad: torch.Tensor | None = None) -> StateDict:
+def local_update(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+    augment_pad: torch.Tensor | None = None,
+) -> StateDict:
     """Train `model` (already holding the global weights) in place and return dw = w_after - w_before.
 
     SGD with momentum and weight decay, as the notebook; a fresh optimizer each round; minibatch order,

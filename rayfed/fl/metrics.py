@@ -48,8 +48,14 @@ def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> to
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
-             augment_pad: torch.Tensor | None = None, seed: int = 0) -> float:
+def accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 1024,
+    augment_pad: torch.Tensor | None = None,
+    seed: int = 0,
+) -> float:
     """Percent of x classified as y (eval mode). With `augment_pad`, each image is randomly cropped and flipped
     first, as the notebook's per-client figure is measured through its training transform."""
     if len(y) == 0:

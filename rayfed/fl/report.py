@@ -16,9 +16,17 @@ from rayfed.fl.strategies import Strategy, strategy_for, strategy_runs
 from rayfed.plots.fl import plot_fairness
 from rayfed.results import RunDirectory, Tracker
 
-FINAL_FIGURES = (("Global Acc", "accuracy"), ("JFI", "jfi"), ("Max-Min", "max_min"), ("Variance", "variance"),
-                 ("Min Acc", "min_accuracy"), ("Max Acc", "max_accuracy"), ("Gap", "gap"), ("Bias", "bias"),
-                 ("Eff. clients", "effective_clients"))
+FINAL_FIGURES = (
+    ("Global Acc", "accuracy"),
+    ("JFI", "jfi"),
+    ("Max-Min", "max_min"),
+    ("Variance", "variance"),
+    ("Min Acc", "min_accuracy"),
+    ("Max Acc", "max_accuracy"),
+    ("Gap", "gap"),
+    ("Bias", "bias"),
+    ("Eff. clients", "effective_clients"),
+)
 """Summary columns -> the RoundRow figure they show at the final round."""
 PAIRED_FIGURES = (("Global Acc", "accuracy"), ("JFI", "jfi"), ("Worst client", "min_accuracy"), ("Gap", "gap"))
 """Figures whose difference against the reference method is reported per seed pair."""
@@ -57,8 +65,11 @@ def summary_table(round_rows: list[dict[str, Any]], runs: list[Strategy]) -> lis
         by_seed = finals.get(run)
         if not by_seed:
             continue
-        row: dict[str, Any] = {"Method": run.label, "Seeds": len(by_seed),
-                               "Round": max(r["round"] for r in by_seed.values())}
+        row: dict[str, Any] = {
+            "Method": run.label,
+            "Seeds": len(by_seed),
+            "Round": max(r["round"] for r in by_seed.values()),
+        }
         for name, key in FINAL_FIGURES:
             values = [r[key] for r in by_seed.values() if r[key] is not None]
             mean, half = mean_interval(values) if values else (None, None)
@@ -125,39 +136,52 @@ def basis_sentence(config: Config, client_rows: list[dict[str, Any]]) -> str:
     """Which per-client accuracy the fairness figures are computed over, and the test subsets' sizes."""
     sizes = [c["test_samples"] for c in client_rows]
     if config.metrics.client_accuracy == "test":
-        return (f"Fairness figures (JFI, Max-Min, Variance, Min/Max Acc, Gap) are over each client's accuracy on "
-                f"its held-out test subset (`metrics.client_accuracy: test`; {min(sizes)}-{max(sizes)} test images "
-                "per client, with the client's label mix).")
-    return ("Fairness figures are over each client's accuracy on its own training images "
-            "(`metrics.client_accuracy: train`, the notebook's figure): clients that memorise their data all score "
-            "near 100%, so these figures say little about fairness.")
+        return (
+            f"Fairness figures (JFI, Max-Min, Variance, Min/Max Acc, Gap) are over each client's accuracy on "
+            f"its held-out test subset (`metrics.client_accuracy: test`; {min(sizes)}-{max(sizes)} test images "
+            "per client, with the client's label mix)."
+        )
+    return (
+        "Fairness figures are over each client's accuracy on its own training images "
+        "(`metrics.client_accuracy: train`, the notebook's figure): clients that memorise their data all score "
+        "near 100%, so these figures say little about fairness."
+    )
 
 
 def summary_markdown(config: Config, round_rows: list[dict[str, Any]], client_rows: list[dict[str, Any]]) -> str:
     """summary.md: the summary table, the paired differences and the notes."""
     runs = strategy_runs(config)
     seeds = config.seed_list
-    parts = [f"# rayfed fl summary ({config.data.dataset}, {config.data.num_clients} clients, "
-             f"{config.fl.rounds} rounds, seeds {', '.join(map(str, seeds))})\n",
-             basis_sentence(config, client_rows) + " "
-             + ("Values are means over seeds ± the half-width of a 95% Student-t interval."
-                if len(seeds) > 1 else "One seed: no interval; run with `seeds: 5` to tell effect from noise.") + "\n",
-             format_table(summary_table(round_rows, runs))]
+    parts = [
+        f"# rayfed fl summary ({config.data.dataset}, {config.data.num_clients} clients, "
+        f"{config.fl.rounds} rounds, seeds {', '.join(map(str, seeds))})\n",
+        basis_sentence(config, client_rows)
+        + " "
+        + (
+            "Values are means over seeds ± the half-width of a 95% Student-t interval."
+            if len(seeds) > 1
+            else "One seed: no interval; run with `seeds: 5` to tell effect from noise."
+        )
+        + "\n",
+        format_table(summary_table(round_rows, runs)),
+    ]
     paired = paired_differences(round_rows, runs)
     if paired:
-        parts += ["## Paired differences against the reference (same seed, same partition)\n",
-                  format_table(paired)]
+        parts += ["## Paired differences against the reference (same seed, same partition)\n", format_table(paired)]
     for run, deviation in uniform_weight_runs(client_rows).items():
-        parts.append(f"- {run.title} {run.label}: in every round its weights stayed within "
-                     f"{100 * UNIFORM_TOLERANCE:g}% of uniform (largest |alpha_i K - 1| = {100 * deviation:.2f}%): "
-                     "it averaged the clients without size weights, so its difference from FedAvg is uniform "
-                     "against size weighting, not the audit. Compare it with `uniform`, or raise gamma "
-                     "(or set `audit.normalize_scores`).\n")
+        parts.append(
+            f"- {run.title} {run.label}: in every round its weights stayed within "
+            f"{100 * UNIFORM_TOLERANCE:g}% of uniform (largest |alpha_i K - 1| = {100 * deviation:.2f}%): "
+            "it averaged the clients without size weights, so its difference from FedAvg is uniform "
+            "against size weighting, not the audit. Compare it with `uniform`, or raise gamma "
+            "(or set `audit.normalize_scores`).\n"
+        )
     return "\n".join(parts)
 
 
-def write_outputs(config: Config, run_dir: RunDirectory, round_rows: list[dict[str, Any]],
-                  client_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def write_outputs(
+    config: Config, run_dir: RunDirectory, round_rows: list[dict[str, Any]], client_rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """summary.md, fairness.png and the printed summary (and their wandb copies when tracking); returns the
     summary table's rows."""
     runs = strategy_runs(config)

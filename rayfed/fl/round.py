@@ -45,23 +45,40 @@ class LocalTraining:
 def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
     """F(Theta): mean cross-entropy of the model (eval mode, no augmentation) on (x, y)."""
     model.eval()
-    total = sum(float(F.cross_entropy(model(x[s : s + batch_size]), y[s : s + batch_size], reduction="sum"))
-                for s in range(0, len(y), batch_size))
+    total = sum(
+        float(F.cross_entropy(model(x[s : s + batch_size]), y[s : s + batch_size], reduction="sum"))
+        for s in range(0, len(y), batch_size)
+    )
     return total / max(1, len(y))
 
 
-def client_update(model: nn.Module, client: ClientData, global_state: StateDict, training: LocalTraining, *,
-                  run_seed: int, round_index: int, augment_pad: torch.Tensor | None) -> LocalResult:
+def client_update(
+    model: nn.Module,
+    client: ClientData,
+    global_state: StateDict,
+    training: LocalTraining,
+    *,
+    run_seed: int,
+    round_index: int,
+    augment_pad: torch.Tensor | None,
+) -> LocalResult:
     """Phase 1 for one client: load Theta_old into `model`, measure F_i(Theta_old), train, return dw_i.
 
     Minibatch order, augmentation and dropout come from the CLIENT_TRAINING stream of (round, client)."""
     model.load_state_dict(global_state)
     loss = training_loss(model, client.x, client.y, training.eval_batch_size)  # before local training
-    delta = local_update(model, client.x, client.y, epochs=training.epochs, lr=training.lr,
-                         momentum=training.momentum, weight_decay=training.weight_decay,
-                         batch_size=training.batch_size,
-                         seed=stream_seed(run_seed, Stream.CLIENT_TRAINING, round_index, client.client_id),
-                         augment_pad=augment_pad)
+    delta = local_update(
+        model,
+        client.x,
+        client.y,
+        epochs=training.epochs,
+        lr=training.lr,
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+        batch_size=training.batch_size,
+        seed=stream_seed(run_seed, Stream.CLIENT_TRAINING, round_index, client.client_id),
+        augment_pad=augment_pad,
+    )
     return LocalResult(client.client_id, len(client.y), delta, loss)
 
 
@@ -73,22 +90,49 @@ class Probes:
     x_prime: torch.Tensor
 
 
-def train_audit(classifier: nn.Module, global_state: StateDict, audit_x: torch.Tensor, audit_y: torch.Tensor,
-                audit: AuditConfig, space: PixelSpace, num_classes: int, shape: tuple[int, int, int], *,
-                run_seed: int, round_index: int, gan_state: dict[str, Any] | None = None) -> AuditGan:
+def train_audit(
+    classifier: nn.Module,
+    global_state: StateDict,
+    audit_x: torch.Tensor,
+    audit_y: torch.Tensor,
+    audit: AuditConfig,
+    space: PixelSpace,
+    num_classes: int,
+    shape: tuple[int, int, int],
+    *,
+    run_seed: int,
+    round_index: int,
+    gan_state: dict[str, Any] | None = None,
+) -> AuditGan:
     """Phase 2: G and D trained against the frozen Theta_old on the server's audit split: a fresh pair each
     round (the specification), or, with audit.warm_start, the previous round's `gan_state` continued for
     audit.gan_epochs_warm epochs."""
     device = audit_x.device
     warm = audit.warm_start and gan_state is not None
-    gan = AuditGan.create(audit.latent_dim, num_classes, shape, audit.delta_scale, audit.gan_lr, device,
-                          stream_seed(run_seed, Stream.GAN_INIT, round_index))
+    gan = AuditGan.create(
+        audit.latent_dim,
+        num_classes,
+        shape,
+        audit.delta_scale,
+        audit.gan_lr,
+        device,
+        stream_seed(run_seed, Stream.GAN_INIT, round_index),
+    )
     if warm:
         gan.load_state_dict(gan_state)
     classifier.load_state_dict(global_state)
-    train_fairness_gan(gan, classifier, audit_x, audit_y, epochs=audit.gan_epochs_warm if warm else audit.gan_epochs,
-                       lambda1=audit.lambda1, lambda2=audit.lambda2, batch_size=audit.gan_batch_size, space=space,
-                       seed=stream_seed(run_seed, Stream.GAN_TRAINING, round_index))
+    train_fairness_gan(
+        gan,
+        classifier,
+        audit_x,
+        audit_y,
+        epochs=audit.gan_epochs_warm if warm else audit.gan_epochs,
+        lambda1=audit.lambda1,
+        lambda2=audit.lambda2,
+        batch_size=audit.gan_batch_size,
+        space=space,
+        seed=stream_seed(run_seed, Stream.GAN_TRAINING, round_index),
+    )
     return gan
 
 
@@ -126,15 +170,27 @@ def result_problem(result: LocalResult, reference: StateDict) -> str | None:
     return update_problem(result.delta, reference)
 
 
-def score_and_aggregate(strategy: Strategy, global_state: StateDict, results: Sequence[LocalResult],
-                        audit: AuditEvidence | None, buffers: frozenset[str] = frozenset()) -> RoundOutcome:
+def score_and_aggregate(
+    strategy: Strategy,
+    global_state: StateDict,
+    results: Sequence[LocalResult],
+    audit: AuditEvidence | None,
+    buffers: frozenset[str] = frozenset(),
+) -> RoundOutcome:
     """Phases 3-4: reject unusable results, let the strategy weigh the rest, apply them to Theta_old
     (`buffers`: the model's buffer keys, for strategies that treat them apart from the parameters)."""
     ids = [r.client_id for r in results]
     rejected = {r.client_id: why for r in results if (why := result_problem(r, global_state))}
     kept = [i for i, cid in enumerate(ids) if cid not in rejected]
-    outcome = RoundOutcome(ids, global_state, [0.0] * len(ids), [r.loss for r in results], rejected,
-                           biases=[None] * len(ids), scores=[None] * len(ids))
+    outcome = RoundOutcome(
+        ids,
+        global_state,
+        [0.0] * len(ids),
+        [r.loss for r in results],
+        rejected,
+        biases=[None] * len(ids),
+        scores=[None] * len(ids),
+    )
     if kept:
         decision = strategy.aggregate(global_state, [results[i] for i in kept], audit, buffers)
         outcome.state, outcome.bias_base = decision.state, decision.bias_base
@@ -159,17 +215,33 @@ class ClientEvaluation:
     """Percent of its held-out test subset (the client's label mix, no augmentation)."""
 
 
-def evaluate_clients(model: nn.Module, global_state: StateDict, clients: Iterable[ClientData],
-                     test_x: torch.Tensor, test_y: torch.Tensor, test_rows: np.ndarray, *, eval_batch_size: int,
-                     augment_pad: torch.Tensor | None, run_seed: int, round_index: int) -> list[ClientEvaluation]:
+def evaluate_clients(
+    model: nn.Module,
+    global_state: StateDict,
+    clients: Iterable[ClientData],
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    test_rows: np.ndarray,
+    *,
+    eval_batch_size: int,
+    augment_pad: torch.Tensor | None,
+    run_seed: int,
+    round_index: int,
+) -> list[ClientEvaluation]:
     """Each client's two accuracies under Theta. `test_x`, `test_y` hold the test-set rows `test_rows` (sorted)
     that these clients' subsets use: they are classified once, and each client's figure is read off its rows."""
     model.load_state_dict(global_state)
     correct = (predictions(model, test_x, eval_batch_size) == test_y).cpu().numpy()
     results = []
     for c in clients:
-        own = accuracy(model, c.x, c.y, eval_batch_size, augment_pad,
-                       stream_seed(run_seed, Stream.CLIENT_EVALUATION, round_index, c.client_id))
+        own = accuracy(
+            model,
+            c.x,
+            c.y,
+            eval_batch_size,
+            augment_pad,
+            stream_seed(run_seed, Stream.CLIENT_EVALUATION, round_index, c.client_id),
+        )
         test = 100.0 * float(correct[np.searchsorted(test_rows, c.test_index)].mean())
         results.append(ClientEvaluation(c.client_id, own, test))
     return results

@@ -96,7 +96,9 @@ def as_dict(row: RoundRow | ClientRow, run: Strategy) -> dict[str, Any]:
     return {"method": values.pop("method"), **run.parameters, **values}
 
 
-ROUND_METRICS = tuple(f.name for f in dataclasses.fields(RoundRow)
-                      if _arrow_type(get_type_hints(RoundRow)[f.name]) in (pa.float64(), pa.int64()) and
-                      f.name != "seed")
+ROUND_METRICS = tuple(
+    f.name
+    for f in dataclasses.fields(RoundRow)
+    if _arrow_type(get_type_hints(RoundRow)[f.name]) in (pa.float64(), pa.int64()) and f.name != "seed"
+)
 """The numeric figures of a round (what a Tune trial reports)."""

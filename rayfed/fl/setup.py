@@ -61,8 +61,16 @@ def build_federation(config: Config) -> Federation:
     d = config.data
     data = load_dataset(d.dataset, d.root, d.download, d.augment)
     split = split_federated(
-        data.train_y.numpy(), data.test_y.numpy(), data.num_classes, d.num_clients, d.partition,
-        d.audit_fraction, d.client_test_size, config.partition_seed, d.classes_per_client, d.dirichlet_alpha,
+        data.train_y.numpy(),
+        data.test_y.numpy(),
+        data.num_classes,
+        d.num_clients,
+        d.partition,
+        d.audit_fraction,
+        d.client_test_size,
+        config.partition_seed,
+        d.classes_per_client,
+        d.dirichlet_alpha,
         d.shards_per_client,
     )
     clients = [
@@ -72,8 +80,9 @@ def build_federation(config: Config) -> Federation:
     return Federation(data, split, clients)
 
 
-def select_clients(num_clients: int, count: int | None, fraction: float | None, seed: int,
-                   round_index: int) -> list[int]:
+def select_clients(
+    num_clients: int, count: int | None, fraction: float | None, seed: int, round_index: int
+) -> list[int]:
     """The clients taking part in a round: all, or a seeded sample (CLIENT_SELECTION stream of the round)
     of `count` clients or of `fraction` of them (at least one)."""
     if count is None and fraction is None:

@@ -23,7 +23,9 @@ def to_numpy(state: StateDict) -> NumpyState:
 
 def to_torch(state: NumpyState, device: torch.device | str = "cpu") -> StateDict:
     """Numpy arrays back to tensors on `device`."""
-    return {k: torch.tensor(np.asarray(v), device=device) for k, v in state.items()}  # a copy: object-store arrays are read-only
+    return {
+        k: torch.tensor(np.asarray(v), device=device) for k, v in state.items()
+    }  # a copy: object-store arrays are read-only
 
 
 def clone_state(state: StateDict) -> StateDict:

@@ -10,8 +10,9 @@ from rayfed.models.gan import Discriminator, FairnessGenerator
 from rayfed.models.resnet import resnet18_cifar
 
 
-def build_classifier(name: str, input_shape: tuple[int, int, int], num_classes: int,
-                     pretrained: bool = False) -> nn.Module:
+def build_classifier(
+    name: str, input_shape: tuple[int, int, int], num_classes: int, pretrained: bool = False
+) -> nn.Module:
     """A fresh classifier by config name (`cnn` or `resnet18`)."""
     if name == "cnn":
         if pretrained:

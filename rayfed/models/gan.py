@@ -20,8 +20,13 @@ class FairnessGenerator(nn.Module):
     Image height and width must be divisible by 4 (8x8, 28x28 and 32x32 are).
     """
 
-    def __init__(self, latent_dim: int = 128, num_classes: int = 10, img_shape: tuple[int, int, int] = (3, 32, 32),
-                 delta_scale: float = 0.1):
+    def __init__(
+        self,
+        latent_dim: int = 128,
+        num_classes: int = 10,
+        img_shape: tuple[int, int, int] = (3, 32, 32),
+        delta_scale: float = 0.1,
+    ):
         super().__init__()
         self.latent_dim = latent_dim
         self.num_classes = num_classes

@@ -89,8 +89,10 @@ class UpsampleConv2d(nn.Conv2d):
         rows = []
         for a, row_kernel in enumerate(self._phase_kernels(self.weight, 2)):
             # phase (a, b) reads input rows i - 1 + a .. i + a: the padded map's rows a .. a + height
-            phases = [F.conv2d(padded[:, :, a : a + height + 1, b : b + width + 1], kernel, self.bias)
-                      for b, kernel in enumerate(self._phase_kernels(row_kernel, 3))]
+            phases = [
+                F.conv2d(padded[:, :, a : a + height + 1, b : b + width + 1], kernel, self.bias)
+                for b, kernel in enumerate(self._phase_kernels(row_kernel, 3))
+            ]
             rows.append(torch.stack([p.permute(0, 2, 3, 1) for p in phases], dim=3))  # N, H, W, b, C
         out = torch.stack(rows, dim=2)  # N, H, a, W, b, C
         out = out.reshape(len(x), 2 * height, 2 * width, self.out_channels)

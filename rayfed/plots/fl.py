@@ -39,8 +39,9 @@ def _same_run(row: dict[str, Any], run: Any) -> bool:
     return row["method"] == run.name and all(row.get(k) == v for k, v in run.parameters.items())
 
 
-def plot_fairness(round_rows: list[dict[str, Any]], client_rows: list[dict[str, Any]], runs: list[Any],
-                  basis: str, path: Path) -> None:
+def plot_fairness(
+    round_rows: list[dict[str, Any]], client_rows: list[dict[str, Any]], runs: list[Any], basis: str, path: Path
+) -> None:
     """Five curves over rounds and the final per-client accuracy bars (on the fairness basis), one colour per
     method run; the fairness panels' titles name the basis."""
     fig, axes = plt.subplots(2, 3, figsize=(18, 10))
@@ -57,8 +58,11 @@ def plot_fairness(round_rows: list[dict[str, Any]], client_rows: list[dict[str, 
             ax.plot(xs, mean, label=run.label, color=colour, linestyle="--" if run.reference else "-", linewidth=2)
             if half.any():
                 ax.fill_between(xs, mean - half, mean + half, color=colour, alpha=0.2)
-        ax.set(xlabel="Round", ylabel=ylabel, title=title if key == "accuracy" else f"{title}\nover clients' "
-               f"{BASIS_NAMES[basis]} accuracy")
+        ax.set(
+            xlabel="Round",
+            ylabel=ylabel,
+            title=title if key == "accuracy" else f"{title}\nover clients' {BASIS_NAMES[basis]} accuracy",
+        )
         ax.legend()
         ax.grid(True, alpha=0.3)
     ax = axes[1, 2]
@@ -73,10 +77,21 @@ def plot_fairness(round_rows: list[dict[str, Any]], client_rows: list[dict[str, 
         if not by_client:
             continue
         xs, mean, half = _band(by_client)
-        ax.bar(xs + i * width, mean, width, yerr=half if half.any() else None, label=run.label, color=colour,
-               alpha=0.8, capsize=2)
-    ax.set(xlabel="Client ID", ylabel="Accuracy (%)",
-           title=f"Per-Client {BASIS_NAMES[basis].capitalize()} Accuracy (Round {last_round})")
+        ax.bar(
+            xs + i * width,
+            mean,
+            width,
+            yerr=half if half.any() else None,
+            label=run.label,
+            color=colour,
+            alpha=0.8,
+            capsize=2,
+        )
+    ax.set(
+        xlabel="Client ID",
+        ylabel="Accuracy (%)",
+        title=f"Per-Client {BASIS_NAMES[basis].capitalize()} Accuracy (Round {last_round})",
+    )
     ax.legend()
     ax.grid(True, alpha=0.3)
     fig.tight_layout()

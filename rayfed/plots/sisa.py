@@ -28,8 +28,9 @@ def plot_accuracy(metrics: list[dict], path: Path) -> None:
     _grouped_bars(ax, frame[frame["model"] == "ensemble"], "aggregation", "stage", "accuracy")
     unsharded = frame[(frame["model"] == "unsharded") & (frame["stage"] == "retrained")]
     if len(unsharded):
-        ax.axhline(float(unsharded["accuracy"].iloc[0]), color="k", linestyle="--", linewidth=1,
-                   label="unsharded, retrained")
+        ax.axhline(
+            float(unsharded["accuracy"].iloc[0]), color="k", linestyle="--", linewidth=1, label="unsharded, retrained"
+        )
         ax.legend(loc="lower right")
     ax.set_title("SISA ensemble test accuracy (%)")
     fig.tight_layout()
@@ -48,8 +49,9 @@ def plot_unlearning_cost(unlearning: list[dict], path: Path) -> None:
     ax.plot(requests, frame["cumulative_samples"], "o-", color="C2", label="SISA (measured)")
     ax.plot(requests, frame["expected_cumulative_samples"], "--", color="C2", label="SISA (analytic expectation)")
     ax.plot(requests, frame["ensemble_retrain_samples"].cumsum(), "s-", color="C3", label="retrain the ensemble")
-    ax.plot(requests, frame["unsharded_retrain_samples"].cumsum(), "^-", color="C0",
-            label="retrain one unsharded model")
+    ax.plot(
+        requests, frame["unsharded_retrain_samples"].cumsum(), "^-", color="C0", label="retrain one unsharded model"
+    )
     ax.set_xlabel("request")
     ax.set_ylabel("cumulative samples processed")
     ax.set_ylim(bottom=0)
@@ -119,12 +121,23 @@ def plot_baselines(baselines: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_sisa(directory: Path, metrics: list[dict], unlearning: list[dict], membership: list[dict],
-              backdoor: list[dict], baselines: list[dict], **_: list[dict]) -> list[Path]:
+def plot_sisa(
+    directory: Path,
+    metrics: list[dict],
+    unlearning: list[dict],
+    membership: list[dict],
+    backdoor: list[dict],
+    baselines: list[dict],
+    **_: list[dict],
+) -> list[Path]:
     """Every figure whose table is not empty, into `directory`; returns their paths."""
-    figures = [(metrics, plot_accuracy, "accuracy.png"), (unlearning, plot_unlearning_cost, "unlearning_cost.png"),
-               (membership, plot_membership, "membership.png"), (backdoor, plot_backdoor, "backdoor.png"),
-               (baselines, plot_baselines, "baselines.png")]
+    figures = [
+        (metrics, plot_accuracy, "accuracy.png"),
+        (unlearning, plot_unlearning_cost, "unlearning_cost.png"),
+        (membership, plot_membership, "membership.png"),
+        (backdoor, plot_backdoor, "backdoor.png"),
+        (baselines, plot_baselines, "baselines.png"),
+    ]
     paths = []
     for rows, plot, name in figures:
         if rows:

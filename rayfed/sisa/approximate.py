@@ -41,31 +41,58 @@ def _cpu_state(model: nn.Module) -> dict[str, Any]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def train_unsharded(settings: TrainSettings, epochs: int, x: torch.Tensor, y: torch.Tensor,
-                    device: torch.device) -> tuple[dict[str, Any], int]:
+def train_unsharded(
+    settings: TrainSettings, epochs: int, x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> tuple[dict[str, Any], int]:
     """A fresh unsharded model trained `epochs` epochs on (x, y); (state, samples)."""
     model, optimizer = _model(settings, device)
-    samples = sgd_epochs(model, optimizer, x.to(device), y.to(device), epochs=epochs,
-                         batch_size=settings.batch_size, seed=stream_seed(settings.seed, Stream.UNSHARDED_TRAINING,
-                                                                          TRAIN),
-                         augment_pad=settings.augment_pad)
+    samples = sgd_epochs(
+        model,
+        optimizer,
+        x.to(device),
+        y.to(device),
+        epochs=epochs,
+        batch_size=settings.batch_size,
+        seed=stream_seed(settings.seed, Stream.UNSHARDED_TRAINING, TRAIN),
+        augment_pad=settings.augment_pad,
+    )
     return _cpu_state(model), samples
 
 
-def finetune(settings: TrainSettings, epochs: int, state: dict[str, Any], x_retain: torch.Tensor,
-             y_retain: torch.Tensor, device: torch.device) -> tuple[dict[str, Any], int]:
+def finetune(
+    settings: TrainSettings,
+    epochs: int,
+    state: dict[str, Any],
+    x_retain: torch.Tensor,
+    y_retain: torch.Tensor,
+    device: torch.device,
+) -> tuple[dict[str, Any], int]:
     """`epochs` epochs of SGD (a fresh optimizer, the shards' lr) on the retained data from `state`."""
     model, optimizer = _model(settings, device, state)
-    samples = sgd_epochs(model, optimizer, x_retain.to(device), y_retain.to(device), epochs=epochs,
-                         batch_size=settings.batch_size,
-                         seed=stream_seed(settings.seed, Stream.UNSHARDED_TRAINING, FINETUNE),
-                         augment_pad=settings.augment_pad)
+    samples = sgd_epochs(
+        model,
+        optimizer,
+        x_retain.to(device),
+        y_retain.to(device),
+        epochs=epochs,
+        batch_size=settings.batch_size,
+        seed=stream_seed(settings.seed, Stream.UNSHARDED_TRAINING, FINETUNE),
+        augment_pad=settings.augment_pad,
+    )
     return _cpu_state(model), samples
 
 
-def neggrad_plus(settings: TrainSettings, epochs: int, alpha: float, state: dict[str, Any],
-                 x_retain: torch.Tensor, y_retain: torch.Tensor, x_forget: torch.Tensor, y_forget: torch.Tensor,
-                 device: torch.device) -> tuple[dict[str, Any], int]:
+def neggrad_plus(
+    settings: TrainSettings,
+    epochs: int,
+    alpha: float,
+    state: dict[str, Any],
+    x_retain: torch.Tensor,
+    y_retain: torch.Tensor,
+    x_forget: torch.Tensor,
+    y_forget: torch.Tensor,
+    device: torch.device,
+) -> tuple[dict[str, Any], int]:
     """NegGrad+ from `state`: `epochs` passes over the retained minibatches, each step paired with the next
     minibatch of the (reshuffled when used up) forget set, loss alpha L_r - (1 - alpha) L_f."""
     model, optimizer = _model(settings, device, state)
@@ -82,8 +109,9 @@ def neggrad_plus(settings: TrainSettings, epochs: int, alpha: float, state: dict
             forget = forget_batches.pop(0)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
-                loss = (alpha * F.cross_entropy(model(x_r[batch]), y_r[batch])
-                        - (1 - alpha) * F.cross_entropy(model(x_f[forget]), y_f[forget]))
+                loss = alpha * F.cross_entropy(model(x_r[batch]), y_r[batch]) - (1 - alpha) * F.cross_entropy(
+                    model(x_f[forget]), y_f[forget]
+                )
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

@@ -43,7 +43,8 @@ def vote_shares(probs: torch.Tensor) -> torch.Tensor:
     the last model vote)."""
     votes = probs.argmax(2)  # S x n
     counts = torch.zeros(probs.shape[1:], dtype=torch.float32).scatter_add_(
-        1, votes.T, torch.ones(votes.T.shape, dtype=torch.float32))
+        1, votes.T, torch.ones(votes.T.shape, dtype=torch.float32)
+    )
     return counts / probs.shape[0]
 
 

@@ -39,8 +39,12 @@ class Layout:
 
     def rows(self) -> list[dict[str, int]]:
         """layout.parquet rows: one per training index, sorted by index."""
-        rows = [{"index": int(i), "shard": s, "slice": r}
-                for s, shard in enumerate(self.slices) for r, part in enumerate(shard) for i in part]
+        rows = [
+            {"index": int(i), "shard": s, "slice": r}
+            for s, shard in enumerate(self.slices)
+            for r, part in enumerate(shard)
+            for i in part
+        ]
         return sorted(rows, key=lambda row: row["index"])
 
     def kept_slice_sizes(self, removed: Iterable[int]) -> list[list[int]]:
@@ -59,15 +63,17 @@ class Layout:
 
 
 def make_layout(num_points: int, shards: int, slices: int, seed: int) -> Layout:
-    """Permute range(N) (the SISA_LAYOUT stream of `seed`), split into S shards of size floor(N/S) or ceil(N/S),
-    and each shard into R slices of near-equal size. UserError (naming sisa.shards / sisa.slices) when a shard or a slice
-    would be empty."""
+    """Permute range(N) (the SISA_LAYOUT stream of `seed`), split into S shards of size floor(N/S) or
+    ceil(N/S), and each shard into R slices of near-equal size. UserError (naming sisa.shards / sisa.slices)
+    when a shard or a slice would be empty."""
     if not 1 <= shards <= num_points:
         raise UserError(f"sisa.shards: must be between 1 and the training set size {num_points}, got {shards}")
     smallest_shard = num_points // shards
     if not 1 <= slices <= smallest_shard:
-        raise UserError(f"sisa.slices: must be between 1 and the smallest shard size {smallest_shard} "
-                        f"(N={num_points}, S={shards}), got {slices}")
+        raise UserError(
+            f"sisa.slices: must be between 1 and the smallest shard size {smallest_shard} "
+            f"(N={num_points}, S={shards}), got {slices}"
+        )
     order = np.random.default_rng(stream_seed(seed, Stream.SISA_LAYOUT)).permutation(num_points).astype(np.int64)
     return Layout(num_points, tuple(tuple(np.array_split(shard, slices)) for shard in np.array_split(order, shards)))
 

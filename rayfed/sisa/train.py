@@ -76,11 +76,14 @@ def use_deterministic_kernels(on: bool) -> None:
 
 def kernel_settings() -> dict[str, Any]:
     """What this process trains with: device, torch version and the determinism switches."""
-    return {"device": "cuda" if torch.cuda.is_available() else "cpu", "torch_version": torch.__version__,
-            "deterministic": torch.are_deterministic_algorithms_enabled(),
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "cudnn_deterministic": torch.backends.cudnn.deterministic,
-            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+    return {
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch_version": torch.__version__,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
 
 
 def stage_seed(seed: int, shard: int, stage: int) -> int:
@@ -107,8 +110,16 @@ def model_from_state(settings: TrainSettings, state: dict[str, Any]) -> nn.Modul
 class ShardTrainer:
     """One shard: its slices, its data and its checkpoint directory."""
 
-    def __init__(self, shard: int, slices: list[np.ndarray], x: torch.Tensor, y: torch.Tensor,
-                 settings: TrainSettings, directory: str | Path, device: torch.device | None = None):
+    def __init__(
+        self,
+        shard: int,
+        slices: list[np.ndarray],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        settings: TrainSettings,
+        directory: str | Path,
+        device: torch.device | None = None,
+    ):
         """slices[r]: global training indices of slice r; x, y: the shard's data, rows in slice order."""
         self.shard = shard
         self.settings = settings
@@ -148,8 +159,16 @@ class ShardTrainer:
 
     def _save(self, k: int, model: nn.Module, optimizer: torch.optim.Optimizer, removed: Collection[int]) -> None:
         seen = torch.from_numpy(np.sort(self.indices[self._kept(k, removed)]))
-        self.store.save_state(f"slice{k}.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                "seen": seen, "shard": self.shard, "slice": k})
+        self.store.save_state(
+            f"slice{k}.pt",
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "seen": seen,
+                "shard": self.shard,
+                "slice": k,
+            },
+        )
 
     def run(self, removed: Collection[int] = (), on_stage: Callable[[int], None] | None = None) -> ShardStats:
         """Bring checkpoints 0..R up to date for the removed points: resume from the last valid checkpoint
@@ -169,10 +188,16 @@ class ShardTrainer:
         samples = 0
         for r in range(start, self.num_slices):
             rows = torch.from_numpy(self._kept(r + 1, removed)).to(self.device)
-            samples += sgd_epochs(model, optimizer, self.x[rows], self.y[rows], epochs=self.settings.epochs[r],
-                                  batch_size=self.settings.batch_size,
-                                  seed=stage_seed(self.settings.seed, self.shard, r),
-                                  augment_pad=self.settings.augment_pad)
+            samples += sgd_epochs(
+                model,
+                optimizer,
+                self.x[rows],
+                self.y[rows],
+                epochs=self.settings.epochs[r],
+                batch_size=self.settings.batch_size,
+                seed=stage_seed(self.settings.seed, self.shard, r),
+                augment_pad=self.settings.augment_pad,
+            )
             self._save(r + 1, model, optimizer, removed)
             if on_stage is not None:
                 on_stage(r)
@@ -181,4 +206,3 @@ class ShardTrainer:
     def final_state(self) -> dict[str, Any]:
         """The model state dict of checkpoint R (on CPU)."""
         return torch.load(self.path(self.num_slices), weights_only=True, map_location="cpu")["model"]
-

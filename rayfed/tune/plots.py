@@ -68,8 +68,9 @@ def plot_sisa_heatmaps(table: pd.DataFrame, path: Path) -> None:
         ax.set_yticks(range(len(grid.index)), [str(i) for i in grid.index])
         middle = (np.nanmin(values) + np.nanmax(values)) / 2
         for (i, j), value in pd.DataFrame(values).stack().items():
-            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=9,
-                    color="black" if value > middle else "white")  # readable on viridis' light and dark ends
+            ax.text(
+                j, i, f"{value:.3g}", ha="center", va="center", fontsize=9, color="black" if value > middle else "white"
+            )  # readable on viridis' light and dark ends
         ax.set(xlabel="slices R", ylabel="shards S", title=title)
         fig.colorbar(image, ax=ax)
     fig.tight_layout()

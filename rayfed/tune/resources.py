@@ -34,15 +34,15 @@ class TrialBudget:
     """Trials meant to run at once (max_concurrent_trials)."""
 
 
-def budget_for(nodes: Sequence[Node], concurrent: int | None, cpus: float | None,
-               gpus: float | None) -> TrialBudget:
+def budget_for(nodes: Sequence[Node], concurrent: int | None, cpus: float | None, gpus: float | None) -> TrialBudget:
     """The per-trial budget: as given, else the nodes' resources shared by max_concurrent_trials
     (one trial at a time when that is unset)."""
     share = concurrent or 1
     return TrialBudget(
         cpus if cpus is not None else sum(n.cpus for n in nodes) / share,
         gpus if gpus is not None else sum(n.gpus for n in nodes) / share,
-        tuple(nodes), share,
+        tuple(nodes),
+        share,
     )
 
 
@@ -91,13 +91,25 @@ def plan_trial(run: str, config: Config, budget: TrialBudget) -> TrialPlan:
     most = (_floor(budget.cpus / (actors + 1)), min(1.0, _floor(budget.gpus / actors)))  # one GPU at most
     if most[0] <= 0:
         raise UserError(f"trial_resources.cpus={budget.cpus:g} is too small for {actors} actors and a driver")
-    cpu_share, gpu_share = fit_shares(budget.nodes, "auto", "auto", actors * budget.trials,
-                                      ("trial_resources.cpus", "trial_resources.gpus"), most, drivers=budget.trials)
+    cpu_share, gpu_share = fit_shares(
+        budget.nodes,
+        "auto",
+        "auto",
+        actors * budget.trials,
+        ("trial_resources.cpus", "trial_resources.gpus"),
+        most,
+        drivers=budget.trials,
+    )
     if run == "fl":
         client = (_fraction(r.cpus_per_client, cpu_share), _fraction(r.gpus_per_client, gpu_share))
         server = (_fraction(r.server_cpus, cpu_share), _fraction(r.server_gpus, gpu_share))
-        overrides = {"cpus_per_client": client[0], "gpus_per_client": client[1],
-                     "server_cpus": server[0], "server_gpus": server[1], "clients_per_actor": per_actor}
+        overrides = {
+            "cpus_per_client": client[0],
+            "gpus_per_client": client[1],
+            "server_cpus": server[0],
+            "server_gpus": server[1],
+            "clients_per_actor": per_actor,
+        }
         plan = TrialPlan(cpu_share, (client,) * clients + (server,), overrides)
     else:
         shard = (_fraction(r.cpus_per_shard, cpu_share), _fraction(r.gpus_per_shard, gpu_share))
@@ -112,7 +124,12 @@ def _check_placeable(plan: TrialPlan, nodes: Sequence[Node], config: Config) -> 
     held = placeable(nodes, bundles)
     if held == len(bundles):
         return
-    explicit = [f"resources.{key}={getattr(config.resources, key)}" for key in plan.overrides
-                if getattr(config.resources, key) != "auto"]
-    raise UserError(f"{' and '.join(explicit) or 'trial_resources'}: a trial's {len(bundles)} bundles (driver + "
-                    f"actors) cannot all be placed on the cluster's nodes ({describe(nodes)}), which hold only {held}")
+    explicit = [
+        f"resources.{key}={getattr(config.resources, key)}"
+        for key in plan.overrides
+        if getattr(config.resources, key) != "auto"
+    ]
+    raise UserError(
+        f"{' and '.join(explicit) or 'trial_resources'}: a trial's {len(bundles)} bundles (driver + "
+        f"actors) cannot all be placed on the cluster's nodes ({describe(nodes)}), which hold only {held}"
+    )

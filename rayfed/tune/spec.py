@@ -39,9 +39,19 @@ SCHEDULER_PARAMS = {"fifo": (), "asha": ("grace_period", "reduction_factor", "ma
 FL_METRICS = ROUND_METRICS
 """What an fl trial reports each round: the figures of the last method run of the round (the swept one),
 averaged over its seeds (rayfed.fl.rows.RoundRow's numeric fields)."""
-SISA_METRICS = ("accuracy", "f1", "auroc", "unlearned_accuracy", "retrained_accuracy", "speedup_samples",
-                "speedup_vs_unsharded", "expected_speedup", "backdoor_asr", "unlearned_backdoor_asr",
-                "clean_backdoor_asr")
+SISA_METRICS = (
+    "accuracy",
+    "f1",
+    "auroc",
+    "unlearned_accuracy",
+    "retrained_accuracy",
+    "speedup_samples",
+    "speedup_vs_unsharded",
+    "expected_speedup",
+    "backdoor_asr",
+    "unlearned_backdoor_asr",
+    "clean_backdoor_asr",
+)
 """What a sisa trial reports once, at its end."""
 RUN_METRICS = {"fl": FL_METRICS, "sisa": SISA_METRICS}
 DEFAULT_METRIC = {"fl": ("jfi", "max"), "sisa": ("accuracy", "max")}
@@ -185,7 +195,9 @@ def merge_mappings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]
     """`over` laid on `base`, nested mappings merged key by key."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = merge_mappings(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            merge_mappings(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -236,8 +248,10 @@ def load_sweep(path: str | Path, overrides: list[str] = (), config_file: str | P
     default_metric, default_mode = DEFAULT_METRIC[run]
     metric = tune_config.get("metric", default_metric)
     if metric not in RUN_METRICS[run]:
-        raise UserError(f"{_where(file, 'tune_config.metric')}: {metric!r} is not reported by {run} trials "
-                        f"(choose from {', '.join(RUN_METRICS[run])})")
+        raise UserError(
+            f"{_where(file, 'tune_config.metric')}: {metric!r} is not reported by {run} trials "
+            f"(choose from {', '.join(RUN_METRICS[run])})"
+        )
     mode = tune_config.get("mode", default_mode)
     if mode not in MODES:
         raise UserError(f"{_where(file, 'tune_config.mode')}: expected max or min, got {mode!r}")
@@ -261,28 +275,47 @@ def load_sweep(path: str | Path, overrides: list[str] = (), config_file: str | P
         _number(cpus, "trial_resources.cpus", file, float, 0.01)
     if gpus is not None:
         _number(gpus, "trial_resources.gpus", file)
-    return SweepSpec(file.resolve(), run, base, params, metric, mode, num_samples, concurrent, scheduler, name,
-                     None if storage is None else _absolute(storage), cpus, gpus)
+    return SweepSpec(
+        file.resolve(),
+        run,
+        base,
+        params,
+        metric,
+        mode,
+        num_samples,
+        concurrent,
+        scheduler,
+        name,
+        None if storage is None else _absolute(storage),
+        cpus,
+        gpus,
+    )
 
 
 def _scheduler(value: Any, file: Path, base: Config, run: str) -> dict[str, Any]:
     if value is None:
         return {"type": "fifo"}
     if not isinstance(value, dict) or value.get("type") not in SCHEDULER_PARAMS:
-        raise UserError(f"{_where(file, 'tune_config.scheduler')}: expected a mapping with type: "
-                        f"{' or '.join(SCHEDULER_PARAMS)}, got {value!r}")
+        raise UserError(
+            f"{_where(file, 'tune_config.scheduler')}: expected a mapping with type: "
+            f"{' or '.join(SCHEDULER_PARAMS)}, got {value!r}"
+        )
     allowed = SCHEDULER_PARAMS[value["type"]]
     for key, number in value.items():
         if key == "type":
             continue
         if key not in allowed:
-            raise UserError(f"{_where(file, f'tune_config.scheduler.{key}')}: unknown key for "
-                            f"{value['type']} (choose from {', '.join(allowed) or 'none'})")
+            raise UserError(
+                f"{_where(file, f'tune_config.scheduler.{key}')}: unknown key for "
+                f"{value['type']} (choose from {', '.join(allowed) or 'none'})"
+            )
         _number(number, f"tune_config.scheduler.{key}", file, float, 1)
     scheduler = dict(value)
     if scheduler["type"] == "asha":
         scheduler.setdefault("max_t", base.fl.rounds if run == "fl" else 1)
         if scheduler.get("grace_period", 1) > scheduler["max_t"]:
-            raise UserError(f"{_where(file, 'tune_config.scheduler.grace_period')}: must be <= max_t="
-                            f"{scheduler['max_t']}, got {scheduler['grace_period']}")
+            raise UserError(
+                f"{_where(file, 'tune_config.scheduler.grace_period')}: must be <= max_t="
+                f"{scheduler['max_t']}, got {scheduler['grace_period']}"
+            )
     return scheduler

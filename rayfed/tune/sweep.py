@@ -70,8 +70,7 @@ def tracking_callbacks(spec: SweepSpec) -> list[tune.Callback]:
         return []
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    return [WandbLoggerCallback(project=tracking.project, entity=tracking.entity, group=spec.name,
-                                mode=tracking.wandb)]
+    return [WandbLoggerCallback(project=tracking.project, entity=tracking.entity, group=spec.name, mode=tracking.wandb)]
 
 
 def experiment_path(spec: SweepSpec, sweep_dir: RunDirectory) -> str:
@@ -90,11 +89,19 @@ def _make_tuner(spec: SweepSpec, sweep_dir: RunDirectory, setup: TrialSetup, res
     return tune.Tuner(
         trainable,
         param_space={p.key: tune_domain(p) for p in spec.params},
-        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
-                                    max_concurrent_trials=spec.max_concurrent_trials, scheduler=make_scheduler(spec)),
-        run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path or str(sweep_dir.file("tune")),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-                                  callbacks=tracking_callbacks(spec)),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            num_samples=spec.num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials,
+            scheduler=make_scheduler(spec),
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=spec.storage_path or str(sweep_dir.file("tune")),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            callbacks=tracking_callbacks(spec),
+        ),
     )
 
 
@@ -121,8 +128,12 @@ def sweep_rows(results: tune.ResultGrid, spec: SweepSpec, setup: TrialSetup) -> 
         row: dict[str, Any] = {"trial_id": trial.trial_id, "status": _status(result, trial.status, setup)}
         row.update({p.key: result.config.get(p.key) for p in spec.params})
         for key, value in metrics.items():
-            if (key in RUN_METRICS[spec.run] or "/" in key or key.endswith("_ci")
-                    or key in ("seeds", "started_at", "reported_at", "time_total_s")):
+            if (
+                key in RUN_METRICS[spec.run]
+                or "/" in key
+                or key.endswith("_ci")
+                or key in ("seeds", "started_at", "reported_at", "time_total_s")
+            ):
                 row[key] = value
         row["run_dir"] = str(Path(setup.trials_dir) / trial.trial_id)
         row["error"] = None if result.error is None else str(result.error).strip().splitlines()[-1][:300]
@@ -138,8 +149,12 @@ def best_config(results: tune.ResultGrid, spec: SweepSpec) -> dict[str, Any] | N
     best = max(finished, key=lambda r: r.metrics[spec.metric] * (1 if spec.mode == "max" else -1))
     params = {p.key: best.config[p.key] for p in spec.params}
     config = build_config([spec.base, *(nest(k, v) for k, v in params.items())]).to_dict()
-    return {"params": params, spec.metric: best.metrics[spec.metric], "trial_id": best.metrics.get("trial_id"),
-            "config": config}
+    return {
+        "params": params,
+        spec.metric: best.metrics[spec.metric],
+        "trial_id": best.metrics.get("trial_id"),
+        "config": config,
+    }
 
 
 def run_sweep(spec: SweepSpec, sweep_dir: RunDirectory, resume: bool = False) -> pd.DataFrame:
@@ -151,8 +166,12 @@ def run_sweep(spec: SweepSpec, sweep_dir: RunDirectory, resume: bool = False) ->
         budget = budget_for(alive_nodes(), spec.max_concurrent_trials, spec.trial_cpus, spec.trial_gpus)
         setup = TrialSetup(spec.run, spec.base, budget, str(sweep_dir.file("trials")))
         plan = trial_config(setup, {})[1]
-        log.info("each trial reserves up to %.4g CPU + %.4g GPU (base config: %s)", budget.cpus, budget.gpus,
-                 ", ".join(f"{k} {v:.4g}" for k, v in plan.total.items()))
+        log.info(
+            "each trial reserves up to %.4g CPU + %.4g GPU (base config: %s)",
+            budget.cpus,
+            budget.gpus,
+            ", ".join(f"{k} {v:.4g}" for k, v in plan.total.items()),
+        )
         started = time.time()
         results = _make_tuner(spec, sweep_dir, setup, resume).fit()
         wall = time.time() - started
@@ -167,11 +186,15 @@ def run_sweep(spec: SweepSpec, sweep_dir: RunDirectory, resume: bool = False) ->
         print(f"no trial reported {spec.metric}; see the error column of {sweep_dir.file('sweep.parquet')}")
     else:
         sweep_dir.write_text("best_config.yaml", yaml.safe_dump(best["config"], sort_keys=False))
-        print(f"best trial {best['trial_id']}: {spec.metric}={best[spec.metric]:.4g} ({spec.mode}) with "
-              f"{best['params']}; its config: {sweep_dir.file('best_config.yaml')}")
+        print(
+            f"best trial {best['trial_id']}: {spec.metric}={best[spec.metric]:.4g} ({spec.mode}) with "
+            f"{best['params']}; its config: {sweep_dir.file('best_config.yaml')}"
+        )
     figures = plot_sweep(spec.run, table, [p.key for p in spec.params], sweep_dir.path)
-    print(f"{len(rows)} trials in {wall:.0f}s; results in {sweep_dir.path} "
-          f"(sweep.parquet, {', '.join(f.name for f in figures) or 'no figures'})")
+    print(
+        f"{len(rows)} trials in {wall:.0f}s; results in {sweep_dir.path} "
+        f"(sweep.parquet, {', '.join(f.name for f in figures) or 'no figures'})"
+    )
     unfinished = int((table["status"] == "INTERRUPTED").sum())
     if unfinished:
         print(f"{unfinished} trial(s) unfinished: run the same command with --out {sweep_dir.path} to continue")
@@ -180,12 +203,20 @@ def run_sweep(spec: SweepSpec, sweep_dir: RunDirectory, resume: bool = False) ->
 
 
 def _document(spec: SweepSpec) -> dict[str, Any]:
-    return {"run": spec.run, "base": spec.base,
-            "param_space": {p.key: p.values if p.sampler is None else {p.sampler: p.values} for p in spec.params},
-            "tune_config": {"metric": spec.metric, "mode": spec.mode, "num_samples": spec.num_samples,
-                            "max_concurrent_trials": spec.max_concurrent_trials, "scheduler": spec.scheduler},
-            "run_config": {"name": spec.name, "storage_path": spec.storage_path},
-            "trial_resources": {"cpus": spec.trial_cpus, "gpus": spec.trial_gpus}}
+    return {
+        "run": spec.run,
+        "base": spec.base,
+        "param_space": {p.key: p.values if p.sampler is None else {p.sampler: p.values} for p in spec.params},
+        "tune_config": {
+            "metric": spec.metric,
+            "mode": spec.mode,
+            "num_samples": spec.num_samples,
+            "max_concurrent_trials": spec.max_concurrent_trials,
+            "scheduler": spec.scheduler,
+        },
+        "run_config": {"name": spec.name, "storage_path": spec.storage_path},
+        "trial_resources": {"cpus": spec.trial_cpus, "gpus": spec.trial_gpus},
+    }
 
 
 def run_sweep_file(file: str, overrides: list[str], out: str | None, config_file: str | None = None) -> pd.DataFrame:
@@ -198,8 +229,10 @@ def run_sweep_file(file: str, overrides: list[str], out: str | None, config_file
         given = yaml.safe_load(yaml.safe_dump(_document(spec), sort_keys=False))
         changed = [key for key in given if given[key] != stored.get(key)]
         if changed:
-            raise UserError(f"--out {out} holds a different sweep ({changed[0]} differs): continue it with the same "
-                            "sweep file and --set overrides, or choose a new --out")
+            raise UserError(
+                f"--out {out} holds a different sweep ({changed[0]} differs): continue it with the same "
+                "sweep file and --set overrides, or choose a new --out"
+            )
         return run_sweep(spec, RunDirectory(Path(out).resolve()), resume=True)
     with run_directory(out, "sweep") as sweep_dir:
         return run_sweep(spec, sweep_dir)

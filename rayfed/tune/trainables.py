@@ -95,14 +95,20 @@ class RoundReporter:
         runs = list(by_run)
 
         def means(run_rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
-            return {k: float(np.mean([r[k] for r in run_rows])) for k in keys
-                    if all(r[k] is not None for r in run_rows)}
+            return {
+                k: float(np.mean([r[k] for r in run_rows])) for k in keys if all(r[k] is not None for r in run_rows)
+            }
 
         last = by_run[runs[-1]]
         metrics: dict[str, Any] = {**means(last, ROUND_METRICS), "seeds": len(last)}
         if len(last) > 1:  # the 95% Student-t half-widths over seeds, as in summary.md
-            metrics.update({f"{k}_ci": mean_interval([r[k] for r in last])[1] for k in PER_METHOD_METRICS
-                            if all(r[k] is not None for r in last)})
+            metrics.update(
+                {
+                    f"{k}_ci": mean_interval([r[k] for r in last])[1]
+                    for k in PER_METHOD_METRICS
+                    if all(r[k] is not None for r in last)
+                }
+            )
         for run in runs[:-1]:
             metrics.update({f"{run.file_label}/{k}": v for k, v in means(by_run[run], PER_METHOD_METRICS).items()})
         return stamped(metrics, self.started_at)
@@ -140,6 +146,7 @@ def train_fl(params: dict[str, Any], setup: TrialSetup) -> None:
 
 def sisa_metrics(run_dir: RunDirectory, aggregation: str) -> dict[str, float]:
     """A sisa run's final figures (names in rayfed.tune.spec.SISA_METRICS) from its tables."""
+
     def table(name: str) -> list[dict[str, Any]]:
         path = run_dir.file(f"{name}.parquet")
         return read_table(path) if path.exists() else []
@@ -158,7 +165,8 @@ def sisa_metrics(run_dir: RunDirectory, aggregation: str) -> dict[str, float]:
         metrics["speedup_samples"] = sum(r["ensemble_retrain_samples"] for r in unlearning) / samples
         metrics["speedup_vs_unsharded"] = sum(r["unsharded_retrain_samples"] for r in unlearning) / samples
         metrics["expected_speedup"] = sum(r["ensemble_retrain_samples"] for r in unlearning) / max(
-            1.0, sum(r["expected_samples"] for r in unlearning))
+            1.0, sum(r["expected_samples"] for r in unlearning)
+        )
     for row in table("backdoor"):
         if row["aggregation"] == aggregation:
             metrics[f"{prefixes[row['stage']]}backdoor_asr"] = row["asr"]

@@ -4,8 +4,16 @@ new method is one new file."""
 import importlib
 import pkgutil
 
-from rayfed.fl.strategies.base import (REGISTRY, Aggregation, AuditEvidence, LocalResult, Strategy,
-                                       parameter_columns, strategy_for, strategy_runs)
+from rayfed.fl.strategies.base import (
+    REGISTRY,
+    Aggregation,
+    AuditEvidence,
+    LocalResult,
+    Strategy,
+    parameter_columns,
+    strategy_for,
+    strategy_runs,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -13,5 +21,16 @@ for _module in pkgutil.iter_modules(__path__):
 from rayfed.fl.strategies.fedauditgan import fairness_scores, softmax_weights  # noqa: E402
 from rayfed.fl.strategies.fedavg import fedavg_weights  # noqa: E402
 
-__all__ = ["REGISTRY", "Aggregation", "AuditEvidence", "LocalResult", "Strategy", "fairness_scores",
-           "fedavg_weights", "parameter_columns", "softmax_weights", "strategy_for", "strategy_runs"]
+__all__ = [
+    "REGISTRY",
+    "Aggregation",
+    "AuditEvidence",
+    "LocalResult",
+    "Strategy",
+    "fairness_scores",
+    "fedavg_weights",
+    "parameter_columns",
+    "softmax_weights",
+    "strategy_for",
+    "strategy_runs",
+]

@@ -108,8 +108,13 @@ class Strategy:
         """The run's value of every strategy parameter column (None for the others)."""
         return {column: (self.value if column == self.parameter else None) for column in parameter_columns()}
 
-    def aggregate(self, state: StateDict, updates: Sequence[LocalResult], audit: AuditEvidence | None,
-                  buffers: frozenset[str] = frozenset()) -> Aggregation:
+    def aggregate(
+        self,
+        state: StateDict,
+        updates: Sequence[LocalResult],
+        audit: AuditEvidence | None,
+        buffers: frozenset[str] = frozenset(),
+    ) -> Aggregation:
         """Theta_new from Theta_old and this round's accepted updates (`audit` given iff `needs_audit`;
         `buffers`: the state-dict keys that are buffers, not trainable parameters)."""
         raise NotImplementedError

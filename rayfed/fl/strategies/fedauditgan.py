@@ -51,8 +51,13 @@ class FedAuditGan(Strategy):
     def runs(cls, config: Config) -> list[Strategy]:
         return [cls(run.value, config.audit.normalize_scores) for run in super().runs(config)]
 
-    def aggregate(self, state: StateDict, updates: Sequence[LocalResult], audit: AuditEvidence | None,
-                  buffers: frozenset[str] = frozenset()) -> Aggregation:
+    def aggregate(
+        self,
+        state: StateDict,
+        updates: Sequence[LocalResult],
+        audit: AuditEvidence | None,
+        buffers: frozenset[str] = frozenset(),
+    ) -> Aggregation:
         if audit is None:
             raise ValueError("fedauditgan needs this round's audit (probes and scoring template)")
         deltas = [u.delta for u in updates]

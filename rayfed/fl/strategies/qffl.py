@@ -19,8 +19,14 @@ LOSS_FLOOR = 1e-12
 """F_k is floored here so that F_k^(q-1) stays finite for q < 1 (a cross-entropy is never exactly 0)."""
 
 
-def qffl_step(state: StateDict, updates: Sequence[StateDict], losses: Sequence[float], q: float,
-              lipschitz: float, parameters: Sequence[str]) -> StateDict:
+def qffl_step(
+    state: StateDict,
+    updates: Sequence[StateDict],
+    losses: Sequence[float],
+    q: float,
+    lipschitz: float,
+    parameters: Sequence[str],
+) -> StateDict:
     """w^(t+1) = w^t - (sum_k Delta_k) / (sum_k h_k) over the keys in `parameters`, where, with
     dW_k = L (w^t - w_k) = -L dw_k:
         Delta_k = F_k^q dW_k,    h_k = q F_k^(q-1) ||dW_k||^2 + L F_k^q.
@@ -58,8 +64,13 @@ class QFedAvg(Strategy):
         lipschitz = config.qffl.lipschitz if config.qffl.lipschitz is not None else 1.0 / config.fl.lr
         return [cls(run.value, lipschitz) for run in super().runs(config)]
 
-    def aggregate(self, state: StateDict, updates: Sequence[LocalResult], audit: AuditEvidence | None,
-                  buffers: frozenset[str] = frozenset()) -> Aggregation:
+    def aggregate(
+        self,
+        state: StateDict,
+        updates: Sequence[LocalResult],
+        audit: AuditEvidence | None,
+        buffers: frozenset[str] = frozenset(),
+    ) -> Aggregation:
         losses = [u.loss for u in updates]
         shares = loss_shares(losses, self.value)
         # Buffers are no parameters of the loss: floating ones (BatchNorm statistics) are averaged as FedAvg
@@ -69,6 +80,3 @@ class QFedAvg(Strategy):
         parameters = [k for k, v in state.items() if k not in buffers and v.is_floating_point()]
         new.update(qffl_step(state, [u.delta for u in updates], losses, self.value, self.lipschitz, parameters))
         return Aggregation(new, shares)
-
-
-

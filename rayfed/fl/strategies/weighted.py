@@ -15,7 +15,12 @@ class WeightedAverage(Strategy):
         """alpha_i for each update (summing to 1)."""
         raise NotImplementedError
 
-    def aggregate(self, state: StateDict, updates: Sequence[LocalResult], audit: AuditEvidence | None,
-                  buffers: frozenset[str] = frozenset()) -> Aggregation:
+    def aggregate(
+        self,
+        state: StateDict,
+        updates: Sequence[LocalResult],
+        audit: AuditEvidence | None,
+        buffers: frozenset[str] = frozenset(),
+    ) -> Aggregation:
         alphas = self.weights(updates)
         return Aggregation(apply_weighted_updates(state, [u.delta for u in updates], alphas), alphas)
