@@ -125,6 +125,7 @@ def test_qffl_q_smoke_sweep_reports_q_ffl_beside_its_controls_over_seeds(ray_ses
     table = table.set_index("qffl.q")
     assert sorted(table.index) == [0, 1, 5] and (table["status"] == "TERMINATED").all(), table["error"]
     assert (table["seeds"] == 2).all() and (table["min_accuracy_ci"] >= 0).all()
+    assert (table["fairness_basis"] == "test").all()
     assert {"fedavg/jfi", "uniform/min_accuracy"} <= set(table.columns)
     assert abs(table.loc[0, "accuracy"] - table.loc[0, "uniform/accuracy"]) <= 0.5  # float rounding at most
     for q in (0, 1, 5):

@@ -100,7 +100,12 @@ class RoundReporter:
             }
 
         last = by_run[runs[-1]]
-        metrics: dict[str, Any] = {**means(last, ROUND_METRICS), "round": last[0]["round"], "seeds": len(last)}
+        metrics: dict[str, Any] = {
+            **means(last, ROUND_METRICS),
+            "round": last[0]["round"],
+            "seeds": len(last),
+            "fairness_basis": last[0]["fairness_basis"],
+        }
         if len(last) > 1:  # the 95% Student-t half-widths over seeds, as in summary.md
             metrics.update(
                 {
