@@ -87,7 +87,7 @@ class FLConfig:
     """Local SGD momentum."""
     weight_decay: float = 1e-4
     """Local SGD weight decay."""
-    methods: list[str] = field(default_factory=lambda: ["fedavg", "uniform", "qffl", "fedauditgan"])
+    methods: list[str] = field(default_factory=lambda: ["fedavg", "uniform", "fedauditgan"])
     """Methods to run, in order (`rayfed.fl.strategies`): `fedavg` (size weights), `uniform` (1/K),
     `fedauditgan` (one run per value of audit.gamma), `qffl` (q-FedAvg, one run per value of qffl.q)."""
     clients_per_round: int | None = None
