@@ -41,11 +41,17 @@ def _cpu_state(model: nn.Module) -> dict[str, Any]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def train_unsharded(
-    settings: TrainSettings, epochs: int, x: torch.Tensor, y: torch.Tensor, device: torch.device
+def _sgd(
+    settings: TrainSettings,
+    epochs: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    part: int,
+    state: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], int]:
-    """A fresh unsharded model trained `epochs` epochs on (x, y); (state, samples)."""
-    model, optimizer = _model(settings, device)
+    """`epochs` epochs of SGD on (x, y) from `state` (or a fresh model), seeded by its stream part."""
+    model, optimizer = _model(settings, device, state)
     samples = sgd_epochs(
         model,
         optimizer,
@@ -53,10 +59,17 @@ def train_unsharded(
         y.to(device),
         epochs=epochs,
         batch_size=settings.batch_size,
-        seed=stream_seed(settings.seed, Stream.UNSHARDED_TRAINING, TRAIN),
+        seed=stream_seed(settings.seed, Stream.UNSHARDED_TRAINING, part),
         augment_pad=settings.augment_pad,
     )
     return _cpu_state(model), samples
+
+
+def train_unsharded(
+    settings: TrainSettings, epochs: int, x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> tuple[dict[str, Any], int]:
+    """A fresh unsharded model trained `epochs` epochs on (x, y); (state, samples)."""
+    return _sgd(settings, epochs, x, y, device, TRAIN)
 
 
 def finetune(
@@ -68,18 +81,7 @@ def finetune(
     device: torch.device,
 ) -> tuple[dict[str, Any], int]:
     """`epochs` epochs of SGD (a fresh optimizer, the shards' lr) on the retained data from `state`."""
-    model, optimizer = _model(settings, device, state)
-    samples = sgd_epochs(
-        model,
-        optimizer,
-        x_retain.to(device),
-        y_retain.to(device),
-        epochs=epochs,
-        batch_size=settings.batch_size,
-        seed=stream_seed(settings.seed, Stream.UNSHARDED_TRAINING, FINETUNE),
-        augment_pad=settings.augment_pad,
-    )
-    return _cpu_state(model), samples
+    return _sgd(settings, epochs, x_retain, y_retain, device, FINETUNE, state)
 
 
 def neggrad_plus(
