@@ -1,13 +1,22 @@
-"""Writes the golden tables that tests/test_golden_tables.py compares every later run against.
+"""Writes one set of the golden tables that tests/test_golden_tables.py compares every later run against.
 
-Run it only where a change is meant to move the numbers (a new seed stream, a fixed defect), say so in the
-commit, and keep refactors honest by leaving these files alone:
+Float kernels differ between CPUs (instruction sets, cache-dependent blocking), and training turns a last-bit
+difference into a different accuracy within a few steps, so each kind of machine has its own set; a run
+passes when it matches one set exactly (to float32 rounding). The sets:
 
-    python tests/golden/make_golden.py
+    set-1   the first development machine, 2026-12-01 (the one CI ran on that day)
+    set-2   a 2-vCPU AMD EPYC with AVX2 only, 2026-12-02
+
+A refactor must leave every set alone. A change that is meant to move the numbers (a new seed stream, a fixed
+defect) says so in its commit and rewrites the set of the machine it runs on; a set it cannot rewrite there
+(no such machine) is deleted in the same commit:
+
+    python tests/golden/make_golden.py set-2
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 import tempfile
@@ -20,6 +29,11 @@ from golden_runs import GOLDEN_TABLES, run_golden  # noqa: E402
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("set", help="the set's folder under tests/golden (see this file's docstring)")
+    target = HERE / parser.parse_args().set
+    target.mkdir(exist_ok=True)
+
     import ray
 
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, configure_logging=False)
@@ -27,8 +41,8 @@ def main() -> None:
         for command, tables in GOLDEN_TABLES.items():
             out = run_golden(command, Path(tmp))
             for table in tables:
-                shutil.copy(out / table, HERE / f"{command}_{table}")
-                print("wrote", HERE / f"{command}_{table}")
+                shutil.copy(out / table, target / f"{command}_{table}")
+                print("wrote", target / f"{command}_{table}")
     ray.shutdown()
 
 
