@@ -117,7 +117,7 @@ def main() -> None:
         sizes = federation.num_samples
         started = init_ray(config.resources.address)
         engine = FederatedEngine(config, federation)
-        ray.get([a.pid.remote() for a in [*engine.actors, engine.server]])  # wait for every actor
+        ray.get([a.pid.remote() for a in [*engine.actors, *engine.servers]])  # wait for every actor
         setup = time.perf_counter() - setup_start
         print(
             f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"

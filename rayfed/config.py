@@ -223,10 +223,15 @@ class ResourcesConfig:
     """Virtual clients hosted by one client actor (1 = one actor per client). `auto`: 1 where the cluster has
     GPUs (every client its own GPU fraction); without GPUs, the clients spread evenly over one actor per CPU
     (a CPU trains one client at a time anyway, and every actor process costs memory and idle CPU)."""
+    audit_servers: int | str = "auto"
+    """Audit server actors; each trains the audit GANs of, and scores and aggregates the updates of, the seeded
+    runs assigned to it. `auto`: one per audited run of a round (fedauditgan runs x seeds), at most one per GPU
+    of the cluster, or one per CPU where it has no GPU (the GANs then train side by side, one thread each,
+    instead of one after the other); at least one."""
     server_gpus: float | str = "auto"
-    """GPU fraction of the audit server actor; `auto` = the same share as a client."""
+    """GPU fraction of each audit server actor; `auto` = the same share as a client."""
     server_cpus: float | str = "auto"
-    """CPU fraction of the audit server actor; `auto` = the same share as a client."""
+    """CPU fraction of each audit server actor; `auto` = the same share as a client."""
     gpus_per_shard: float | str = "auto"
     """GPU fraction per SISA shard actor; `auto`: the largest fraction (at most 1) with which all the shards
     fit on the cluster's nodes at once, packed node by node. A number that cannot place them all is an error."""
@@ -240,8 +245,8 @@ class ResourcesConfig:
     torch_threads: int = 1
     """torch intra-op threads per client or shard actor (keeps many actors on few cores from thrashing)."""
     server_threads: int | None = None
-    """torch intra-op threads of the audit server; null = every core of its node (the server works while the
-    clients wait for it, and the other way round)."""
+    """torch intra-op threads of each audit server; null = its node's cores divided by the number of audit
+    servers (at least one): a lone server uses every core while the clients wait for it."""
 
     def actor_capacity(self, num_clients: int, cpus: float, gpus: float) -> int:
         """clients_per_actor resolved for a cluster (or trial budget) of `cpus` CPUs and `gpus` GPUs."""
@@ -250,6 +255,13 @@ class ResourcesConfig:
         if gpus > 0:
             return 1
         return math.ceil(num_clients / min(num_clients, max(1, int(cpus))))
+
+    def server_count(self, audited_runs: int, cpus: float, gpus: float) -> int:
+        """audit_servers resolved for `audited_runs` audited seeded runs per round on a cluster (or trial budget)
+        of `cpus` CPUs and `gpus` GPUs."""
+        if self.audit_servers != "auto":
+            return int(self.audit_servers)
+        return max(1, min(audited_runs, math.ceil(gpus) if gpus > 0 else int(cpus)))
 
 
 @dataclass
@@ -585,6 +597,13 @@ def validate(c: Config) -> None:
         )
     else:
         _require(r.clients_per_actor >= 1, f"resources.clients_per_actor: must be >= 1, got {r.clients_per_actor}")
+    if isinstance(r.audit_servers, str):
+        _require(
+            r.audit_servers == "auto",
+            f"resources.audit_servers: expected an integer >= 1 or 'auto', got {r.audit_servers!r}",
+        )
+    else:
+        _require(r.audit_servers >= 1, f"resources.audit_servers: must be >= 1, got {r.audit_servers}")
     _require(r.torch_threads >= 1, f"resources.torch_threads: must be >= 1, got {r.torch_threads}")
     _require(r.stall_timeout > 0, f"resources.stall_timeout: must be > 0, got {r.stall_timeout}")
     _require(

@@ -40,6 +40,8 @@ BAD_SETS = [
     (["--set", "tracking.wandb=maybe"], "tracking.wandb"),
     (["--set", "resources.clients_per_actor=many"], "resources.clients_per_actor"),
     (["--set", "resources.clients_per_actor=0"], "resources.clients_per_actor"),
+    (["--set", "resources.audit_servers=0"], "resources.audit_servers"),
+    (["--set", "resources.audit_servers=many"], "resources.audit_servers"),
     (["--set", "fl.rounds"], "fl.rounds"),
     (["--set", "fl.clients_per_round=1.0"], "fl.clients_per_round"),  # a fraction goes to fl.client_fraction
     (["--set", "fl.client_fraction=1.5"], "fl.client_fraction"),

@@ -37,7 +37,7 @@ def _engine(extra):
     config = load_config(None, BASE + list(extra))
     federation = build_federation(config)
     engine = FederatedEngine(config, federation)
-    ray.get([a.pid.remote() for a in engine.actors] + [engine.server.pid.remote()])  # all started
+    ray.get([a.pid.remote() for a in engine.actors] + [engine.servers[0].pid.remote()])  # all started
     return engine, ray.put(to_numpy(initial_model_state(config, federation, config.seed)))
 
 
@@ -82,15 +82,15 @@ def test_client_killed_mid_training(ray_session, policy, caplog):
 def test_server_killed_mid_audit_gives_the_same_round(ray_session):
     engine, state_ref = _engine(["audit.gan_epochs=10", "fl.local_epochs=1"])
     run = FedAuditGan(2.0)
-    server_pid = ray.get(engine.server.pid.remote())
+    server_pid = ray.get(engine.servers[0].pid.remote())
     try:
         update_refs = [actor.train.remote(1, SEED, state_ref, [cid])[1] for cid, actor in enumerate(engine.actors)]
         ray.get(update_refs)
-        probes, _ = engine.server.audit.remote(1, SEED, state_ref)
-        outcome, new_state = engine.server.score_and_aggregate.remote(run, state_ref, update_refs, probes)
+        probes, _ = engine.servers[0].audit.remote(1, SEED, state_ref)
+        outcome, new_state = engine.servers[0].score_and_aggregate.remote(run, state_ref, update_refs, probes)
         reference, reference_state = ray.get(outcome), ray.get(new_state)
-        probes, _ = engine.server.audit.remote(1, SEED, state_ref)
-        outcome, new_state = engine.server.score_and_aggregate.remote(run, state_ref, update_refs, probes)
+        probes, _ = engine.servers[0].audit.remote(1, SEED, state_ref)
+        outcome, new_state = engine.servers[0].score_and_aggregate.remote(run, state_ref, update_refs, probes)
         time.sleep(1.0)  # inside GAN training
         os.kill(server_pid, signal.SIGKILL)
         retried, retried_state = ray.get(outcome, timeout=900), ray.get(new_state, timeout=900)
@@ -118,9 +118,9 @@ def test_corrupt_updates_are_rejected_and_the_rest_renormalised(ray_session, met
             LocalResult(9, 10, good[1][0].delta, float("inf")),
         ]
         refs = [ray.put(good[0]), ray.put(good[1]), ray.put(crafted)]
-        probes = engine.server.audit.remote(1, SEED, state_ref)[0] if method == "fedauditgan" else None
+        probes = engine.servers[0].audit.remote(1, SEED, state_ref)[0] if method == "fedauditgan" else None
         run = FedAuditGan(2.0) if method == "fedauditgan" else FedAvg()
-        outcome, new_state = engine.server.score_and_aggregate.remote(run, state_ref, refs, probes)
+        outcome, new_state = engine.servers[0].score_and_aggregate.remote(run, state_ref, refs, probes)
         outcome, new_state = ray.get(outcome), ray.get(new_state)
     finally:
         engine.shutdown()

@@ -1,6 +1,7 @@
 """Fed-AuditGAN and FedAvg through real Ray actors (local Ray, 2 CPUs, one fake GPU).
 
-The second of the two identical runs also logs to wandb (offline): tracking must not change a number."""
+The second of the two identical runs also logs to wandb (offline) and spreads its runs over two audit servers:
+neither may change a number."""
 
 import math
 import time
@@ -27,6 +28,7 @@ SMALL = [
     "audit.n_probes=64",
     "data.client_test_size=20",
     "seed=5",
+    "resources.server_threads=1",  # as many threads with one audit server as with two
 ]
 
 
@@ -41,7 +43,7 @@ def small_run(tmp_path, name, extra=()):
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("fl")
-    return small_run(tmp, "a"), small_run(tmp, "b", ["tracking.wandb=offline"])
+    return small_run(tmp, "a"), small_run(tmp, "b", ["tracking.wandb=offline", "resources.audit_servers=2"])
 
 
 def test_run_directory_holds_the_contract(two_runs):
@@ -134,14 +136,16 @@ def _device_inside_actor_process():
 
 
 def test_client_actors_share_the_fake_gpu_by_fractions(ray_session):
-    config = load_config(None, SMALL)
+    config = load_config(None, SMALL + ["resources.audit_servers=2"])
     engine = FederatedEngine(config, build_federation(config))
     try:
-        ray.get([a.pid.remote() for a in engine.actors])  # all 3 clients + server scheduled at once
+        assert len(engine.servers) == 2
+        assert sorted(engine.server_of.values()) == [0, 1]  # gamma=2 on one server, FedAvg on the other
+        ray.get([a.pid.remote() for a in [*engine.actors, *engine.servers]])  # 3 clients + 2 servers at once
         deadline = time.time() + 30  # available_resources() follows the scheduler with a delay under load
         while ray.available_resources().get("GPU", 0.0) > 1e-3 and time.time() < deadline:
             time.sleep(0.5)
-        assert ray.available_resources().get("GPU", 0.0) == pytest.approx(0.0, abs=1e-3)  # 4 x 0.25 of one GPU
+        assert ray.available_resources().get("GPU", 0.0) == pytest.approx(0.0, abs=1e-3)  # 5 x 0.2 of one GPU
         assert ray.get(_device_inside_actor_process.remote()) == "cpu"  # device from torch, not Ray's GPU id
     finally:
         engine.shutdown()

@@ -155,22 +155,25 @@ def test_fl_trial_shares_its_budget_among_driver_and_actors():
         "server_cpus": 0.2,
         "server_gpus": 0.125,
         "clients_per_actor": 1,
+        "audit_servers": 1,  # two audited runs (gamma 2, 8), but half a GPU: one server
     }
     bundles = plan.placement_group().bundles
     assert bundles[0] == {"CPU": 0.2} and bundles[1:] == [{"CPU": 0.2, "GPU": 0.125}] * 4
 
 
 def test_explicit_fractions_are_kept_and_cpu_only_bundles_have_no_gpu():
-    config = build_config([{"data": {"num_clients": 4}, "resources": {"clients_per_actor": 2, "server_cpus": 0.5}}])
+    resources = {"clients_per_actor": 2, "server_cpus": 0.5, "audit_servers": 1}
+    config = build_config([{"data": {"num_clients": 4}, "resources": resources}])
     plan = plan_trial("fl", config, TrialBudget(2.0, 0.0, (Node(2, 0),)))
     assert plan.actors == ((0.5, 0.0), (0.5, 0.0), (0.5, 0.0))  # 2 client actors + the server
+    assert plan.overrides["audit_servers"] == 1
     assert all("GPU" not in b for b in plan.placement_group().bundles)
 
 
 def test_cpu_only_trial_hosts_its_clients_on_one_actor_per_cpu():
     config = build_config([{"data": {"num_clients": 10}}])
     plan = plan_trial("fl", config, TrialBudget(3.0, 0.0, (Node(3, 0),)))
-    assert len(plan.actors) == 3 + 1  # ceil(10 / 3) = 4 clients per actor: 4 + 4 + 2, and the server
+    assert len(plan.actors) == 3 + 2  # ceil(10 / 3) = 4 clients per actor: 4 + 4 + 2, and a server per gamma
     assert plan.overrides["clients_per_actor"] == 4
 
 
@@ -182,6 +185,17 @@ def test_clients_per_actor_auto():
     assert auto.actor_capacity(10, cpus=0.5, gpus=0) == 10  # less than a CPU: one actor
     assert auto.actor_capacity(20, cpus=2, gpus=1) == 1  # GPUs: every client its own GPU fraction
     assert ResourcesConfig(clients_per_actor=3).actor_capacity(10, cpus=2, gpus=0) == 3
+
+
+def test_audit_servers_auto():
+    auto = ResourcesConfig()
+    assert auto.server_count(10, cpus=2, gpus=0) == 2  # five seeds x two gammas on 2 CPUs: one server per CPU
+    assert auto.server_count(2, cpus=16, gpus=0) == 2  # never more servers than audited runs
+    assert auto.server_count(0, cpus=16, gpus=0) == 1  # FedAvg alone still aggregates on one server
+    assert auto.server_count(10, cpus=16, gpus=1) == 1  # one per GPU: GAN steps would time-slice one GPU
+    assert auto.server_count(10, cpus=64, gpus=4) == 4
+    assert auto.server_count(4, cpus=0.5, gpus=0) == 1  # less than a CPU: one server
+    assert ResourcesConfig(audit_servers=3).server_count(1, cpus=2, gpus=0) == 3
 
 
 def test_sisa_trial_reserves_one_pool_of_shards():

@@ -1,4 +1,4 @@
-"""FederatedEngine: the client actors and the audit server of a run, and one round on them.
+"""FederatedEngine: the client actors and the audit servers of a run, and one round on them.
 
 A round is started (local updates submitted, with the server's GAN audit beside them) and then finished
 (receipts read, updates scored and aggregated on the server, everyone evaluated), so the driver can start the
@@ -24,7 +24,7 @@ from rayfed.fl.metrics import fairness_summary
 from rayfed.fl.round import LocalTraining, RoundOutcome
 from rayfed.fl.rows import ClientRow, RoundRow, as_dict
 from rayfed.fl.setup import Federation, select_clients
-from rayfed.fl.strategies import Strategy
+from rayfed.fl.strategies import Strategy, strategy_runs
 
 log = logging.getLogger("rayfed")
 
@@ -47,6 +47,8 @@ class PendingRound:
     run: Strategy
     seed: int
     state_ref: ray.ObjectRef
+    server: int
+    """The audit server that audits and aggregates this run."""
     started: float
     by_actor: dict[int, list[int]]
     """actor -> the selected clients it trains."""
@@ -68,7 +70,7 @@ def weight_figures(weights: list[float], scores: list[float | None]) -> dict[str
 
 
 class FederatedEngine:
-    """Starts the client actors and the audit server, and runs rounds on them."""
+    """Starts the client actors and the audit servers, and runs rounds on them."""
 
     def __init__(self, config: Config, federation: Federation):
         self.config, self.federation = config, federation
@@ -77,8 +79,14 @@ class FederatedEngine:
         per_actor = r.actor_capacity(len(ids), cluster_cpus(), cluster_gpus())
         self.groups = [ids[i : i + per_actor] for i in range(0, len(ids), per_actor)]
         self.actor_of = {cid: a for a, group in enumerate(self.groups) for cid in group}
-        num_actors = len(self.groups) + 1  # + the server
-        cpus, gpus = actor_shares(r.cpus_per_client, r.gpus_per_client, num_actors, "client")  # server: one of them
+        seeded = [(run, seed) for run in strategy_runs(config) for seed in config.seed_list]
+        audited = [key for key in seeded if key[0].needs_audit]
+        num_servers = r.server_count(len(audited), cluster_cpus(), cluster_gpus())
+        # Each seeded run's home server, dealt round-robin with the audited runs first: their GANs spread evenly.
+        dealt = audited + [key for key in seeded if not key[0].needs_audit]
+        self.server_of = {(run.file_label, seed): i % num_servers for i, (run, seed) in enumerate(dealt)}
+        num_actors = len(self.groups) + num_servers
+        cpus, gpus = actor_shares(r.cpus_per_client, r.gpus_per_client, num_actors, "client")  # servers among them
         training = LocalTraining(
             fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size, config.data.eval_batch_size
         )
@@ -98,22 +106,28 @@ class FederatedEngine:
         ]
         split = federation.split
         self.server_data = ray.put((d.train_x[split.audit], d.train_y[split.audit], d.test_x, d.test_y))
-        self.server = AuditServer.options(
-            num_cpus=cpus if r.server_cpus == "auto" else r.server_cpus,
-            num_gpus=gpus if r.server_gpus == "auto" else r.server_gpus,
-            max_restarts=retries,
-            max_task_retries=retries,
-        ).remote(
-            config.model.name,
-            d.shape,
-            d.num_classes,
-            config.audit,
-            federation.space,
-            [self.server_data],
-            config.data.eval_batch_size,
-            r.server_threads,
+        self.servers = [
+            AuditServer.options(
+                num_cpus=cpus if r.server_cpus == "auto" else r.server_cpus,
+                num_gpus=gpus if r.server_gpus == "auto" else r.server_gpus,
+                max_restarts=retries,
+                max_task_retries=retries,
+            ).remote(
+                config.model.name,
+                d.shape,
+                d.num_classes,
+                config.audit,
+                federation.space,
+                [self.server_data],
+                config.data.eval_batch_size,
+                r.server_threads,
+                num_servers,
+            )
+            for _ in range(num_servers)
+        ]
+        log.info(
+            "%d client actors (%.4g CPU, %.4g GPU each) + %d audit server(s)", len(self.actors), cpus, gpus, num_servers
         )
-        log.info("%d client actors (%.4g CPU, %.4g GPU each) + audit server", len(self.actors), cpus, gpus)
 
     def start_round(
         self,
@@ -123,8 +137,8 @@ class FederatedEngine:
         state_ref: ray.ObjectRef,
         gan_state: dict[str, Any] | None = None,
     ) -> PendingRound:
-        """Submit Phase 1 on the selected clients' actors and, for an audited method, Phase 2 on the server
-        (it needs only Theta_old, so the server trains the audit GAN while the clients train)."""
+        """Submit Phase 1 on the selected clients' actors and, for an audited method, Phase 2 on the run's audit
+        server (it needs only Theta_old, so the server trains the audit GAN while the clients train)."""
         config = self.config
         selected = select_clients(
             config.data.num_clients, config.fl.clients_per_round, config.fl.client_fraction, seed, round_index
@@ -133,11 +147,14 @@ class FederatedEngine:
         for cid in selected:
             by_actor.setdefault(self.actor_of[cid], []).append(cid)
         trains = {a: self.actors[a].train.remote(round_index, seed, state_ref, cids) for a, cids in by_actor.items()}
+        server = self.server_of.get((run.file_label, seed), 0)  # a run outside the config: the first server
         probes_ref, gan_ref = (
-            self.server.audit.remote(round_index, seed, state_ref, gan_state) if run.needs_audit else (None, None)
+            self.servers[server].audit.remote(round_index, seed, state_ref, gan_state)
+            if run.needs_audit
+            else (None, None)
         )
         return PendingRound(
-            round_index, run, seed, state_ref, time.perf_counter(), by_actor, trains, probes_ref, gan_ref
+            round_index, run, seed, state_ref, server, time.perf_counter(), by_actor, trains, probes_ref, gan_ref
         )
 
     def _wait(self, refs: Any, what: str, p: PendingRound) -> Any:
@@ -153,7 +170,7 @@ class FederatedEngine:
             ) from None
 
     def finish_round(self, pending: PendingRound) -> RoundResult:
-        """Collect the receipts (dropping the clients of a dead actor), score and aggregate on the server,
+        """Collect the receipts (dropping the clients of a dead actor), score and aggregate on the run's server,
         evaluate every client under Theta_new, and build the round's rows."""
         p, config = pending, self.config
         delivered, retries = [], {}
@@ -172,7 +189,9 @@ class FederatedEngine:
         for cid, count in retries.items():
             if count:
                 log.warning("round %d: client %d was recomputed on a restarted actor", p.round_index, cid)
-        outcome_ref, new_state_ref = self.server.score_and_aggregate.remote(p.run, p.state_ref, delivered, p.probes_ref)
+        outcome_ref, new_state_ref = self.servers[p.server].score_and_aggregate.remote(
+            p.run, p.state_ref, delivered, p.probes_ref
+        )
         outcome: RoundOutcome = self._wait(outcome_ref, "the audit server's scoring and aggregation", p)
         evaluations = {
             e.client_id: e
@@ -246,5 +265,5 @@ class FederatedEngine:
         return self.finish_round(self.start_round(round_index, run, seed, state_ref, gan_state))
 
     def shutdown(self) -> None:
-        for actor in [*self.actors, self.server]:
+        for actor in [*self.actors, *self.servers]:
             ray.kill(actor)

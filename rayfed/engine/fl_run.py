@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,10 @@ def execute(
     """Run (or continue) every seeded run to fl.rounds, round-major (round r of every run, then r + 1),
     checkpointing after each round; then write the outputs.
 
-    In each round every seeded run's updates and audit are submitted before the first is collected, so the
-    seeds and methods run side by side as far as the actors allow. `on_round` receives each round's rows once
-    its checkpoint is on disk (Ray Tune trials report through it). Returns the summary rows.
+    In each round every seeded run's updates and audit are submitted before any is collected, and the runs are
+    collected concurrently, so the seeds and methods run side by side as far as the actors allow. `on_round`
+    receives each round's rows once its checkpoint is on disk (Ray Tune trials report through it). Returns the
+    summary rows.
     """
     federation = build_federation(config)
     runs = seeded_runs(config)
@@ -132,6 +134,7 @@ def execute(
     trackers = {
         r.key: Tracker(config, f"{r.run.label} seed {r.seed}", run_dir.path, group=run_dir.path.name) for r in runs
     }
+    finishing = ThreadPoolExecutor(len(runs), thread_name_prefix="finish-round")
     try:
         with tqdm(
             total=len(runs) * config.fl.rounds, initial=len(runs) * (progress.next_round - 1), unit="round"
@@ -142,16 +145,21 @@ def execute(
                     engine.start_round(round_index, r.run, r.seed, state_refs[r.key], progress.gans.get(r.key))
                     for r in runs
                 ]
-                for seeded, started in zip(runs, pending):
-                    result = engine.finish_round(started)
+                # Each run's round is finished in its own thread (they wait on Ray), so a run whose updates are in
+                # is scored and evaluated while the others' audits still train; rows are kept in run order.
+                futures = [finishing.submit(engine.finish_round, started) for started in pending]
+                for future in as_completed(futures):
+                    row = future.result().round_row
+                    bar.update(1)
+                    bar.set_postfix(acc=f"{row['accuracy']:.1f}", jfi=f"{row['jfi']:.3f}")
+                for seeded, future in zip(runs, futures):
+                    result = future.result()
                     state_refs[seeded.key] = result.state_ref
                     progress.round_rows.append(result.round_row)
                     progress.client_rows += result.client_rows
                     _log_round(trackers[seeded.key], result.round_row, result.client_rows)
                     if result.gan_state is not None:
                         progress.gans[seeded.key] = result.gan_state
-                    bar.update(1)
-                    bar.set_postfix(acc=f"{result.round_row['accuracy']:.1f}", jfi=f"{result.round_row['jfi']:.3f}")
                 progress.next_round = round_index + 1
                 progress.states = {key: ray.get(ref) for key, ref in state_refs.items()}
                 _save_checkpoint(run_dir, progress)
@@ -160,6 +168,7 @@ def execute(
         for seeded in runs:
             run_dir.save_state(model_file(seeded, config), to_torch(progress.states[seeded.key]))
     finally:
+        finishing.shutdown(wait=False, cancel_futures=True)  # after a failure, the other runs' waits end with Ray
         for tracker in trackers.values():
             tracker.finish()
         engine.shutdown()

@@ -35,7 +35,8 @@ def to_cpu(value: Any) -> Any:
 
 @ray.remote
 class AuditServer:
-    """Holds the audit split (never any client's data) and the global test set."""
+    """Holds the audit split (never any client's data) and the global test set. One of `servers` audit servers:
+    without `threads`, it takes its share of the node's cores."""
 
     def __init__(
         self,
@@ -47,8 +48,9 @@ class AuditServer:
         data_ref: list[ray.ObjectRef],
         eval_batch_size: int,
         threads: int | None,
+        servers: int = 1,
     ):
-        self.device = setup_worker(threads or os.cpu_count() or 1)
+        self.device = setup_worker(threads or max(1, (os.cpu_count() or 1) // servers))
         audit_x, audit_y, test_x, test_y = (t.to(self.device) for t in ray.get(data_ref[0]))
         self.audit_x, self.audit_y, self.test_x, self.test_y = audit_x, audit_y, test_x, test_y
         self.model = build_classifier(model_name, shape, num_classes).to(self.device)

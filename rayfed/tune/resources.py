@@ -20,6 +20,7 @@ from ray.tune import PlacementGroupFactory
 from rayfed.config import Config
 from rayfed.engine.runtime import RAY_UNITS, Node, describe, fit_shares, placeable
 from rayfed.errors import UserError
+from rayfed.fl.strategies import strategy_runs
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,9 @@ def plan_trial(run: str, config: Config, budget: TrialBudget) -> TrialPlan:
     if run == "fl":
         per_actor = r.actor_capacity(config.data.num_clients, budget.cpus, budget.gpus)
         clients = math.ceil(config.data.num_clients / per_actor)
-        actors = clients + 1  # + the audit server
+        audited = sum(run.needs_audit for run in strategy_runs(config)) * len(config.seed_list)
+        servers = r.server_count(audited, budget.cpus, budget.gpus)
+        actors = clients + servers
     else:
         actors = config.sisa.shards  # one pool at a time: run_sisa closes each before the next starts
     most = (_floor(budget.cpus / (actors + 1)), min(1.0, _floor(budget.gpus / actors)))  # one GPU at most
@@ -109,8 +112,9 @@ def plan_trial(run: str, config: Config, budget: TrialBudget) -> TrialPlan:
             "server_cpus": server[0],
             "server_gpus": server[1],
             "clients_per_actor": per_actor,
+            "audit_servers": servers,
         }
-        plan = TrialPlan(cpu_share, (client,) * clients + (server,), overrides)
+        plan = TrialPlan(cpu_share, (client,) * clients + (server,) * servers, overrides)
     else:
         shard = (_fraction(r.cpus_per_shard, cpu_share), _fraction(r.gpus_per_shard, gpu_share))
         plan = TrialPlan(cpu_share, (shard,) * actors, {"cpus_per_shard": shard[0], "gpus_per_shard": shard[1]})
