@@ -79,7 +79,7 @@ def test_a_tune_trial_fits_its_driver_and_actors_on_the_nodes():
     # the driver goes to the fifth node: 1.3333.
     nodes = (Node(0, 0), *G5_WORKERS)
     assert placeable(nodes, [(1.5384, 0.0)] + [(1.5384, 0.4166)] * 12) == 10
-    config = build_config([{"data": {"num_clients": 11}}])
+    config = build_config([{"data": {"num_clients": 11}, "resources": {"audit_servers": 1}}])
     plan = plan_trial("fl", config, TrialBudget(20.0, 5.0, nodes))
     assert plan.driver_cpus == 1.3333 and plan.actors == ((1.3333, 0.3333),) * 12
     # Two trials at once (10 CPUs, 2.5 GPUs each): 24 actors + 2 drivers. GPU: floor(1/s) * 5 >= 24 -> 5 to a
@@ -90,8 +90,9 @@ def test_a_tune_trial_fits_its_driver_and_actors_on_the_nodes():
 
 
 def test_a_tune_trial_whose_numbers_cannot_be_placed_is_refused():
-    config = build_config([{"data": {"num_clients": 11}, "resources": {"gpus_per_client": 0.5}}])
-    with pytest.raises(UserError, match=r"^resources.gpus_per_client=0.5: a trial's 13 bundles .* hold only 11$"):
+    config = build_config([{"data": {"num_clients": 11}, "resources": {"gpus_per_client": 0.5, "audit_servers": 1}}])
+    explicit = r"^resources.gpus_per_client=0.5 and resources.audit_servers=1: "
+    with pytest.raises(UserError, match=explicit + r"a trial's 13 bundles .* hold only 11$"):
         plan_trial("fl", config, TrialBudget(20.0, 5.0, (Node(0, 0), *G5_WORKERS)))
 
 
@@ -147,7 +148,7 @@ def test_fl_on_two_one_gpu_nodes_places_more_actors_than_fit_on_one(tmp_path):
         stop_processes(temp, process.pid)  # whatever of the simulated cluster outlived it
         shutil.rmtree(temp, ignore_errors=True)
     assert process.returncode == 0, stderr[-3000:]
-    assert "4 client actors (0.6666 CPU, 0.3333 GPU each) + audit server" in stderr
+    assert "4 client actors (0.6666 CPU, 0.3333 GPU each) + 1 audit server(s)" in stderr
     rounds = read_table(out / "rounds.parquet")
     assert [(r["method"], r["round"]) for r in rounds] == [("fedavg", 1)]
     assert 0 < rounds[0]["accuracy"] <= 100
@@ -174,6 +175,8 @@ def test_actors_that_cannot_be_placed_are_an_error_not_a_wait(tmp_path, command,
             f"resources.{key}=0.6",
             "--set",
             "resources.clients_per_actor=1",
+            "--set",
+            "resources.audit_servers=1",
             "--set",
             "fl.rounds=1",
             "--out",
