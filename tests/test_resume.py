@@ -132,7 +132,7 @@ def _resume(path, *extra):
         env=ENV,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a whole 3-round run from round 1 (test_a_run_killed_in_its_first_round...) on a slow CPU
     )
 
 
