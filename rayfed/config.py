@@ -483,6 +483,14 @@ def _fraction_or_auto(key: str, value: float | str) -> None:
         _require(value >= 0, f"{key}: must be >= 0, got {value}")
 
 
+def _count_or_word(key: str, value: int | str, word: str) -> None:
+    """Accept an integer >= 1 or the one word `word` (e.g. 'auto', 'max') for `key`."""
+    if isinstance(value, str):
+        _require(value == word, f"{key}: expected an integer >= 1 or {word!r}, got {value!r}")
+    else:
+        _require(value >= 1, f"{key}: must be >= 1, got {value}")
+
+
 def validate(c: Config) -> None:
     """Reject impossible values with a message naming the key."""
     d, fl, a, s = c.data, c.fl, c.audit, c.sisa
@@ -494,13 +502,7 @@ def validate(c: Config) -> None:
     _require(d.dirichlet_alpha > 0, f"data.dirichlet_alpha: must be > 0, got {d.dirichlet_alpha}")
     _require(d.shards_per_client >= 1, f"data.shards_per_client: must be >= 1, got {d.shards_per_client}")
     _require(0 < d.audit_fraction < 1, f"data.audit_fraction: must be in (0, 1), got {d.audit_fraction}")
-    if isinstance(d.client_test_size, str):
-        _require(
-            d.client_test_size == "max",
-            f"data.client_test_size: expected an integer >= 1 or 'max', got {d.client_test_size!r}",
-        )
-    else:
-        _require(d.client_test_size >= 1, f"data.client_test_size: must be >= 1, got {d.client_test_size}")
+    _count_or_word("data.client_test_size", d.client_test_size, "max")
     _require(d.batch_size >= 1, f"data.batch_size: must be >= 1, got {d.batch_size}")
     _require(d.eval_batch_size >= 1, f"data.eval_batch_size: must be >= 1, got {d.eval_batch_size}")
 
@@ -590,20 +592,8 @@ def validate(c: Config) -> None:
     r = c.resources
     for key in ("gpus_per_client", "server_gpus", "gpus_per_shard", "cpus_per_client", "server_cpus", "cpus_per_shard"):
         _fraction_or_auto(f"resources.{key}", getattr(r, key))
-    if isinstance(r.clients_per_actor, str):
-        _require(
-            r.clients_per_actor == "auto",
-            f"resources.clients_per_actor: expected an integer >= 1 or 'auto', got {r.clients_per_actor!r}",
-        )
-    else:
-        _require(r.clients_per_actor >= 1, f"resources.clients_per_actor: must be >= 1, got {r.clients_per_actor}")
-    if isinstance(r.audit_servers, str):
-        _require(
-            r.audit_servers == "auto",
-            f"resources.audit_servers: expected an integer >= 1 or 'auto', got {r.audit_servers!r}",
-        )
-    else:
-        _require(r.audit_servers >= 1, f"resources.audit_servers: must be >= 1, got {r.audit_servers}")
+    _count_or_word("resources.clients_per_actor", r.clients_per_actor, "auto")
+    _count_or_word("resources.audit_servers", r.audit_servers, "auto")
     _require(r.torch_threads >= 1, f"resources.torch_threads: must be >= 1, got {r.torch_threads}")
     _require(r.stall_timeout > 0, f"resources.stall_timeout: must be > 0, got {r.stall_timeout}")
     _require(

@@ -24,7 +24,7 @@ from rayfed.fl.metrics import fairness_summary
 from rayfed.fl.round import LocalTraining, RoundOutcome
 from rayfed.fl.rows import ClientRow, RoundRow, as_dict
 from rayfed.fl.setup import Federation, select_clients
-from rayfed.fl.strategies import Strategy, strategy_runs
+from rayfed.fl.strategies import Strategy, seeded_runs
 
 log = logging.getLogger("rayfed")
 
@@ -79,7 +79,7 @@ class FederatedEngine:
         per_actor = r.actor_capacity(len(ids), cluster_cpus(), cluster_gpus())
         self.groups = [ids[i : i + per_actor] for i in range(0, len(ids), per_actor)]
         self.actor_of = {cid: a for a, group in enumerate(self.groups) for cid in group}
-        seeded = [(run, seed) for run in strategy_runs(config) for seed in config.seed_list]
+        seeded = seeded_runs(config)
         audited = [key for key in seeded if key[0].needs_audit]
         num_servers = r.server_count(len(audited), cluster_cpus(), cluster_gpus())
         # Each seeded run's home server, dealt round-robin with the audited runs first: their GANs spread evenly.

@@ -22,7 +22,7 @@ from rayfed.fl.report import write_outputs
 from rayfed.fl.rows import ClientRow, RoundRow, schema
 from rayfed.fl.setup import build_federation, initial_model_state
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
-from rayfed.fl.strategies import Strategy, strategy_runs
+from rayfed.fl.strategies import Strategy, seeded_runs
 from rayfed.results import RunDirectory, Tracker, read_table
 
 log = logging.getLogger("rayfed")
@@ -41,11 +41,6 @@ class SeededRun:
     def key(self) -> str:
         """Its name in checkpoints: `fedauditgan_gamma2@42`."""
         return f"{self.run.file_label}@{self.seed}"
-
-
-def seeded_runs(config: Config) -> list[SeededRun]:
-    """Every method run of fl.methods, once per seed of `seeds`."""
-    return [SeededRun(run, seed) for run in strategy_runs(config) for seed in config.seed_list]
 
 
 @dataclass
@@ -126,7 +121,7 @@ def execute(
     summary rows.
     """
     federation = build_federation(config)
-    runs = seeded_runs(config)
+    runs = [SeededRun(run, seed) for run, seed in seeded_runs(config)]
     started_ray = init_ray(config.resources.address)
     engine = FederatedEngine(config, federation)
     initial = {seed: to_numpy(initial_model_state(config, federation, seed)) for seed in config.seed_list}

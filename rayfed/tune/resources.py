@@ -20,7 +20,7 @@ from ray.tune import PlacementGroupFactory
 from rayfed.config import Config
 from rayfed.engine.runtime import RAY_UNITS, Node, describe, fit_shares, placeable
 from rayfed.errors import UserError
-from rayfed.fl.strategies import strategy_runs
+from rayfed.fl.strategies import seeded_runs
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def plan_trial(run: str, config: Config, budget: TrialBudget) -> TrialPlan:
     if run == "fl":
         per_actor = r.actor_capacity(config.data.num_clients, budget.cpus, budget.gpus)
         clients = math.ceil(config.data.num_clients / per_actor)
-        audited = sum(run.needs_audit for run in strategy_runs(config)) * len(config.seed_list)
+        audited = sum(run.needs_audit for run, _ in seeded_runs(config))
         servers = r.server_count(audited, budget.cpus, budget.gpus)
         actors = clients + servers
     else:

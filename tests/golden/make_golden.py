@@ -6,6 +6,7 @@ passes when it matches one set exactly (to float32 rounding). The sets:
 
     set-1   the first development machine, 2026-12-01 (the one CI ran on that day)
     set-2   a 2-vCPU AMD EPYC with AVX2 only, 2026-12-02
+    set-3   a 2-vCPU AMD EPYC with AVX-512, 2026-12-02 (Fed-AuditGAN's bias 2e-5 relative from set-2's)
 
 A refactor must leave every set alone. A change that is meant to move the numbers (a new seed stream, a fixed
 defect) says so in its commit and rewrites the set of the machine it runs on; a set it cannot rewrite there

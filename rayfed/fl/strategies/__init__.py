@@ -11,6 +11,7 @@ from rayfed.fl.strategies.base import (
     LocalResult,
     Strategy,
     parameter_columns,
+    seeded_runs,
     strategy_for,
     strategy_runs,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "fairness_scores",
     "fedavg_weights",
     "parameter_columns",
+    "seeded_runs",
     "softmax_weights",
     "strategy_for",
     "strategy_runs",

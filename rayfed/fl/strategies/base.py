@@ -134,6 +134,11 @@ def strategy_runs(config: Config) -> list[Strategy]:
     return [run for method in config.fl.methods for run in REGISTRY[method].runs(config)]
 
 
+def seeded_runs(config: Config) -> list[tuple[Strategy, int]]:
+    """Every (run, seed) pair a job executes: strategy_runs(config) in order, each once per seed."""
+    return [(run, seed) for run in strategy_runs(config) for seed in config.seed_list]
+
+
 def strategy_for(method: str, parameters: dict[str, float | None]) -> Strategy:
     """The run a table row describes (its `method` and parameter columns)."""
     cls = REGISTRY[method]
