@@ -79,6 +79,19 @@ def test_client_killed_mid_training(ray_session, policy, caplog):
     assert result.round_row["participants"] == (3 if policy == "retry" else 2)
 
 
+def test_evaluation_reaches_a_client_actor_killed_under_drop(ray_session):
+    """Under `drop` an actor's calls are not retried, but the evaluation of Theta_new is: it is sent the moment
+    the actor is killed (before its restart), as a round does right after dropping its updates."""
+    engine, state_ref = _engine(["fl.on_client_failure=drop"])
+    try:
+        expected = ray.get(engine.actors[1].evaluate.remote(1, SEED, state_ref))
+        os.kill(ray.get(engine.actors[1].pid.remote()), signal.SIGKILL)
+        again = ray.get(engine.actors[1].evaluate.remote(1, SEED, state_ref), timeout=300)
+    finally:
+        engine.shutdown()
+    assert again == expected and len(again) == len(engine.groups[1])
+
+
 def test_server_killed_mid_audit_gives_the_same_round(ray_session):
     engine, state_ref = _engine(["audit.gan_epochs=10", "fl.local_epochs=1"])
     run = FedAuditGan(2.0)

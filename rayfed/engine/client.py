@@ -86,6 +86,10 @@ class ClientActor:
         self.restarted = False  # report a restart once, with the updates it recomputed
         return receipts, results
 
+    # Read-only, so rerun on a restarted actor under either failure policy (under `drop` the actor's other
+    # calls are not retried): a round that dropped this actor's updates still needs its clients' accuracies,
+    # and the call may reach it while it restarts. An actor out of restarts still raises.
+    @ray.method(max_task_retries=-1)
     def evaluate(self, round_index: int, run_seed: int, global_state: NumpyState) -> list[ClientEvaluation]:
         """Both accuracies of every hosted client under Theta (see `evaluate_clients`)."""
         return evaluate_clients(
