@@ -201,6 +201,7 @@ class RayfedInProcess:
         self.test_x, self.test_y = d.test_x.to(device), d.test_y.to(device)
         self.test_rows = np.arange(len(d.test_y))
         self.pad = None if federation.augment_pad is None else federation.augment_pad.to(device)
+        self.gan = None  # as the audit server: one pair, re-initialised in place each round
 
     def round(
         self, round_index: int, state: dict, run: Strategy, timer: PhaseTimer, gan_state: dict | None = None
@@ -242,7 +243,9 @@ class RayfedInProcess:
                     run_seed=seed,
                     round_index=round_index,
                     gan_state=gan_state,
+                    gan=self.gan,
                 )
+                self.gan = gan
             with timer.phase("probe generation"):
                 probes = draw_probes(gan, a.n_probes, self.federation.space, run_seed=seed, round_index=round_index)
             evidence = audit_evidence(self.evaluator, probes, dev, a.score_chunk)

@@ -128,6 +128,10 @@ class AuditConfig:
     """Continue G and D from the previous round instead of training fresh ones each round."""
     gan_epochs_warm: int = 1
     """GAN epochs per round after the first when warm_start is on."""
+    gan_step: str = "eager"
+    """How the G and D steps run: `eager`, or `compiled`: through torch.compile, with CUDA graphs on a GPU.
+    Compilation costs the first round minutes on a CPU (cached on disk for later processes); where it cannot
+    build (no C++ compiler on a CPU, no triton on a GPU) the steps run eagerly with a warning."""
     score_chunk: int = 512
     """Probes per chunk of the batched scoring of the K hypothetical models (bounds memory)."""
 
@@ -550,6 +554,7 @@ def validate(c: Config) -> None:
     _require(a.gan_batch_size >= 1, f"audit.gan_batch_size: must be >= 1, got {a.gan_batch_size}")
     _require(a.delta_scale > 0, f"audit.delta_scale: must be > 0, got {a.delta_scale}")
     _require(a.score_chunk >= 1, f"audit.score_chunk: must be >= 1, got {a.score_chunk}")
+    _one_of("audit.gan_step", a.gan_step, ("eager", "compiled"))
 
     _require(s.shards >= 1, f"sisa.shards: must be >= 1, got {s.shards}")
     _require(s.slices >= 1, f"sisa.slices: must be >= 1, got {s.slices}")

@@ -13,7 +13,7 @@ import torch
 
 from rayfed.config import AuditConfig
 from rayfed.engine.runtime import setup_worker
-from rayfed.fl.gan_audit import FoldedEvaluator, PixelSpace
+from rayfed.fl.gan_audit import AuditGan, FoldedEvaluator, PixelSpace
 from rayfed.fl.metrics import accuracy
 from rayfed.fl.round import Probes, RoundOutcome, audit_evidence, draw_probes, score_and_aggregate, train_audit
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
@@ -58,6 +58,7 @@ class AuditServer:
         self.buffers = frozenset(name for name, _ in self.model.named_buffers())
         self.audit_config, self.space, self.eval_batch_size = audit, space, eval_batch_size
         self.shape, self.num_classes = shape, num_classes
+        self.gan: AuditGan | None = None  # built at the first audit, re-initialised in place after
 
     @ray.method(num_returns=2)
     def audit(
@@ -81,7 +82,9 @@ class AuditServer:
             run_seed=run_seed,
             round_index=round_index,
             gan_state=gan_state,
+            gan=self.gan,
         )
+        self.gan = gan
         probes = draw_probes(gan, a.n_probes, self.space, run_seed=run_seed, round_index=round_index)
         return Probes(probes.x.cpu(), probes.x_prime.cpu()), to_cpu(gan.state_dict()) if a.warm_start else None
 

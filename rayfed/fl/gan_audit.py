@@ -12,7 +12,13 @@ so no model is copied or loaded.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import functools
+import importlib.util
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -134,10 +140,103 @@ class AuditGan:
         return copy.deepcopy({name: getattr(self, name).state_dict() for name in ("G", "D", "opt_G", "opt_D")})
 
     def load_state_dict(self, state: dict[str, dict]) -> None:
-        """Continue from a `state_dict` snapshot (copied: an optimizer would otherwise share its tensors)."""
-        state = copy.deepcopy(state)
-        for name in ("G", "D", "opt_G", "opt_D"):
-            getattr(self, name).load_state_dict(state[name])
+        """Continue from a `state_dict` snapshot, copied into these modules' and optimizers' tensors in place, so
+        a compiled step keeps its graphs (a replaced optimizer state tensor would make torch.compile recompile)."""
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        for optimizer, saved in ((self.opt_G, state["opt_G"]), (self.opt_D, state["opt_D"])):
+            if not optimizer.state:  # never stepped: no tensors to keep, the optimizer makes them
+                optimizer.load_state_dict(copy.deepcopy(saved))
+                continue
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            for index, values in saved["state"].items():
+                for key, value in values.items():
+                    optimizer.state[params[index]][key].copy_(value)
+
+    def restart(self, seed: int) -> None:
+        """Re-initialise in place to what `create` gives with `seed`: G's and D's initial weights from `seed`
+        and zero Adam moments and step counts (how Adam starts), so a compiled step keeps its graphs."""
+        G, lr = self.G, self.opt_G.param_groups[0]["lr"]
+        device = next(G.parameters()).device
+        fresh = AuditGan.create(G.latent_dim, G.num_classes, G.img_shape, G.delta_scale, lr, device, seed)
+        self.G.load_state_dict(fresh.G.state_dict())
+        self.D.load_state_dict(fresh.D.state_dict())
+        for optimizer in (self.opt_G, self.opt_D):
+            for values in optimizer.state.values():
+                for value in values.values():
+                    value.zero_()
+
+
+@dataclass
+class GanLosses:
+    """One step's losses, detached (read them before the next step: a CUDA-graph replay overwrites them)."""
+
+    generator: torch.Tensor
+    discriminator: torch.Tensor
+
+
+def gan_step(
+    gan: AuditGan,
+    classifier: nn.Module,
+    z: torch.Tensor,
+    gen_labels: torch.Tensor,
+    real_gan: torch.Tensor,
+    real_y: torch.Tensor,
+    batch: torch.Tensor,
+    *,
+    lambda1: float,
+    lambda2: float,
+    space: PixelSpace,
+    scaler: torch.amp.GradScaler,
+) -> GanLosses:
+    """One G update on L_G, then one D update on (BCE(D(real), 1) + (BCE(D(x), 0) + BCE(D(x'), 0)) / 2) / 2, for
+    the noise z, labels and real images real_gan[batch] (GAN space). Plain torch, so `torch.compile` can take it
+    whole (see `compiled_gan_step`)."""
+    device, n = z.device, len(z)
+    G, D = gan.G, gan.D
+    gan.opt_G.zero_grad(set_to_none=True)
+    D.requires_grad_(False)  # the G step needs dL_G/dx through D, not D's weight gradients
+    with autocast(device):
+        g_loss = generator_loss(G, D, classifier, z, gen_labels, lambda1, lambda2, space).total
+    scaler.scale(g_loss).backward()
+    scaler.step(gan.opt_G)
+    D.requires_grad_(True)
+
+    gan.opt_D.zero_grad(set_to_none=True)
+    with autocast(device):
+        with torch.no_grad():
+            x, x_prime = G(z, gen_labels)
+        real_t = torch.ones(n, 1, device=device)
+        fake_t = torch.zeros(n, 1, device=device)
+        d_real = F.binary_cross_entropy_with_logits(D(real_gan[batch], real_y[batch]), real_t)
+        d_fake = (
+            F.binary_cross_entropy_with_logits(D(x, gen_labels), fake_t)
+            + F.binary_cross_entropy_with_logits(D(x_prime, gen_labels), fake_t)
+        ) / 2
+        d_loss = (d_real + d_fake) / 2
+    scaler.scale(d_loss).backward()
+    scaler.step(gan.opt_D)
+    scaler.update()
+    return GanLosses(g_loss.detach(), d_loss.detach())
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot build the GAN step on `device` here, or None when it can: inductor needs triton
+    on a GPU and a C++ compiler (`$CXX`, else g++ / clang++ on macOS) on a CPU."""
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch.compile does not support Python {sys.version_info.major}.{sys.version_info.minor} here"
+    if device.type == "cuda":
+        return None if importlib.util.find_spec("triton") else "triton is not installed"
+    compiler = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    return None if shutil.which(compiler) else f"no C++ compiler {compiler!r} on PATH (set CXX)"
+
+
+@functools.cache
+def compiled_gan_step(device_type: str) -> Callable[..., GanLosses]:
+    """`gan_step` through torch.compile: one static-shape graph per batch size, CUDA graphs on a GPU
+    (mode reduce-overhead: no per-kernel launch cost). Guards hold while the same `AuditGan` (kept and
+    re-initialised in place with `restart` / `load_state_dict`) and classifier are passed each round."""
+    return torch.compile(gan_step, mode="reduce-overhead" if device_type == "cuda" else None, dynamic=False)
 
 
 def train_fairness_gan(
@@ -152,51 +251,51 @@ def train_fairness_gan(
     batch_size: int,
     space: PixelSpace,
     seed: int,
+    compiled: bool = False,
 ) -> None:
-    """Phase 2: alternate G and D steps over the audit split (real_x in classifier space) for `epochs` epochs.
+    """Phase 2: alternate G and D steps (`gan_step`) over the audit split (real_x in classifier space) for
+    `epochs` epochs.
 
     The classifier is frozen for the duration; G learns where it treats near-identical inputs differently.
     Noise, labels and batch order are drawn on the device from a generator seeded with `seed` (no per-step
-    host work; on CPU the same draws as a CPU generator).
+    host work; on CPU the same draws as a CPU generator). `compiled` runs each step through
+    `compiled_gan_step`, or eagerly with a warning where `compile_unavailable` says it cannot be built.
     """
     device = real_x.device
+    step: Callable[..., GanLosses] = gan_step
+    if compiled:
+        reason = compile_unavailable(device)
+        if reason is None:
+            step = compiled_gan_step(device.type)
+        else:
+            warnings.warn(f"audit.gan_step=compiled: {reason}; the GAN steps run eagerly", RuntimeWarning, stacklevel=2)
     freeze(classifier)
     real_gan = space.to_gan(real_x)
     generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
     scaler = grad_scaler(device)
-    G, D = gan.G, gan.D
-    G.train()
-    D.train()
+    gan.G.train()
+    gan.D.train()
     for _ in range(epochs):
         for batch in minibatches(len(real_y), batch_size, generator, device):  # a last single image joins
             n = len(batch)
-            z = torch.randn(n, G.latent_dim, generator=generator, device=device)
-            gen_labels = torch.randint(0, G.num_classes, (n,), generator=generator, device=device)
-
-            gan.opt_G.zero_grad(set_to_none=True)
-            D.requires_grad_(False)  # the G step needs dL_G/dx through D, not D's weight gradients
-            with autocast(device):
-                g_loss = generator_loss(G, D, classifier, z, gen_labels, lambda1, lambda2, space).total
-            scaler.scale(g_loss).backward()
-            scaler.step(gan.opt_G)
-            D.requires_grad_(True)
-
-            gan.opt_D.zero_grad(set_to_none=True)
-            with autocast(device):
-                with torch.no_grad():
-                    x, x_prime = G(z, gen_labels)
-                real_t = torch.ones(n, 1, device=device)
-                fake_t = torch.zeros(n, 1, device=device)
-                d_real = F.binary_cross_entropy_with_logits(D(real_gan[batch], real_y[batch]), real_t)
-                d_fake = (
-                    F.binary_cross_entropy_with_logits(D(x, gen_labels), fake_t)
-                    + F.binary_cross_entropy_with_logits(D(x_prime, gen_labels), fake_t)
-                ) / 2
-                d_loss = (d_real + d_fake) / 2
-            scaler.scale(d_loss).backward()
-            scaler.step(gan.opt_D)
-            scaler.update()
+            z = torch.randn(n, gan.G.latent_dim, generator=generator, device=device)
+            gen_labels = torch.randint(0, gan.G.num_classes, (n,), generator=generator, device=device)
+            if step is not gan_step and device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
+            step(
+                gan,
+                classifier,
+                z,
+                gen_labels,
+                real_gan,
+                real_y,
+                batch,
+                lambda1=lambda1,
+                lambda2=lambda2,
+                space=space,
+                scaler=scaler,
+            )
 
 
 @torch.no_grad()
@@ -323,11 +422,15 @@ def hypothetical_biases(
 
 __all__ = [
     "AuditGan",
+    "GanLosses",
     "GeneratorLoss",
     "PixelSpace",
     "FoldedEvaluator",
+    "compile_unavailable",
+    "compiled_gan_step",
     "compute_bias",
     "freeze",
+    "gan_step",
     "generate_probes",
     "generator_loss",
     "hypothetical_biases",

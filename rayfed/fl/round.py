@@ -103,21 +103,19 @@ def train_audit(
     run_seed: int,
     round_index: int,
     gan_state: dict[str, Any] | None = None,
+    gan: AuditGan | None = None,
 ) -> AuditGan:
     """Phase 2: G and D trained against the frozen Theta_old on the server's audit split: a fresh pair each
     round (the specification), or, with audit.warm_start, the previous round's `gan_state` continued for
-    audit.gan_epochs_warm epochs."""
+    audit.gan_epochs_warm epochs. `gan`, the audit server's pair from an earlier round, is re-initialised in
+    place rather than built anew (same weights: a compiled GAN step keeps its graphs); it is returned trained."""
     device = audit_x.device
     warm = audit.warm_start and gan_state is not None
-    gan = AuditGan.create(
-        audit.latent_dim,
-        num_classes,
-        shape,
-        audit.delta_scale,
-        audit.gan_lr,
-        device,
-        stream_seed(run_seed, Stream.GAN_INIT, round_index),
-    )
+    seed = stream_seed(run_seed, Stream.GAN_INIT, round_index)
+    if gan is None:
+        gan = AuditGan.create(audit.latent_dim, num_classes, shape, audit.delta_scale, audit.gan_lr, device, seed)
+    elif not warm:
+        gan.restart(seed)
     if warm:
         gan.load_state_dict(gan_state)
     classifier.load_state_dict(global_state)
@@ -132,6 +130,7 @@ def train_audit(
         batch_size=audit.gan_batch_size,
         space=space,
         seed=stream_seed(run_seed, Stream.GAN_TRAINING, round_index),
+        compiled=audit.gan_step == "compiled",
     )
     return gan
 
