@@ -13,6 +13,7 @@ median seconds of the timed rounds, and a last line `speedup: X.Xx` (eager / com
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import sys
@@ -53,10 +54,7 @@ def main() -> None:
     audit_x, audit_y = d.train_x[audit_rows].to(device), d.train_y[audit_rows].to(device)
     theta = {k: v.to(device) for k, v in initial_model_state(config, federation, config.seed).items()}
     paths = ("eager", "compiled")  # the values of audit.gan_step
-    configs = {
-        name: load_config(None, [*PRESETS[args.preset], *args.overrides, f"audit.gan_step={name}"]).audit
-        for name in paths
-    }
+    configs = {name: dataclasses.replace(config.audit, gan_step=name) for name in paths}
     classifiers = {name: build_classifier(config.model.name, d.shape, d.num_classes).to(device) for name in paths}
     gans: dict[str, AuditGan | None] = dict.fromkeys(paths)
     seconds: dict[str, list[float]] = {name: [] for name in paths}
