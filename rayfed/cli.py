@@ -91,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rayfed` command."""
-    logging.basicConfig(level=os.environ.get("RAYFED_LOG", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    # rayfed's own progress at RAYFED_LOG (INFO); other libraries' INFO lines (matplotlib's first-use font cache,
+    # ...) stay out of the one-line errors and the run's log.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("rayfed").setLevel(os.environ.get("RAYFED_LOG", "INFO"))
     args = build_parser().parse_args(argv)
     try:
         return run(args)

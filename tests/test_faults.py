@@ -29,6 +29,7 @@ BASE = [
     "audit.gamma=[2.0]",
     "audit.n_probes=64",
     "data.client_test_size=20",
+    "resources.clients_per_actor=1",  # actor i hosts client i: the tests kill or call one client's actor
     f"seed={SEED}",
 ]
 

@@ -145,7 +145,7 @@ SESSION_NODE = (Node(2, 1),)
 
 
 def test_fl_trial_shares_its_budget_among_driver_and_actors():
-    config = build_config([{"data": {"num_clients": 3}}])
+    config = build_config([{"data": {"num_clients": 3}, "resources": {"clients_per_actor": 1}}])
     plan = plan_trial("fl", config, TrialBudget(1.0, 0.5, SESSION_NODE, trials=2))
     assert plan.driver_cpus == 0.2 and plan.actors == ((0.2, 0.125),) * 4  # 3 clients + the server
     assert plan.total["CPU"] == pytest.approx(1.0) and plan.total["GPU"] == pytest.approx(0.5)
@@ -159,6 +159,13 @@ def test_fl_trial_shares_its_budget_among_driver_and_actors():
     }
     bundles = plan.placement_group().bundles
     assert bundles[0] == {"CPU": 0.2} and bundles[1:] == [{"CPU": 0.2, "GPU": 0.125}] * 4
+
+
+def test_gpu_trial_with_auto_clients_per_actor_hosts_them_on_one_actor_per_cpu_of_its_budget():
+    """One CPU and half a GPU per trial: `auto` puts the 3 clients on one actor (one CPU to drive it)."""
+    plan = plan_trial("fl", build_config([{"data": {"num_clients": 3}}]), TrialBudget(1.0, 0.5, SESSION_NODE))
+    assert plan.overrides["clients_per_actor"] == 3 and len(plan.actors) == 1 + 1  # one client actor + the server
+    assert plan.driver_cpus == 0.3333 and plan.actors == ((0.3333, 0.25),) * 2  # 1/3 CPU floored to 4 places
 
 
 def test_explicit_fractions_are_kept_and_cpu_only_bundles_have_no_gpu():
@@ -183,7 +190,11 @@ def test_clients_per_actor_auto():
     assert auto.actor_capacity(10, cpus=3, gpus=0) == 4  # 4 + 4 + 2
     assert auto.actor_capacity(3, cpus=16, gpus=0) == 1  # never more actors than clients
     assert auto.actor_capacity(10, cpus=0.5, gpus=0) == 10  # less than a CPU: one actor
-    assert auto.actor_capacity(20, cpus=2, gpus=1) == 1  # GPUs: every client its own GPU fraction
+    assert auto.actor_capacity(20, cpus=16, gpus=1) == 5  # 4 actors per GPU (CLIENT_ACTORS_PER_GPU): 4 x 5
+    assert auto.actor_capacity(20, cpus=64, gpus=8) == 1  # 32 actor slots on 8 GPUs: one actor per client
+    assert auto.actor_capacity(20, cpus=16, gpus=0.5) == 10  # half a GPU: 2 actors
+    assert auto.actor_capacity(20, cpus=2, gpus=1) == 10  # 2 CPUs beside the GPU: 2 actors
+    assert auto.actor_capacity(1000, cpus=32, gpus=4) == 63  # 16 actors, not a CUDA context per client
     assert ResourcesConfig(clients_per_actor=3).actor_capacity(10, cpus=2, gpus=0) == 3
 
 
