@@ -125,13 +125,15 @@ def test_unknown_override_is_refused(tmp_path):
 
 
 def test_cli_reports_a_bad_sweep_file_in_one_line_and_leaves_nothing(tmp_path):
+    """One `error:` line even on a machine where matplotlib has no font cache yet (an empty MPLCONFIGDIR: it
+    logs 'generated new fontManager' at INFO on import, which rayfed's logging must not let through)."""
     path = write_sweep(tmp_path, {**MINIMAL, "param_space": {"audit.gama": {"grid_search": [1]}}})
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "rayfed", "sweep", str(path), "--out", str(out)],
         capture_output=True,
         text=True,
-        env=ENV,
+        env={**ENV, "MPLCONFIGDIR": str(tmp_path / "matplotlib")},
         timeout=120,
     )
     assert result.returncode == 2, result.stderr
