@@ -79,7 +79,8 @@ def test_a_tune_trial_fits_its_driver_and_actors_on_the_nodes():
     # the driver goes to the fifth node: 1.3333.
     nodes = (Node(0, 0), *G5_WORKERS)
     assert placeable(nodes, [(1.5384, 0.0)] + [(1.5384, 0.4166)] * 12) == 10
-    config = build_config([{"data": {"num_clients": 11}, "resources": {"audit_servers": 1}}])
+    resources = {"audit_servers": 1, "clients_per_actor": 1}  # the placement of 12 actors, not auto's grouping
+    config = build_config([{"data": {"num_clients": 11}, "resources": resources}])
     plan = plan_trial("fl", config, TrialBudget(20.0, 5.0, nodes))
     assert plan.driver_cpus == 1.3333 and plan.actors == ((1.3333, 0.3333),) * 12
     # Two trials at once (10 CPUs, 2.5 GPUs each): 24 actors + 2 drivers. GPU: floor(1/s) * 5 >= 24 -> 5 to a

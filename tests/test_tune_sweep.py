@@ -53,7 +53,10 @@ def test_each_trial_writes_a_run_directory_with_its_explicit_resources(sweep):
         assert run_dir.parent == out / "trials"
         config = build_config([yaml.safe_load((run_dir / "config.yaml").read_text())])
         assert config.audit.gamma == row["audit.gamma"]
-        assert (config.resources.cpus_per_client, config.resources.gpus_per_client) == (0.2, 0.125)
+        # one CPU, half a GPU: `auto` hosts the 3 clients on one actor; it and the server share the budget
+        # with the driver: 1/3 CPU (floored to 4 places) and 0.25 GPU each
+        assert config.resources.clients_per_actor == 3
+        assert (config.resources.cpus_per_client, config.resources.gpus_per_client) == (0.3333, 0.25)
         rounds = read_table(run_dir / "rounds.parquet")
         assert [r["round"] for r in rounds] == list(range(1, row["round"] + 1))
 

@@ -7,6 +7,9 @@ passes when it matches one set exactly (to float32 rounding). The sets:
     set-1   the first development machine, 2026-12-01 (the one CI ran on that day)
     set-2   a 2-vCPU AMD EPYC with AVX2 only, 2026-12-02
     set-3   a 2-vCPU AMD EPYC with AVX-512, 2026-12-02 (Fed-AuditGAN's bias 2e-5 relative from set-2's)
+    set-4   a 2-vCPU AMD EPYC with AVX-512 (Zen 4: family 25, model 17), 2026-12-02 evening: set-3 but for
+            sisa membership's lr_cv_accuracy (0.45 for 0.475 twice: one of 40 losses on the other side of the
+            logistic regression's threshold); the cause, CPU model or BLAS kernel, was not pinned down
 
 A refactor must leave every set alone. A change that is meant to move the numbers (a new seed stream, a fixed
 defect) says so in its commit and rewrites the set of the machine it runs on; a set it cannot rewrite there
