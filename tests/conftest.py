@@ -43,6 +43,19 @@ def assert_same_run():
     return _assert_same_run
 
 
+@pytest.fixture
+def cpu_compiler():
+    """For tests of audit.gan_step=compiled on CPU: skips where torch.compile cannot build here (no C++ compiler,
+    an unsupported Python), where rayfed itself falls back to the eager step (tests/test_gan_step.py tests that)."""
+    import torch
+
+    from rayfed.fl.gan_audit import compile_unavailable
+
+    reason = compile_unavailable(torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(f"torch.compile cannot build on this CPU: {reason}")
+
+
 def _kill_session(process) -> None:
     """SIGKILL a subprocess started with start_new_session=True and everything in its session (its Ray too)."""
     import signal

@@ -232,7 +232,7 @@ def test_qffl_reports_losses_before_training_and_weights_by_their_shares(ray_ses
     assert rounds.loc["qffl", "effective_clients"] == pytest.approx(1 / sum((s / sum(shares)) ** 2 for s in shares))
 
 
-def test_compiled_gan_step_on_the_audit_server_matches_the_eager_run(two_runs, tmp_path):
+def test_compiled_gan_step_on_the_audit_server_matches_the_eager_run(two_runs, tmp_path, cpu_compiler):
     """audit.gan_step=compiled: the audit server actor trains its GAN through torch.compile, keeping one pair
     across rounds. FedAvg does not audit and is bit-identical; Fed-AuditGAN's round-1 audit (G and D trained
     by the compiled step, then the probes' B_base and B_i) agrees with the eager run's to 1e-3 relative, the

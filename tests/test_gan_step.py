@@ -75,7 +75,7 @@ def test_load_state_dict_copies_into_the_same_tensors(classifier):
     assert all(torch.equal(a, b) for a, b in zip(_weights(gan), _weights(rebuilt)))
 
 
-def test_compiled_step_computes_the_eager_step(classifier):
+def test_compiled_step_computes_the_eager_step(classifier, cpu_compiler):
     """torch.compile's step (inductor's fused CPU kernels) against the eager step from the same pair (the run's
     Adam lr 2e-4) on the same batch: the losses agree to 1e-5 relative and every gradient to 1e-4 of its model's
     largest entry (measured: 4e-6; float rounding of reordered sums). The second step starts from each path's
@@ -99,7 +99,7 @@ def test_compiled_step_computes_the_eager_step(classifier):
     assert float(got.discriminator) == pytest.approx(float(want.discriminator), rel=1e-4)
 
 
-def test_a_compiled_audit_server_compiles_once_per_process(classifier):
+def test_a_compiled_audit_server_compiles_once_per_process(classifier, cpu_compiler):
     """train_audit with the server's pair re-initialised (a fresh round) or warm-started in place reuses the
     compiled step: with recompiling made an error after the first round, rounds 2 and 3 still run. The control:
     under the same stance a round with a newly built pair fails, so the rounds do run compiled code, and
