@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,31 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=reduced_precision(device) == torch.float16)
 
 
+def on_device(model: nn.Module, device: torch.device, *, channels_last: bool | None = None) -> nn.Module:
+    """`model` on `device`, its 4-D weights channels-last on a GPU (`channels_last` overrides): the layout
+    cuDNN's reduced-precision convolutions run in, so none transposes its input or output (a convolution
+    follows its weight's layout, the layers after it their input's)."""
+    model = model.to(device)
+    if device.type == "cuda" if channels_last is None else channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def sgd(
+    params: Iterable[nn.Parameter],
+    device: torch.device,
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float = 0.0,
+    fused: bool | None = None,
+) -> torch.optim.SGD:
+    """torch's SGD with momentum and weight decay, fused on a GPU (`fused` overrides): one kernel updates every
+    parameter, and under fp16 it reads the loss scaler's inf check on the device instead of syncing for it."""
+    fused = device.type == "cuda" if fused is None else fused
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+
+
 def minibatches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
     """A seeded shuffle of range(n) cut into batches; a last batch of one sample joins the one before it
     (BatchNorm cannot train on a single sample once the feature map is 1x1)."""
@@ -55,9 +81,11 @@ def sgd_epochs(
     Every random draw (minibatch order, augmentation, dropout) comes from `seed`, so the same model, optimizer
     state, data and seed give the same weights. `augment_pad` turns on random crop + flip, padding with those
     per-channel values. A single image cannot give batch statistics, so BatchNorm then uses its running ones.
+    The draws come from a generator on x's device (on a GPU, no host work or sync per step; on the CPU, the
+    draws of a CPU generator).
     """
     device = x.device
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     scaler = grad_scaler(device)
     model.train()

@@ -21,17 +21,19 @@ def _batch(n=256, seed=0):
 
 
 def test_local_training_with_autocast_follows_fp32():
-    """One epoch of SGD in the GPU's reduced precision moves the weights the way fp32 on the CPU does
-    (cosine similarity of dw > 0.95; bf16/fp16 rounding, not a different computation)."""
+    """One epoch of SGD in the GPU's reduced precision (channels-last, fused SGD, draws on the device) moves the
+    weights the way fp32 on the CPU does (cosine similarity of dw > 0.95; bf16/fp16 rounding and other random
+    draws, not a different computation)."""
     from rayfed.fl.local import local_update
     from rayfed.models import build_classifier
+    from rayfed.training import on_device
 
     x, y = _batch()
     torch.manual_seed(0)
     model = build_classifier("cnn", SHAPE, 10)
     deltas = {}
     for device in ("cpu", "cuda"):
-        m = build_classifier("cnn", SHAPE, 10).to(device)
+        m = on_device(build_classifier("cnn", SHAPE, 10), torch.device(device))
         m.load_state_dict(model.state_dict())
         deltas[device] = local_update(
             m, x.to(device), y.to(device), epochs=1, lr=0.01, momentum=0.9, weight_decay=1e-4, batch_size=64, seed=1
@@ -40,6 +42,29 @@ def test_local_training_with_autocast_follows_fp32():
         d: torch.cat([v.float().flatten().cpu() for k, v in deltas[d].items() if v.is_floating_point()]) for d in deltas
     }
     assert torch.nn.functional.cosine_similarity(flat["cpu"], flat["cuda"], dim=0) > 0.95
+
+
+def test_local_step_never_waits_for_the_gpu():
+    """Phase 1's minibatch SGD on a GPU (batch order and augmentation drawn on the device, channels-last, fused
+    SGD, autocast) queues its kernels without one host sync: torch's sync debug mode makes any an error."""
+    from rayfed.data import black_level
+    from rayfed.models import build_classifier
+    from rayfed.training import on_device, sgd, sgd_epochs
+
+    cuda = torch.device("cuda")
+    x, y = (t.to(cuda) for t in _batch())
+    pad = black_level((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).to(cuda)  # the actors hold it on the device
+    model = on_device(build_classifier("cnn", SHAPE, 10), cuda)
+    optimizer = sgd(model.parameters(), cuda, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    train = dict(epochs=1, batch_size=64, augment_pad=pad)
+    sgd_epochs(model, optimizer, x, y, seed=0, **train)  # warm-up: cuDNN's algorithm choices, lazy state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sgd_epochs(model, optimizer, x, y, seed=1, **train)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_gan_step_on_the_device_raises_the_prediction_gap():

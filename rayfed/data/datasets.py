@@ -125,13 +125,15 @@ def augment_batch(x: torch.Tensor, pad_value: torch.Tensor, generator: torch.Gen
 
     x is already normalised, so the padding uses `pad_value`: each channel's normalised black
     (-mean / std), which is what the notebook's zero padding of [0, 1] pixels becomes after Normalize.
+    Offsets and flips are drawn on the generator's device: with one on x's GPU, no host work per batch.
     """
     n, c, h, w = x.shape
     padded = pad_value.view(1, c, 1, 1).expand(n, c, h + 2 * padding, w + 2 * padding).clone()
     padded[:, :, padding : padding + h, padding : padding + w] = x
-    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator).to(x.device)
-    flip = (torch.rand(n, 1, generator=generator) < 0.5).to(x.device)
+    draws = generator.device
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=draws).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=draws).to(x.device)
+    flip = (torch.rand(n, 1, generator=generator, device=draws) < 0.5).to(x.device)
     cols = torch.arange(w, device=x.device).expand(n, w)
     cols = torch.where(flip, cols.flip(1), cols) + dx
     rows = torch.arange(h, device=x.device).expand(n, h) + dy

@@ -17,6 +17,7 @@ from rayfed.fl.setup import ClientData
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
 from rayfed.fl.strategies import LocalResult
 from rayfed.models import build_classifier
+from rayfed.training import on_device
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ClientActor:
     def __init__(self, settings: ClientSettings, client_refs: list[ray.ObjectRef], test_ref: list[ray.ObjectRef]):
         self.settings = settings
         self.device = setup_worker(settings.threads)
-        self.model = build_classifier(settings.model_name, settings.shape, settings.num_classes).to(self.device)
+        self.model = on_device(build_classifier(settings.model_name, settings.shape, settings.num_classes), self.device)
         self.pad = None if settings.augment_pad is None else settings.augment_pad.to(self.device)
         self.clients: dict[int, ClientData] = {}
         for client in ray.get(client_refs):

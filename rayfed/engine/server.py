@@ -19,6 +19,7 @@ from rayfed.fl.round import Probes, RoundOutcome, audit_evidence, draw_probes, s
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
 from rayfed.fl.strategies import Strategy
 from rayfed.models import build_classifier
+from rayfed.training import on_device
 
 
 def to_cpu(value: Any) -> Any:
@@ -53,7 +54,7 @@ class AuditServer:
         self.device = setup_worker(threads or max(1, (os.cpu_count() or 1) // servers))
         audit_x, audit_y, test_x, test_y = (t.to(self.device) for t in ray.get(data_ref[0]))
         self.audit_x, self.audit_y, self.test_x, self.test_y = audit_x, audit_y, test_x, test_y
-        self.model = build_classifier(model_name, shape, num_classes).to(self.device)
+        self.model = on_device(build_classifier(model_name, shape, num_classes), self.device)
         self.evaluator = FoldedEvaluator(self.model)
         self.buffers = frozenset(name for name, _ in self.model.named_buffers())
         self.audit_config, self.space, self.eval_batch_size = audit, space, eval_batch_size

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from rayfed.fl.state import StateDict, clone_state, state_delta
-from rayfed.training import sgd_epochs
+from rayfed.training import sgd, sgd_epochs
 
 
 def local_update(
@@ -24,10 +24,10 @@ def local_update(
 ) -> StateDict:
     """Train `model` (already holding the global weights) in place and return dw = w_after - w_before.
 
-    SGD with momentum and weight decay, as the notebook; a fresh optimizer each round; minibatch order,
-    augmentation and dropout drawn from `seed`, so the same seed gives the same update.
+    SGD with momentum and weight decay, as the notebook (`rayfed.training.sgd`); a fresh optimizer each round;
+    minibatch order, augmentation and dropout drawn from `seed`, so the same seed gives the same update.
     """
     before = clone_state(model.state_dict())
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = sgd(model.parameters(), x.device, lr=lr, momentum=momentum, weight_decay=weight_decay)
     sgd_epochs(model, optimizer, x, y, epochs=epochs, batch_size=batch_size, seed=seed, augment_pad=augment_pad)
     return state_delta(model.state_dict(), before)

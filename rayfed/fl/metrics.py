@@ -61,12 +61,12 @@ def accuracy(
     if len(y) == 0:
         return 0.0
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    correct = 0
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)  # counted on the device: one sync at the end
     with autocast(x.device):
         for start in range(0, len(y), batch_size):
             inputs = x[start : start + batch_size]
             if augment_pad is not None:
                 inputs = augment_batch(inputs, augment_pad.to(x.device), generator)
-            correct += int((model(inputs).argmax(1) == y[start : start + batch_size]).sum())
-    return 100.0 * correct / len(y)
+            correct += (model(inputs).argmax(1) == y[start : start + batch_size]).sum()
+    return 100.0 * int(correct) / len(y)

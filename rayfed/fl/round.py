@@ -43,13 +43,13 @@ class LocalTraining:
 
 @torch.no_grad()
 def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """F(Theta): mean cross-entropy of the model (eval mode, no augmentation) on (x, y)."""
+    """F(Theta): mean cross-entropy of the model (eval mode, no augmentation) on (x, y), summed in fp64 on x's
+    device (one sync at the end, not one per batch)."""
     model.eval()
-    total = sum(
-        float(F.cross_entropy(model(x[s : s + batch_size]), y[s : s + batch_size], reduction="sum"))
-        for s in range(0, len(y), batch_size)
-    )
-    return total / max(1, len(y))
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for s in range(0, len(y), batch_size):
+        total += F.cross_entropy(model(x[s : s + batch_size]), y[s : s + batch_size], reduction="sum")
+    return float(total) / max(1, len(y))
 
 
 def client_update(

@@ -21,7 +21,7 @@ from torch import nn
 from rayfed.models import build_classifier
 from rayfed.seeds import Stream, stream_seed
 from rayfed.sisa.train import TrainSettings
-from rayfed.training import autocast, minibatches, sgd_epochs
+from rayfed.training import autocast, grad_scaler, minibatches, on_device, sgd, sgd_epochs
 
 TRAIN, FINETUNE, NEGGRAD = 0, 1, 2
 """Parts of the UNSHARDED_TRAINING stream (training and retraining from scratch share part 0: the same
@@ -33,8 +33,8 @@ def _model(settings: TrainSettings, device: torch.device, state: dict[str, Any] 
     model = build_classifier(settings.model, settings.input_shape, settings.num_classes, settings.pretrained)
     if state is not None:
         model.load_state_dict(state)
-    model = model.to(device)
-    return model, torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+    model = on_device(model, device)
+    return model, sgd(model.parameters(), device, lr=settings.lr, momentum=settings.momentum)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, Any]:
@@ -98,9 +98,10 @@ def neggrad_plus(
     """NegGrad+ from `state`: `epochs` passes over the retained minibatches, each step paired with the next
     minibatch of the (reshuffled when used up) forget set, loss alpha L_r - (1 - alpha) L_f."""
     model, optimizer = _model(settings, device, state)
-    generator = torch.Generator().manual_seed(stream_seed(settings.seed, Stream.UNSHARDED_TRAINING, NEGGRAD))
+    seed = stream_seed(settings.seed, Stream.UNSHARDED_TRAINING, NEGGRAD)
+    generator = torch.Generator(device=device).manual_seed(seed)
     x_r, y_r, x_f, y_f = (t.to(device) for t in (x_retain, y_retain, x_forget, y_forget))
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    scaler = grad_scaler(device)
     model.train()
     forget_batches: list[torch.Tensor] = []
     samples = 0

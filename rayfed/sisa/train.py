@@ -29,7 +29,7 @@ import torch.nn as nn
 from rayfed.models import build_classifier
 from rayfed.results import RunDirectory
 from rayfed.seeds import Stream, stream_seed
-from rayfed.training import sgd_epochs
+from rayfed.training import on_device, sgd, sgd_epochs
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,8 @@ def new_model(settings: TrainSettings, shard: int, device: torch.device) -> tupl
     """The shard's initial model (weights seeded by (seed, s)) and a fresh SGD optimizer."""
     torch.manual_seed(stream_seed(settings.seed, Stream.SISA_INIT, shard))
     model = build_classifier(settings.model, settings.input_shape, settings.num_classes, settings.pretrained)
-    model = model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
-    return model, optimizer
+    model = on_device(model, device)
+    return model, sgd(model.parameters(), device, lr=settings.lr, momentum=settings.momentum)
 
 
 def model_from_state(settings: TrainSettings, state: dict[str, Any]) -> nn.Module:

@@ -1,0 +1,67 @@
+"""The minibatch SGD that clients and shards share (`rayfed.training`): the GPU layout (channels-last weights,
+fused SGD) computes on the CPU what the plain step computes, and the per-batch sums kept on the device give the
+host's sums exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rayfed.data import black_level
+from rayfed.fl.metrics import accuracy
+from rayfed.fl.round import training_loss
+from rayfed.models import build_classifier
+from rayfed.training import on_device, sgd, sgd_epochs
+
+SHAPE = (3, 16, 16)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(70, *SHAPE, generator=g), torch.randint(0, 10, (70,), generator=g)
+
+
+def _trained(data, *, channels_last: bool, fused: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(initial, trained) state of the CNN after two augmented epochs (the last batch of 6 has a joined single)."""
+    torch.manual_seed(1)
+    model = on_device(build_classifier("cnn", SHAPE, 10), CPU, channels_last=channels_last)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = sgd(model.parameters(), CPU, lr=0.05, momentum=0.9, weight_decay=1e-2, fused=fused)
+    pad = black_level((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    sgd_epochs(model, optimizer, *data, epochs=2, batch_size=16, seed=7, augment_pad=pad)
+    return initial, model.state_dict()
+
+
+def test_gpu_layout_on_the_cpu_trains_what_the_plain_step_trains(data):
+    """What `on_device` and `sgd` choose on a GPU, run on the CPU from the same weights and draws against NCHW
+    weights with torch's default SGD: fused SGD alone within 1e-7 of it (the same arithmetic), and with
+    channels-last weights every tensor within 0.2% of how far training moved it (the convolutions sum in
+    another order), the 4-D weights really channels-last."""
+    initial, plain = _trained(data, channels_last=False, fused=False)
+    _, fused = _trained(data, channels_last=False, fused=True)
+    _, fast = _trained(data, channels_last=True, fused=True)
+    conv_weights = [k for k, v in fast.items() if v.dim() == 4]
+    assert conv_weights and all(fast[k].is_contiguous(memory_format=torch.channels_last) for k in conv_weights)
+    assert not plain[conv_weights[0]].is_contiguous(memory_format=torch.channels_last)
+    for key, value in plain.items():
+        torch.testing.assert_close(fused[key], value, rtol=0, atol=1e-7, msg=key)
+        if value.is_floating_point():
+            moved = float((value - initial[key]).norm())
+            assert moved > 0 and float((fast[key] - value).norm()) < 2e-3 * moved, key
+
+
+def test_loss_and_accuracy_summed_on_the_device_equal_the_per_batch_host_sums(data):
+    """F(Theta) and accuracy count on the device (one sync per call); in fp64 and int64 they are bit-equal to
+    summing each batch's Python number on the host, as before."""
+    x, y = data
+    torch.manual_seed(2)
+    model = build_classifier("cnn", SHAPE, 10).eval()
+    with torch.no_grad():
+        logits = [model(x[s : s + 16]) for s in range(0, 70, 16)]
+    losses = [float(F.cross_entropy(out, y[s : s + 16], reduction="sum")) for out, s in zip(logits, range(0, 70, 16))]
+    hits = [int((out.argmax(1) == y[s : s + 16]).sum()) for out, s in zip(logits, range(0, 70, 16))]
+    assert training_loss(model, x, y, batch_size=16) == sum(losses) / 70
+    assert accuracy(model, x, y, batch_size=16) == 100.0 * sum(hits) / 70
