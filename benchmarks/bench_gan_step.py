@@ -30,6 +30,7 @@ from rayfed.fl.gan_audit import AuditGan  # noqa: E402
 from rayfed.fl.round import train_audit  # noqa: E402
 from rayfed.fl.setup import build_federation, initial_model_state  # noqa: E402
 from rayfed.models import build_classifier  # noqa: E402
+from rayfed.training import on_device  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,7 +56,8 @@ def main() -> None:
     theta = {k: v.to(device) for k, v in initial_model_state(config, federation, config.seed).items()}
     paths = ("eager", "compiled")  # the values of audit.gan_step
     configs = {name: dataclasses.replace(config.audit, gan_step=name) for name in paths}
-    classifiers = {name: build_classifier(config.model.name, d.shape, d.num_classes).to(device) for name in paths}
+    architecture = (config.model.name, d.shape, d.num_classes)
+    classifiers = {name: on_device(build_classifier(*architecture), device) for name in paths}
     gans: dict[str, AuditGan | None] = dict.fromkeys(paths)
     seconds: dict[str, list[float]] = {name: [] for name in paths}
 

@@ -120,6 +120,7 @@ from rayfed.fl.state import to_numpy, to_torch  # noqa: E402
 from rayfed.fl.strategies import Strategy  # noqa: E402
 from rayfed.fl.strategies.fedauditgan import FedAuditGan  # noqa: E402
 from rayfed.models import build_classifier  # noqa: E402
+from rayfed.training import on_device  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ GPU busy
 
@@ -187,8 +188,8 @@ class RayfedInProcess:
     def __init__(self, config: Config, federation: Federation, device: torch.device):
         self.config, self.federation, self.device = config, federation, device
         d, fl = federation.data, config.fl
-        self.model = build_classifier(config.model.name, d.shape, d.num_classes).to(device)
-        self.server_model = build_classifier(config.model.name, d.shape, d.num_classes).to(device)
+        self.model = on_device(build_classifier(config.model.name, d.shape, d.num_classes), device)
+        self.server_model = on_device(build_classifier(config.model.name, d.shape, d.num_classes), device)
         self.evaluator = FoldedEvaluator(self.server_model)
         self.training = LocalTraining(
             fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size, config.data.eval_batch_size
