@@ -18,14 +18,14 @@ from rayfed.training import autocast
 
 @torch.no_grad()
 def softmax_outputs(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """n x C softmax of one model (eval mode), float32 on CPU."""
+    """n x C softmax of one model (eval mode), float32 on CPU (copied back once, not once per batch)."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     with autocast(device):
         for start in range(0, len(x), batch_size):
-            out.append(torch.softmax(model(x[start : start + batch_size].to(device)).float(), dim=1).cpu())
-    return torch.cat(out)
+            out.append(torch.softmax(model(x[start : start + batch_size].to(device)).float(), dim=1))
+    return torch.cat(out).cpu()
 
 
 def shard_probs(models: Sequence[nn.Module], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
