@@ -22,9 +22,10 @@ prepare() {
 }
 
 host_setup() {  # Ray and pytest from the carried wheels where the host lacks them; fake full-size CIFAR-10
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # rayfed from this tree, not installed there
   if ! python3 -c "import ray, pytest" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return 1
-    export PYTHONPATH="/tmp/site:$PWD"
+    export PYTHONPATH="/tmp/site:$PYTHONPATH"
   fi
   export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
   [ -f data/md5.json ] || python3 .gpu/make_fake_cifar.py data
