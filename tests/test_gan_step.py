@@ -119,6 +119,33 @@ def test_a_compiled_audit_server_compiles_once_per_process(classifier, cpu_compi
             train_audit(*args, audit, *data, run_seed=7, round_index=4)
 
 
+def test_gan_phase_builds_no_tensor_from_python_numbers_per_step(classifier, monkeypatch):
+    """No per-step host work in Phase 2: on a GPU a tensor built from Python numbers is a host-to-device copy
+    that waits for the GPU, so their count must not grow with the G-and-D steps (12 steps against 4 here). The
+    normalisation's mean and std go to the device once a phase (`PixelSpace.on`), not four times a G step."""
+    built: list[int] = []
+    tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *args, **kwargs: built.append(1) or tensor(*args, **kwargs))
+    real_x, real_y = torch.randn(64, *SHAPE), torch.randint(0, 10, (64,))
+    counts = []
+    for epochs in (1, 3):
+        built.clear()
+        train_fairness_gan(
+            _gan(),
+            classifier,
+            real_x,
+            real_y,
+            epochs=epochs,
+            lambda1=1.0,
+            lambda2=1.0,
+            batch_size=16,
+            space=SPACE,
+            seed=0,
+        )
+        counts.append(len(built))
+    assert counts[0] == counts[1], counts
+
+
 def test_compiled_step_falls_back_to_eager_where_it_cannot_build(classifier, monkeypatch):
     """Without a C++ compiler inductor cannot build CPU kernels: the run warns once, names why, and trains
     exactly as the eager path does."""

@@ -67,6 +67,29 @@ def test_local_step_never_waits_for_the_gpu():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_gan_phase_never_waits_for_the_gpu():
+    """Phase 2's eager G-and-D steps on a GPU (noise, labels, batch order drawn on the device; normalisation
+    constants put there once; fused Adam; autocast) queue their kernels without one host sync."""
+    from rayfed.fl.gan_audit import AuditGan, PixelSpace, freeze, train_fairness_gan
+    from rayfed.models import CNN
+
+    cuda = torch.device("cuda")
+    space = PixelSpace((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch.manual_seed(0)
+    classifier = freeze(CNN(SHAPE, 10).to(cuda))
+    x, y = (t.to(cuda) for t in _batch(512))
+    gan = AuditGan.create(128, 10, SHAPE, 0.1, 2e-4, cuda, seed=0)
+    train = dict(epochs=1, lambda1=1.0, lambda2=1.0, batch_size=128, space=space)
+    train_fairness_gan(gan, classifier, x, y, seed=0, **train)  # warm-up: cuDNN's choices, Adam's state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        train_fairness_gan(gan, classifier, x, y, seed=1, **train)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(p).all() for p in gan.G.parameters())
+
+
 def test_gan_step_on_the_device_raises_the_prediction_gap():
     from rayfed.fl.gan_audit import AuditGan, PixelSpace, compute_bias, freeze, generate_probes, train_fairness_gan
     from rayfed.models import CNN

@@ -47,18 +47,25 @@ class ImageData:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
 
-def normalise(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+PerChannel = tuple[float, ...] | torch.Tensor
+"""One value per channel: numbers, or a (1, C, 1, 1) tensor already beside the images."""
+
+
+def per_channel(values: PerChannel, like: torch.Tensor) -> torch.Tensor:
+    """`values` as a (1, C, 1, 1) tensor on like's device: as given, or built in like's dtype."""
+    if isinstance(values, torch.Tensor):
+        return values
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+
+
+def normalise(pixels: torch.Tensor, mean: PerChannel, std: PerChannel) -> torch.Tensor:
     """[0, 1] pixels -> classifier input space."""
-    m = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
-    return (pixels - m) / s
+    return (pixels - per_channel(mean, pixels)) / per_channel(std, pixels)
 
 
-def denormalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def denormalise(x: torch.Tensor, mean: PerChannel, std: PerChannel) -> torch.Tensor:
     """Classifier input space -> [0, 1] pixels."""
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return x * s + m
+    return x * per_channel(std, x) + per_channel(mean, x)
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

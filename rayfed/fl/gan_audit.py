@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from rayfed.data.datasets import denormalise, normalise
+from rayfed.data.datasets import PerChannel, denormalise, normalise
 from rayfed.fl.state import StateDict, apply_update
 from rayfed.models.gan import Discriminator, FairnessGenerator
 from rayfed.training import autocast, grad_scaler, minibatches
@@ -37,8 +37,14 @@ from rayfed.training import autocast, grad_scaler, minibatches
 class PixelSpace:
     """The classifier's input normalisation, to move images between GAN space [-1, 1] and classifier space."""
 
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: PerChannel
+    std: PerChannel
+
+    def on(self, device: torch.device) -> PixelSpace:
+        """This space with mean and std as fp32 (1, C, 1, 1) tensors on `device`, made once: on a GPU a tensor
+        built from Python numbers is a host-to-device copy that waits for the GPU, four of them a G step."""
+        mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (self.mean, self.std))
+        return PixelSpace(mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1))
 
     def to_classifier(self, x_gan: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> [0, 1] pixels -> (pixel - mean) / std."""
@@ -270,6 +276,7 @@ def train_fairness_gan(
         else:
             warnings.warn(f"audit.gan_step=compiled: {reason}; the GAN steps run eagerly", RuntimeWarning, stacklevel=2)
     freeze(classifier)
+    space = space.on(device)
     real_gan = space.to_gan(real_x)
     generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
@@ -383,26 +390,26 @@ class FoldedEvaluator:
     def bias(self, state: StateDict, x: torch.Tensor, x_prime: torch.Tensor, chunk: int = 512) -> float:
         """B = (1/|P|) sum_P |Theta(x) - Theta(x')|_1 for the model with weights `state`."""
         weights = self.fold(state)
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=x.device)  # summed on the device: one sync per model
         with autocast(x.device):
             for start in range(0, len(x), chunk):
                 pair = torch.cat([x[start : start + chunk], x_prime[start : start + chunk]])
                 logits = functional_call(self.module, weights, (pair.contiguous(memory_format=torch.channels_last),))
                 half = len(logits) // 2
-                total += float((logits[:half] - logits[half:]).float().abs().sum())  # sum_P |Theta(x) - Theta(x')|
-        return total / len(x)
+                total += (logits[:half] - logits[half:]).float().abs().sum()  # sum_P |Theta(x) - Theta(x')|
+        return float(total) / len(x)
 
 
 @torch.no_grad()
 def compute_bias(model: nn.Module, x: torch.Tensor, x_prime: torch.Tensor, chunk: int = 512) -> float:
     """B = (1/|P|) sum_P |Theta(x) - Theta(x')|_1 for one model, evaluated directly (the reference)."""
     model.eval()
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
     with autocast(x.device):
         for start in range(0, len(x), chunk):
             diff = model(x[start : start + chunk]) - model(x_prime[start : start + chunk])
-            total += float(diff.float().abs().sum())
-    return total / len(x)
+            total += diff.float().abs().sum()
+    return float(total) / len(x)
 
 
 @torch.no_grad()
