@@ -83,6 +83,9 @@ def test_update_problem_detects_nan_inf_and_shapes():
     assert "NaN or Inf" in update_problem({"w": torch.full((2, 2), float("inf"))}, ref)
     assert "shape" in update_problem({"w": torch.zeros(3)}, ref)
     assert "missing" in update_problem({}, ref)
+    shapes = {"a": torch.zeros(2), "n": torch.zeros(2, dtype=torch.long), "b": torch.zeros(2), "c": torch.zeros(1)}
+    bad = {**shapes, "b": torch.tensor([0.0, float("inf")]), "c": torch.tensor([float("nan")])}
+    assert update_problem(bad, shapes) == "b has NaN or Inf"  # the first non-finite entry, integers skipped
 
 
 def test_fairness_metrics_hand_case():

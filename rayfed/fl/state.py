@@ -61,16 +61,19 @@ def apply_weighted_updates(state: StateDict, updates: Sequence[StateDict], weigh
 
 
 def update_problem(update: StateDict, reference: StateDict) -> str | None:
-    """Why an update cannot be aggregated (missing key, wrong shape, NaN/Inf), or None if it can."""
+    """Why an update cannot be aggregated (missing key, wrong shape, NaN/Inf), or None if it can. Finiteness is
+    checked for all tensors at once on their device (one sync per update, not one per tensor)."""
     for key, ref in reference.items():
         if key not in update:
             return f"missing entry {key}"
-        value = update[key]
-        if tuple(value.shape) != tuple(ref.shape):
-            return f"{key} has shape {tuple(value.shape)}, expected {tuple(ref.shape)}"
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            return f"{key} has NaN or Inf"
+        if tuple(update[key].shape) != tuple(ref.shape):
+            return f"{key} has shape {tuple(update[key].shape)}, expected {tuple(ref.shape)}"
     extra = set(update) - set(reference)
     if extra:
         return f"unexpected entry {sorted(extra)[0]}"
+    floating = [key for key in reference if update[key].is_floating_point()]
+    if floating:
+        finite = torch.stack([torch.isfinite(update[key]).all() for key in floating]).cpu()
+        if not bool(finite.all()):
+            return f"{floating[int(finite.byte().argmin())]} has NaN or Inf"  # the first such entry
     return None
