@@ -33,7 +33,7 @@ def qffl_step(
     Returns only the parameters' new values."""
     F = np.maximum(np.asarray(losses, dtype=np.float64), LOSS_FLOOR)
     dW = [{k: -lipschitz * u[k].double() for k in parameters} for u in updates]  # dW_k = L (w^t - w_k)
-    squared_norms = [sum(float(d[k].pow(2).sum()) for k in parameters) for d in dW]  # ||dW_k||^2
+    squared_norms = [float(sum(d[k].pow(2).sum() for k in parameters)) for d in dW]  # ||dW_k||^2, one sync each
     h = q * F ** (q - 1) * np.asarray(squared_norms) + lipschitz * F**q  # h_k
     total_h = float(h.sum())
     new = {}
