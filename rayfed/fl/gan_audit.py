@@ -315,6 +315,7 @@ def generate_probes(
     z = torch.randn(n, G.latent_dim, generator=generator, device=device)
     labels = torch.randint(0, G.num_classes, (n,), generator=generator, device=device)
     x, x_prime = G(z, labels)
+    space = space.on(device)
     return space.to_classifier(x).float(), space.to_classifier(x_prime).float()
 
 
