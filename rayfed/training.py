@@ -35,10 +35,10 @@ def on_device(model: nn.Module, device: torch.device, *, channels_last: bool | N
     """`model` on `device`, its 4-D weights channels-last on a GPU (`channels_last` overrides): the layout
     cuDNN's reduced-precision convolutions run in, so none transposes its input or output (a convolution
     follows its weight's layout, the layers after it their input's)."""
+    if channels_last is None:
+        channels_last = device.type == "cuda"
     model = model.to(device)
-    if device.type == "cuda" if channels_last is None else channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def sgd(
@@ -52,7 +52,8 @@ def sgd(
 ) -> torch.optim.SGD:
     """torch's SGD with momentum and weight decay, fused on a GPU (`fused` overrides): one kernel updates every
     parameter, and under fp16 it reads the loss scaler's inf check on the device instead of syncing for it."""
-    fused = device.type == "cuda" if fused is None else fused
+    if fused is None:
+        fused = device.type == "cuda"
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
 
 
