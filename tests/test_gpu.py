@@ -1,11 +1,13 @@
 """On a GPU (`pytest -m gpu`; skipped without CUDA): reduced-precision training and scoring against fp32,
-the GAN step on the device, fractional actors on the real GPU, SISA bit-exact in deterministic mode."""
+the local step and the GAN phase without a host sync, the GAN step on the device, fractional actors on the real
+GPU, SISA bit-exact in deterministic mode."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
@@ -44,6 +46,18 @@ def test_local_training_with_autocast_follows_fp32():
     assert torch.nn.functional.cosine_similarity(flat["cpu"], flat["cuda"], dim=0) > 0.95
 
 
+def _runs_without_host_sync(run: Callable[[int], object]) -> None:
+    """run(seed=0) as a warm-up (cuDNN's algorithm choices, optimizer state, allocator pools), then run(seed=1)
+    under torch's sync debug mode, which makes any host sync an error."""
+    run(0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run(1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_local_step_never_waits_for_the_gpu():
     """Phase 1's minibatch SGD on a GPU (batch order and augmentation drawn on the device, channels-last, fused
     SGD, autocast) queues its kernels without one host sync: torch's sync debug mode makes any an error."""
@@ -56,14 +70,9 @@ def test_local_step_never_waits_for_the_gpu():
     pad = black_level((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).to(cuda)  # the actors hold it on the device
     model = on_device(build_classifier("cnn", SHAPE, 10), cuda)
     optimizer = sgd(model.parameters(), cuda, lr=0.01, momentum=0.9, weight_decay=5e-4)
-    train = dict(epochs=1, batch_size=64, augment_pad=pad)
-    sgd_epochs(model, optimizer, x, y, seed=0, **train)  # warm-up: cuDNN's algorithm choices, lazy state
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        sgd_epochs(model, optimizer, x, y, seed=1, **train)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    _runs_without_host_sync(
+        lambda seed: sgd_epochs(model, optimizer, x, y, epochs=1, batch_size=64, seed=seed, augment_pad=pad)
+    )
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -72,21 +81,16 @@ def test_gan_phase_never_waits_for_the_gpu():
     constants put there once; fused Adam; autocast) queue their kernels without one host sync."""
     from rayfed.fl.gan_audit import AuditGan, PixelSpace, freeze, train_fairness_gan
     from rayfed.models import CNN
+    from rayfed.training import on_device
 
     cuda = torch.device("cuda")
     space = PixelSpace((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     torch.manual_seed(0)
-    classifier = freeze(CNN(SHAPE, 10).to(cuda))
+    classifier = freeze(on_device(CNN(SHAPE, 10), cuda))  # as the audit server holds it
     x, y = (t.to(cuda) for t in _batch(512))
     gan = AuditGan.create(128, 10, SHAPE, 0.1, 2e-4, cuda, seed=0)
     train = dict(epochs=1, lambda1=1.0, lambda2=1.0, batch_size=128, space=space)
-    train_fairness_gan(gan, classifier, x, y, seed=0, **train)  # warm-up: cuDNN's choices, Adam's state
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        train_fairness_gan(gan, classifier, x, y, seed=1, **train)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    _runs_without_host_sync(lambda seed: train_fairness_gan(gan, classifier, x, y, seed=seed, **train))
     assert all(torch.isfinite(p).all() for p in gan.G.parameters())
 
 
