@@ -6,13 +6,14 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torchvision.models import ResNet18_Weights, resnet18
 
 from rayfed.errors import UserError
 
 
 def pretrained_weights_path() -> Path:
     """Where torchvision keeps the ImageNet ResNet-18 weights (torch's hub cache)."""
+    from torchvision.models import ResNet18_Weights  # imported when used: torchvision.models costs ~2 s
+
     url = ResNet18_Weights.IMAGENET1K_V1.url
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
@@ -24,6 +25,8 @@ def resnet18_cifar(input_shape: tuple[int, int, int], num_classes: int, pretrain
     With `pretrained`, every ImageNet weight that fits (all but the stem conv and the head) is loaded from
     torch's hub cache; a missing file is a UserError, never a download attempt.
     """
+    from torchvision.models import ResNet18_Weights, resnet18
+
     model = resnet18(weights=None)
     if pretrained:
         path = pretrained_weights_path()
