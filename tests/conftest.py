@@ -74,3 +74,14 @@ def _kill_session(process) -> None:
 def kill_session():
     """Kill a `rayfed` subprocess the hard way: the driver and the local Ray it started."""
     return _kill_session
+
+
+@pytest.fixture(scope="session")
+def rayfed_cli():
+    """`rayfed` command lines forked from one process that imported rayfed once (tests/cli_runner.py): a real
+    exit status and real stdout and stderr for each, without Python's and torch's start-up for each."""
+    from cli_runner import RayfedCli
+
+    cli = RayfedCli()
+    yield cli
+    cli.close()

@@ -1,18 +1,17 @@
-"""Bad input through the real `rayfed` command: exit 2, one `error:` line naming the problem, nothing left."""
+"""Bad input through the `rayfed` command: exit 2, one `error:` line naming the problem, nothing left.
 
-import os
+The entry point itself (`python -m rayfed`: argparse's errors, a missing config file) runs as a subprocess; the
+other command lines run in processes forked from one that imported rayfed once (the `rayfed_cli` fixture)."""
+
 import subprocess
 import sys
 
 import pytest
+from cli_runner import ENV
 
-ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
 
-
-def rayfed(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "rayfed", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300
-    )
+def python_m_rayfed(*args):
+    return subprocess.run([sys.executable, "-m", "rayfed", *args], capture_output=True, text=True, env=ENV, timeout=300)
 
 
 def assert_user_error(result, *needles):
@@ -55,33 +54,35 @@ BAD_SETS = [
 
 
 @pytest.mark.parametrize("args,needle", BAD_SETS, ids=[a[1] for a, _ in BAD_SETS])
-def test_bad_values_exit_2_and_leave_no_run_dir(tmp_path, args, needle):
+def test_bad_values_exit_2_and_leave_no_run_dir(rayfed_cli, tmp_path, args, needle):
     out = tmp_path / "run"
-    assert_user_error(rayfed("fl", *args, "--out", str(out)), needle)
+    assert_user_error(rayfed_cli.run("fl", *args, "--out", str(out)), needle)
     assert not out.exists()
 
 
 def test_missing_config_file(tmp_path):
-    assert_user_error(rayfed("fl", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")), "nope.yaml")
+    assert_user_error(
+        python_m_rayfed("fl", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")), "nope.yaml"
+    )
     assert not (tmp_path / "r").exists()
 
 
-def test_malformed_yaml(tmp_path):
+def test_malformed_yaml(rayfed_cli, tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("fl:\n  rounds: [1,\n")
-    assert_user_error(rayfed("fl", "--config", str(config), "--out", str(tmp_path / "r")), "bad.yaml", "YAML")
+    assert_user_error(rayfed_cli.run("fl", "--config", str(config), "--out", str(tmp_path / "r")), "bad.yaml", "YAML")
     assert not (tmp_path / "r").exists()
 
 
-def test_yaml_that_is_not_a_mapping(tmp_path):
+def test_yaml_that_is_not_a_mapping(rayfed_cli, tmp_path):
     config = tmp_path / "list.yaml"
     config.write_text("- 1\n- 2\n")
-    assert_user_error(rayfed("fl", "--config", str(config)), "list.yaml")
+    assert_user_error(rayfed_cli.run("fl", "--config", str(config)), "list.yaml")
 
 
-def test_dataset_not_on_disk_names_where_it_looked(tmp_path):
+def test_dataset_not_on_disk_names_where_it_looked(rayfed_cli, tmp_path):
     out = tmp_path / "r"
-    result = rayfed(
+    result = rayfed_cli.run(
         "fl",
         "--set",
         "data.dataset=cifar10",
@@ -96,12 +97,12 @@ def test_dataset_not_on_disk_names_where_it_looked(tmp_path):
     assert not out.exists()
 
 
-def test_existing_output_is_not_overwritten(tmp_path):
+def test_existing_output_is_not_overwritten(rayfed_cli, tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
-    assert_user_error(rayfed("fl", "--out", str(tmp_path)), str(tmp_path))
+    assert_user_error(rayfed_cli.run("fl", "--out", str(tmp_path)), str(tmp_path))
     assert (tmp_path / "keep.txt").read_text() == "precious"
 
 
 def test_unknown_subcommand_and_option():
-    assert_user_error(rayfed("train"), "train")
-    assert_user_error(rayfed("fl", "--bogus"), "--bogus")
+    assert_user_error(python_m_rayfed("train"), "train")
+    assert_user_error(python_m_rayfed("fl", "--bogus"), "--bogus")

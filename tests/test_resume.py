@@ -126,9 +126,9 @@ def _assert_user_error(result, needle):
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
 
 
-def _resume(path, *extra):
+def _resume(path):
     return subprocess.run(
-        [sys.executable, "-m", "rayfed", "fl", "--resume", str(path), *extra],
+        [sys.executable, "-m", "rayfed", "fl", "--resume", str(path)],
         env=ENV,
         capture_output=True,
         text=True,
@@ -147,7 +147,9 @@ def _resume(path, *extra):
         ("fewer_rounds", "fl.rounds=1"),
     ],
 )
-def test_bad_resume_exits_2_and_leaves_the_directory_as_it_was(resumed_and_reference, tmp_path, damage, needle):
+def test_bad_resume_exits_2_and_leaves_the_directory_as_it_was(
+    rayfed_cli, resumed_and_reference, tmp_path, damage, needle
+):
     import shutil
 
     victim, _ = resumed_and_reference
@@ -170,5 +172,5 @@ def test_bad_resume_exits_2_and_leaves_the_directory_as_it_was(resumed_and_refer
     elif damage == "fewer_rounds":
         extra = ["--set", "fl.rounds=1"]
     before = _snapshot(target)
-    _assert_user_error(_resume(target, *extra), needle)
+    _assert_user_error(rayfed_cli.run("fl", "--resume", str(target), *extra), needle)
     assert _snapshot(target) == before

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -253,7 +250,7 @@ def test_a_forget_set_that_empties_a_shard_takes_it_out_of_the_ensemble(ray_sess
         (["unlearn.requests=21"], "unlearn.requests"),
     ],
 )
-def test_cli_bad_input_exits_2_with_one_error_line_and_no_run_dir(tmp_path, overrides, key):
+def test_cli_bad_input_exits_2_with_one_error_line_and_no_run_dir(rayfed_cli, tmp_path, overrides, key):
     sets = []
     for text in overrides:
         if "FILE:" in text:
@@ -262,14 +259,7 @@ def test_cli_bad_input_exits_2_with_one_error_line_and_no_run_dir(tmp_path, over
             text = f"{name}={tmp_path / 'forget.txt'}"
         sets += ["--set", text]
     out = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "rayfed", "sisa", *sets, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    proc = rayfed_cli.run("sisa", *sets, "--out", str(out), timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0], proc.stderr
