@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,15 +64,20 @@ class RayfedCli:
         reply = self._server.stdout.readline()
         if not reply:
             raise RuntimeError("the rayfed fork server died")
-        return subprocess.CompletedProcess(
+        result = subprocess.CompletedProcess(
             ["rayfed", *args], json.loads(reply)["returncode"], stdout.read_text(), stderr.read_text()
         )
+        stdout.unlink()
+        stderr.unlink()
+        return result
 
     def close(self) -> None:
-        """Stop the server and any child still running (a command line that timed out): their process group."""
+        """Stop the server and any child still running (a command line that timed out): their process group; remove
+        the output files' folder."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._server.pid, signal.SIGKILL)
         self._server.wait()
+        shutil.rmtree(self._outputs, ignore_errors=True)
 
 
 def _run_child(request: dict) -> None:
