@@ -1,6 +1,6 @@
 """What `rayfed fl` concludes, against hand-computed cases: Student-t intervals, paired differences against
 FedAvg, effective weights, the uniform-weights note, standardised scores, the uniform control, test-subset
-sizes and client selection."""
+sizes, client selection and the classes no client holds."""
 
 import math
 
@@ -204,3 +204,28 @@ def test_qffl_gives_high_loss_clients_more_weight_as_q_grows():
     shares = [loss_shares([0.5, 1.0, 2.0], q) for q in (0.0, 1.0, 5.0)]
     assert shares[0] == pytest.approx([1 / 3] * 3)
     assert shares[1][2] > shares[0][2] and shares[2][2] > 0.9  # the worst client dominates at q = 5
+
+
+def test_classes_no_client_holds_and_the_global_accuracy_they_cap_hand_case():
+    from rayfed.config import load_config
+    from rayfed.data import ImageData
+    from rayfed.fl.report import unheld_classes_sentence
+    from rayfed.fl.setup import ClientData, Federation
+
+    train_y, test_y = torch.tensor([0, 2, 2]), torch.tensor([0, 0, 1, 2, 2, 2])  # class 1: 1 of 6 test images
+    data = ImageData(
+        "hand", torch.zeros(3, 1, 2, 2), train_y, torch.zeros(6, 1, 2, 2), test_y, (0.0,), (1.0,), 4, False
+    )
+    clients = [
+        ClientData(0, data.train_x[:1], train_y[:1], np.array([0])),
+        ClientData(1, data.train_x[1:], train_y[1:], np.array([3])),
+    ]
+    federation = Federation(data, None, clients)
+    assert federation.unheld_classes == [1, 3]  # class 3 has no test image either
+    assert federation.held_test_percent == pytest.approx(500 / 6)
+    config = load_config(None, ["data.num_clients=2"])
+    sentence = unheld_classes_sentence(config, federation.unheld_classes, federation.held_test_percent)
+    assert sentence.startswith("Classes 1, 3 are in no client's training data (`data.partition: extreme`, 2 clients)")
+    assert "stays below about 83.33%" in sentence
+    assert unheld_classes_sentence(config, [7], 90.0).startswith("Class 7 is in no client's")
+    assert unheld_classes_sentence(config, [], 100.0) is None

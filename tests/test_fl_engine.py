@@ -90,6 +90,30 @@ def test_run_directory_holds_the_contract(two_runs):
     assert state["convs.0.weight"].shape[1] == 1
 
 
+def test_summary_names_the_classes_no_client_holds_and_no_model_learns_them(two_runs):
+    """3 clients of 1-2 classes each leave digits to no one: summary.md names them, and what it says holds:
+    the saved models get none of those test images right, and Global Acc stays below the other classes' share."""
+    from rayfed.models import build_classifier
+
+    config = load_config(None, SMALL)
+    federation = build_federation(config)
+    unheld = federation.unheld_classes
+    assert unheld
+    summary = (two_runs[0] / "summary.md").read_text()
+    assert f"- Classes {', '.join(map(str, unheld))} are in no client's training data" in summary
+    assert f"stays below about {federation.held_test_percent:.2f}%" in summary
+    rounds = pd.read_parquet(two_runs[0] / "rounds.parquet")
+    assert (rounds["accuracy"] < federation.held_test_percent).all()
+    data = federation.data
+    unheld_images = torch.isin(data.test_y, torch.tensor(unheld))
+    model = build_classifier(config.model.name, data.shape, data.num_classes).eval()
+    for name in ("model_fedavg.pt", "model_fedauditgan_gamma2.pt"):
+        model.load_state_dict(torch.load(two_runs[0] / name, weights_only=True))
+        with torch.no_grad():
+            predicted = model(data.test_x[unheld_images]).argmax(1)
+        assert not (predicted == data.test_y[unheld_images]).any(), name
+
+
 def test_clients_table_weights_and_scores(two_runs):
     clients = pd.read_parquet(two_runs[0] / "clients.parquet")
     rounds = pd.read_parquet(two_runs[0] / "rounds.parquet")

@@ -18,7 +18,7 @@ from rayfed.config import Config, build_config, first_difference, read_yaml_mapp
 from rayfed.engine.fl_engine import FederatedEngine
 from rayfed.engine.runtime import init_ray
 from rayfed.errors import UserError
-from rayfed.fl.report import write_outputs
+from rayfed.fl.report import unheld_classes_sentence, write_outputs
 from rayfed.fl.rows import ClientRow, RoundRow, schema
 from rayfed.fl.setup import build_federation, initial_model_state
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
@@ -121,6 +121,9 @@ def execute(
     summary rows.
     """
     federation = build_federation(config)
+    unheld = unheld_classes_sentence(config, federation.unheld_classes, federation.held_test_percent)
+    if unheld is not None:
+        log.warning(unheld)
     runs = [SeededRun(run, seed) for run, seed in seeded_runs(config)]
     started_ray = init_ray(config.resources.address)
     engine = FederatedEngine(config, federation)
@@ -169,7 +172,7 @@ def execute(
         engine.shutdown()
         if started_ray:
             ray.shutdown()
-    return write_outputs(config, run_dir, progress.round_rows, progress.client_rows)
+    return write_outputs(config, run_dir, progress.round_rows, progress.client_rows, [unheld] if unheld else [])
 
 
 def run_fl(config: Config, run_dir: RunDirectory, on_round: RoundCallback | None = None) -> list[dict[str, Any]]:

@@ -148,8 +148,27 @@ def basis_sentence(config: Config, client_rows: list[dict[str, Any]]) -> str:
     )
 
 
-def summary_markdown(config: Config, round_rows: list[dict[str, Any]], client_rows: list[dict[str, Any]]) -> str:
-    """summary.md: the summary table, the paired differences and the notes."""
+def unheld_classes_sentence(config: Config, unheld: list[int], held_test_percent: float) -> str | None:
+    """What it means for the figures that some classes are in no client's training data (None when all are)."""
+    if not unheld:
+        return None
+    classes = f"Class {unheld[0]} is" if len(unheld) == 1 else f"Classes {', '.join(map(str, unheld))} are"
+    return (
+        f"{classes} in no client's training data (`data.partition: "
+        f"{config.data.partition}`, {config.data.num_clients} clients): no method can learn them, so Global Acc, "
+        f"over the whole test set, stays below about {held_test_percent:.2f}% (the test images of the other "
+        "classes), while each client's test subset holds only the classes that client has."
+    )
+
+
+def summary_markdown(
+    config: Config,
+    round_rows: list[dict[str, Any]],
+    client_rows: list[dict[str, Any]],
+    notes: Sequence[str] = (),
+) -> str:
+    """summary.md: the summary table, the paired differences and the notes (`notes`: sentences about the
+    federation itself, listed first)."""
     runs = strategy_runs(config)
     seeds = config.seed_list
     parts = [
@@ -168,6 +187,7 @@ def summary_markdown(config: Config, round_rows: list[dict[str, Any]], client_ro
     paired = paired_differences(round_rows, runs)
     if paired:
         parts += ["## Paired differences against the reference (same seed, same partition)\n", format_table(paired)]
+    parts += [f"- {note}\n" for note in notes]
     for run, deviation in uniform_weight_runs(client_rows).items():
         parts.append(
             f"- {run.title} {run.label}: in every round its weights stayed within "
@@ -180,13 +200,17 @@ def summary_markdown(config: Config, round_rows: list[dict[str, Any]], client_ro
 
 
 def write_outputs(
-    config: Config, run_dir: RunDirectory, round_rows: list[dict[str, Any]], client_rows: list[dict[str, Any]]
+    config: Config,
+    run_dir: RunDirectory,
+    round_rows: list[dict[str, Any]],
+    client_rows: list[dict[str, Any]],
+    notes: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """summary.md, fairness.png and the printed summary (and their wandb copies when tracking); returns the
     summary table's rows."""
     runs = strategy_runs(config)
     summary = summary_table(round_rows, runs)
-    text = summary_markdown(config, round_rows, client_rows)
+    text = summary_markdown(config, round_rows, client_rows, notes)
     run_dir.write_text("summary.md", text)
     plot_fairness(round_rows, client_rows, runs, config.metrics.client_accuracy, run_dir.file("fairness.png"))
     tracker = Tracker(config, "Summary-Comparison", run_dir.path, group=run_dir.path.name)

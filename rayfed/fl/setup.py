@@ -46,6 +46,18 @@ class Federation:
     def num_samples(self) -> list[int]:
         return [len(c.y) for c in self.clients]
 
+    @property
+    def unheld_classes(self) -> list[int]:
+        """Classes of which no client holds a training image (the `extreme` partition can leave some out)."""
+        held = set(torch.cat([c.y for c in self.clients]).unique().tolist())
+        return [c for c in range(self.data.num_classes) if c not in held]
+
+    @property
+    def held_test_percent(self) -> float:
+        """Percent of the global test set in the classes some client holds: about the best global accuracy a
+        model trained only on the clients' data can reach when some classes are unheld."""
+        return 100.0 * float((~torch.isin(self.data.test_y, torch.tensor(self.unheld_classes))).float().mean())
+
 
 def initial_model_state(config: Config, federation: Federation, seed: int) -> StateDict:
     """Theta_0 of the run seeded `seed` (every method of that seed starts from it)."""
