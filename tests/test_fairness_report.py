@@ -223,6 +223,8 @@ def test_classes_no_client_holds_and_the_global_accuracy_they_cap_hand_case():
     federation = Federation(data, None, clients)
     assert federation.unheld_classes == [1, 3]  # class 3 has no test image either
     assert federation.held_test_percent == pytest.approx(500 / 6)
+    everyone = Federation(data, None, [ClientData(0, data.train_x, torch.tensor([0, 1, 2]), np.array([0]))])
+    assert everyone.unheld_classes == [3] and everyone.held_test_percent == 100.0
     config = load_config(None, ["data.num_clients=2"])
     sentence = unheld_classes_sentence(config, federation.unheld_classes, federation.held_test_percent)
     assert sentence.startswith("Classes 1, 3 are in no client's training data (`data.partition: extreme`, 2 clients)")
