@@ -56,11 +56,9 @@ class Federation:
     def held_test_percent(self) -> float:
         """Percent of the global test set in the classes some client holds: about the best global accuracy a
         model trained only on the clients' data can reach when some classes are unheld."""
-        return 100.0 * float(
-            (~torch.isin(self.data.test_y, torch.tensor(self.unheld_classes, dtype=self.data.test_y.dtype)))
-            .float()
-            .mean()
-        )
+        test_y = self.data.test_y
+        held = ~torch.isin(test_y, torch.tensor(self.unheld_classes, dtype=test_y.dtype))
+        return 100.0 * held.float().mean().item()
 
 
 def initial_model_state(config: Config, federation: Federation, seed: int) -> StateDict:
