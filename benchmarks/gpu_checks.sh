@@ -5,12 +5,12 @@
 # Here, once (needs the package registry):   bash benchmarks/gpu_checks.sh prepare
 #   Ray's trimmed wheel and its missing dependencies (../shared/gpu/prepare.sh) and pytest's wheels into .whl/,
 #   the fake-CIFAR-10 helpers into .gpu/ (both git-ignored).
-# There, one device call per line, each carrying [".whl", ".gpu"] (rough H100 times):
-#   bash benchmarks/gpu_checks.sh tests gan     # pytest -m gpu; the GAN step eager vs compiled   (~4 min)
-#   bash benchmarks/gpu_checks.sh round actors  # a profiled round; clients_per_actor 1, 5, 20    (~5 min)
-#   bash benchmarks/gpu_checks.sh sisa          # rayfed sisa exact with deterministic kernels, and without
+# There, one device call per line, each carrying [".whl", ".gpu"]; STAGE:SECONDS caps a stage's time:
+#   bash benchmarks/gpu_checks.sh tests:170 gan:110 sisa:150  # pytest -m gpu; GAN step eager vs compiled;
+#                                                             # rayfed sisa with deterministic kernels and without
+#   bash benchmarks/gpu_checks.sh round:200 actors:150        # a profiled round; clients_per_actor 5, 20, 1
 # Each stage writes $OUT/<stage>.log ($OUT is the device call's return folder; ./gpu-checks elsewhere) and the
-# next stage runs after a failed one; the exit status is the number of stages that failed.
+# next stage runs after a failed or timed-out one; the exit status is the number of stages that failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-checks}"
@@ -18,7 +18,6 @@ mkdir -p "$out"
 
 prepare() {
   bash ../shared/gpu/prepare.sh
-  python3 -m pip download -q --no-deps -d .whl pytest pluggy iniconfig packaging pygments  # pure Python
 }
 
 host_setup() {  # Ray and pytest from the carried wheels where the host lacks them; fake full-size CIFAR-10
@@ -42,8 +41,8 @@ gan() { patched benchmarks/bench_gan_step.py --preset notebook --device cuda --r
 
 round() { patched benchmarks/bench_round.py --preset notebook --device cuda --repeats 1 --rounds 3 --profile; }
 
-actors() {  # 20 client actors, 4 of 5 (what auto picks for one GPU), 1 of 20
-  for n in 1 5 20; do
+actors() {  # 4 actors of 5 clients (what auto picks for one GPU), 20 of 1, 1 of 20
+  for n in 5 20 1; do
     echo "== resources.clients_per_actor=$n"
     patched benchmarks/bench_round.py --preset notebook --device cuda --skip notebook --skip warm --repeats 1 \
       --rounds 3 --set "resources.clients_per_actor=$n" || return 1
@@ -51,35 +50,38 @@ actors() {  # 20 client actors, 4 of 5 (what auto picks for one GPU), 1 of 20
 }
 
 sisa() {
-  python3 -m rayfed sisa --out "$out/sisa" || return 1
-  python3 -m rayfed sisa --set sisa.deterministic=false --out "$out/sisa-fast" || return 1
-  python3 - "$out" <<'PY'
-import sys
-import pandas as pd
-for run in ("sisa", "sisa-fast"):
-    print(run, pd.read_parquet(f"{sys.argv[1]}/{run}/exactness.parquet").to_string(index=False), sep="\n")
-PY
+  local run start
+  for run in sisa:true sisa-fast:false; do
+    start=$SECONDS
+    python3 -m rayfed sisa --set "sisa.deterministic=${run#*:}" --out "$out/${run%%:*}" || return 1
+    echo "${run%%:*} (sisa.deterministic=${run#*:}): $((SECONDS - start)) s wall"
+    python3 -c "import sys, pandas; print(pandas.read_parquet(sys.argv[1]).to_string(index=False))" \
+      "$out/${run%%:*}/exactness.parquet"
+  done
 }
 
-[ $# -gt 0 ] || { echo "usage: $0 prepare | {tests,gan,round,actors,sisa}..." >&2; exit 2; }
-if [ "$1" = prepare ]; then
-  prepare
-  exit
-fi
+[ $# -gt 0 ] || { echo "usage: $0 prepare | {tests,gan,round,actors,sisa}[:SECONDS]..." >&2; exit 2; }
+case "$1" in
+  prepare) prepare; exit ;;
+  _stage) "$2"; exit ;;  # one stage in its own process, so that timeout can end it
+esac
 for stage in "$@"; do
-  case "$stage" in tests | gan | round | actors | sisa) ;; *) echo "error: unknown stage $stage" >&2; exit 2 ;; esac
+  case "${stage%%:*}" in tests | gan | round | actors | sisa) ;; *) echo "error: unknown stage $stage" >&2; exit 2 ;; esac
 done
 host_setup >"$out/host.log" 2>&1
 status=$?
 cat "$out/host.log"
 [ "$status" = 0 ] || { echo "error: host setup failed (exit $status, $out/host.log)" >&2; exit 1; }
 failed=0
-for stage in "$@"; do
+for spec in "$@"; do
+  stage=${spec%%:*} limit=${spec#*:}
+  [ "$limit" != "$spec" ] || limit=0  # timeout 0: no limit
   start=$SECONDS
-  "$stage" >"$out/$stage.log" 2>&1
+  timeout -k 10 "$limit" bash "$0" _stage "$stage" >"$out/$stage.log" 2>&1
   status=$?
   echo "$stage: exit $status in $((SECONDS - start)) s ($out/$stage.log)"
   tail -n 25 "$out/$stage.log"
   [ "$status" = 0 ] || failed=$((failed + 1))
+  pkill -9 -f 'raylet|gcs_server|ray::|default_worker.py' 2>/dev/null  # what a timed-out stage left running
 done
 exit "$failed"
