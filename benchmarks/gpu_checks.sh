@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Issue 13's GPU checks as one prepared script, for a lent GPU host: it has torch but no Ray, no pytest and no
-# network, and a session gets about 15 minutes of it in all, 10 a command.
+# Issue 13's GPU checks as one prepared script, for a lent GPU host: it has torch and pytest but no Ray and no
+# network, and a session gets about 15 minutes of it in all (a machine's start included), 10 a command.
 #
 # Here, once (needs the package registry):   bash benchmarks/gpu_checks.sh prepare
-#   Ray's trimmed wheel and its missing dependencies (../shared/gpu/prepare.sh) and pytest's wheels into .whl/,
-#   the fake-CIFAR-10 helpers into .gpu/ (both git-ignored).
-# There, one device call per line, each carrying [".whl", ".gpu"]; STAGE:SECONDS caps a stage's time:
-#   bash benchmarks/gpu_checks.sh tests:170 gan:110 sisa:150  # pytest -m gpu; GAN step eager vs compiled;
+#   Ray's trimmed wheel and its missing dependencies (../shared/gpu/prepare.sh) into .whl/ (41 MiB), the
+#   fake-CIFAR-10 helpers into .gpu/ (both git-ignored).
+# There, two device calls, each carrying [".whl", ".gpu"], the second sent at once while the machine is warm
+# (timeout_s 570, then whatever is left); STAGE:SECONDS caps a stage's time:
+#   bash benchmarks/gpu_checks.sh tests:200 gan:150 sisa:160  # pytest -m gpu; GAN step eager vs compiled;
 #                                                             # rayfed sisa with deterministic kernels and without
-#   bash benchmarks/gpu_checks.sh round:200 actors:150        # a profiled round; clients_per_actor 5, 20, 1
+#   bash benchmarks/gpu_checks.sh round:180 actors:150        # a profiled round; clients_per_actor 5, 20, 1
 # Each stage writes $OUT/<stage>.log ($OUT is the device call's return folder; ./gpu-checks elsewhere) and the
 # next stage runs after a failed or timed-out one; the exit status is the number of stages that failed.
 set -uo pipefail
