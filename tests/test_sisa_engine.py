@@ -204,7 +204,19 @@ def check_audit_tables(tmp_path):
     assert baselines.loc["sisa", "exact"] and baselines.loc["retrained", "exact"]
     assert baselines.loc["sisa", "forget_mia_auc"] == retrained["auc"]
     assert baselines.loc["retrained", "asr_after"] < 5 and baselines.loc["retrained", "asr_before"] > 80
-    assert (tmp_path / "summary.md").read_text().split("\n")[2].startswith("## Unlearning 150 points in 2 request(s)")
+    summary = (tmp_path / "summary.md").read_text()
+    assert (
+        summary.split("\n")[2] == "## What this run shows" and "\n## Unlearning 150 points in 2 request(s)" in summary
+    )
+    shows = summary.split("## What this run shows")[1].split("\n## ")[0]  # its sentences say what the tables hold
+    assert "\n- **Forgotten exactly**: every shard" in shows and "(cpu, deterministic kernels on)" in shows
+    asr = backdoor.loc[("trained", "mean"), "asr"]
+    assert f"attack success {asr:.1f}% after training on them" in shows
+    assert "The 2 requests retrained 4 of 4 shards (shards x requests) from scratch" in shows
+    forget_auc = membership.loc[("unlearned", "forget_vs_test")]
+    assert (
+        f"{forget_auc['auc']:.2f} [{forget_auc['auc_low']:.2f}, {forget_auc['auc_high']:.2f}] after unlearning" in shows
+    )
 
 
 @pytest.mark.slow

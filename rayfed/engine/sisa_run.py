@@ -36,6 +36,7 @@ from rayfed.results import RunDirectory
 from rayfed.seeds import Stream, stream_seed
 from rayfed.sisa.approximate import finetune, neggrad_plus, train_unsharded
 from rayfed.sisa.ensemble import classification_metrics, combine_shards, ensemble_loss, shard_probs, vote_ties
+from rayfed.sisa.findings import sisa_findings
 from rayfed.sisa.plan import Layout, affected_shards, make_layout, resolve_forget
 from rayfed.sisa.schedule import (
     epochs_per_stage,
@@ -615,14 +616,17 @@ def summary_text(
     reference_cost: tuple[float, float] | None,
     warnings: list[str],
 ) -> str:
-    """summary.md: the sample-based speedups against both baselines first, then seconds, the price of
-    sharding, warnings and the tables."""
+    """summary.md: what the run shows in sentences (`sisa_findings`), the sample-based speedups against both
+    baselines, seconds, the price of sharding, warnings and the tables."""
     s = config.sisa
     lines = [
         f"# rayfed sisa: {config.data.dataset}, {config.model.name}, S={s.shards}, R={s.slices}, "
         f"{s.schedule} schedule, e={s.epochs}",
         "",
     ]
+    findings = sisa_findings(tables, len(setup.forget), s.shards)
+    if findings:
+        lines += ["## What this run shows", "", *[f"- {f}" for f in findings], ""]
     requests = tables["unlearning"]
     if requests:
         sisa = sum(r["samples_processed"] for r in requests)
