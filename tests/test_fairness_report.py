@@ -10,7 +10,13 @@ import torch
 
 from rayfed.data.partition import client_test_indices, largest_test_size
 from rayfed.engine.fl_engine import weight_figures
-from rayfed.fl.report import mean_interval, paired_differences, summary_table, uniform_weight_runs
+from rayfed.fl.report import (
+    mean_interval,
+    paired_differences,
+    summary_table,
+    uniform_weight_runs,
+    verdict_sentences,
+)
 from rayfed.fl.setup import select_clients
 from rayfed.fl.strategies import REGISTRY, LocalResult, strategy_for
 from rayfed.fl.strategies.fedauditgan import FedAuditGan, softmax_weights, standardised
@@ -51,6 +57,50 @@ ROWS = [
     _round("fedauditgan", 2.0, 1, 2, 81.0, 0.95, 70.0, 20.0),
     _round("fedauditgan", 2.0, 2, 2, 85.0, 0.93, 66.0, 25.0),
 ]
+
+
+T2 = 4.302653  # t(0.975, 2): with 3 seeds and differences d, d +- 1, the half-width is T2 / sqrt(3) = 2.484138
+
+
+def _pairs(label, **deltas):
+    """A paired-table row over 3 seeds: each figure's differences (m - 1, m, m + 1) give mean m, half 2.484."""
+    row = {"Method": label, "vs": "FedAvg", "Pairs": 3}
+    for column, mean in deltas.items():
+        row[f"Δ {column}"], row[f"Δ {column} ±"] = mean_interval([mean - 1, mean, mean + 1])
+    return row
+
+
+def test_verdicts_count_only_differences_whose_interval_excludes_zero():
+    """Worst client +6 and gap -5 (intervals 2.48 wide a side: both exclude 0) are fairer; JFI +0.5 holds 0;
+    global accuracy -3 excludes 0: a cost."""
+    fairer = _pairs("gamma=2", **{"Global Acc": -3.0, "JFI": 0.5, "Worst client": 6.0, "Gap": -5.0})
+    assert verdict_sentences([fairer]) == [
+        "gamma=2 vs FedAvg (3 paired seeds): **fairer** on worst client +6.00 ± 2.48 and gap -5.00 ± 2.48; "
+        "no detectable difference on JFI +0.50 ± 2.48; at a cost in global accuracy (-3.00 ± 2.48 points)."
+    ]
+    mixed = _pairs("q=1", **{"Global Acc": 2.6, "JFI": 0.0, "Worst client": -4.0, "Gap": -3.0})
+    less = _pairs("gamma=8", **{"Global Acc": 0.0, "JFI": 0.0, "Worst client": -2.6, "Gap": 2.0})
+    none = _pairs("Uniform", **{"Global Acc": 1.0, "JFI": 0.0, "Worst client": 2.0, "Gap": -2.0})
+    mixed_text, less_text, none_text = verdict_sentences([mixed, less, none])
+    assert mixed_text.startswith("q=1 vs FedAvg (3 paired seeds): **mixed**: fairer on gap -3.00 ± 2.48, less fair")
+    assert "less fair on worst client -4.00 ± 2.48" in mixed_text and "a gain in global accuracy (+2.60" in mixed_text
+    assert "**less fair** on worst client -2.60 ± 2.48; no detectable difference on gap +2.00 ± 2.48 and JFI" in (
+        less_text
+    )
+    assert "no detectable change in global accuracy (+0.00 ± 2.48)" in less_text
+    assert none_text.startswith("Uniform vs FedAvg (3 paired seeds): **no detectable difference in fairness** (")
+
+
+def test_one_seed_supports_no_verdict():
+    """The hand case's two seeds give intervals 12.7x the sem wide: no figure is an effect; with one pair, a
+    single sentence saying there is no verdict to give."""
+    runs = [FedAvg(), FedAuditGan(2.0)]
+    (two,) = verdict_sentences(paired_differences(ROWS, runs))
+    assert two.startswith("gamma=2 vs FedAvg (2 paired seeds): **no detectable difference in fairness**")
+    one = paired_differences([r for r in ROWS if r["seed"] == 1], runs)
+    assert verdict_sentences(one) == [
+        "One seed: each difference above is a single draw and supports no verdict; `seeds: 5` gives them intervals."
+    ]
 
 
 def test_summary_and_paired_differences_hand_case():

@@ -4,6 +4,7 @@ The second of the two identical runs also logs to wandb (offline) and spreads it
 neither may change a number."""
 
 import math
+import re
 import time
 
 import pandas as pd
@@ -13,6 +14,7 @@ import torch
 
 from rayfed.config import load_config
 from rayfed.engine.fl_run import FederatedEngine, run_fl
+from rayfed.fl.report import mean_interval
 from rayfed.fl.setup import build_federation
 from rayfed.results import RunDirectory
 
@@ -228,6 +230,12 @@ def test_seeds_run_side_by_side_on_one_partition(ray_session, tmp_path):
     }
     summary = (path / "summary.md").read_text()
     assert "95% Student-t interval" in summary and "Paired differences" in summary and " ± " in summary
+    final = rounds.set_index(["method", "seed"])
+    verdict = next(line for line in summary.splitlines() if line.startswith("- gamma=2 vs FedAvg (2 paired seeds): "))
+    for name, column in (("worst client", "min_accuracy"), ("JFI", "jfi")):  # it reads the run's own table
+        want = mean_interval([final.loc[("fedauditgan", s), column] - final.loc[("fedavg", s), column] for s in (5, 6)])
+        stated = re.search(rf"{name} ([+-][\d.]+) ± ([\d.]+)", verdict)
+        assert [float(stated[1]), float(stated[2])] == pytest.approx(list(want), abs=1e-4), name
 
 
 def test_qffl_reports_losses_before_training_and_weights_by_their_shares(ray_session, tmp_path):

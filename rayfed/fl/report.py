@@ -30,6 +30,8 @@ FINAL_FIGURES = (
 """Summary columns -> the RoundRow figure they show at the final round."""
 PAIRED_FIGURES = (("Global Acc", "accuracy"), ("JFI", "jfi"), ("Worst client", "min_accuracy"), ("Gap", "gap"))
 """Figures whose difference against the reference method is reported per seed pair."""
+FAIRNESS_SIGNS = (("worst client", "Worst client", +1), ("gap", "Gap", -1), ("JFI", "JFI", +1))
+"""Paired figures that measure fairness: (name in a sentence, paired column, sign of a fairer difference)."""
 UNIFORM_TOLERANCE = 0.01
 """Weights within this relative distance of 1/K in every round count as uniform."""
 
@@ -97,6 +99,52 @@ def paired_differences(round_rows: list[dict[str, Any]], runs: list[Strategy]) -
             row[f"Δ {name}"], row[f"Δ {name} ±"] = mean_interval(diffs) if diffs else (None, None)
         table.append(row)
     return table
+
+
+def _signed(mean: float, half: float) -> str:
+    digits = 4 if abs(mean) < 1 and half < 1 else 2
+    return f"{mean:+.{digits}f} ± {half:.{digits}f}"
+
+
+def verdict_sentences(paired: list[dict[str, Any]]) -> list[str]:
+    """Per method run in the paired table, over two seeds or more: fairer, less fair, mixed, or no detectable
+    difference than the reference, each fairness figure counted only where the 95% interval of its paired
+    difference excludes 0, and what the method did to global accuracy. One seed: one sentence saying that
+    single draws support no verdict."""
+    if paired and all(row["Pairs"] < 2 for row in paired):
+        return [
+            "One seed: each difference above is a single draw and supports no verdict; `seeds: 5` gives them intervals."
+        ]
+    sentences = []
+    for row in paired:
+        if row["Pairs"] < 2:
+            continue
+        better, worse, unclear = [], [], []
+        for name, column, sign in FAIRNESS_SIGNS:
+            mean, half = row[f"Δ {column}"], row[f"Δ {column} ±"]
+            figure = f"{name} {_signed(mean, half)}"
+            if abs(mean) <= half:  # the interval holds 0
+                unclear.append(figure)
+            else:
+                (better if sign * mean > 0 else worse).append(figure)
+        if better and worse:
+            verdict = f"**mixed**: fairer on {' and '.join(better)}, less fair on {' and '.join(worse)}"
+        elif better or worse:
+            verdict = f"**{'fairer' if better else 'less fair'}** on {' and '.join(better or worse)}"
+        else:
+            verdict = "**no detectable difference in fairness**"
+        if unclear and (better or worse):
+            verdict += f"; no detectable difference on {' and '.join(unclear)}"
+        elif unclear:
+            verdict += f" ({', '.join(unclear)})"
+        mean, half = row["Δ Global Acc"], row["Δ Global Acc ±"]
+        accuracy = (
+            f"no detectable change in global accuracy ({_signed(mean, half)})"
+            if abs(mean) <= half
+            else f"at a {'gain' if mean > 0 else 'cost'} in global accuracy ({_signed(mean, half)} points)"
+        )
+        sentences.append(f"{row['Method']} vs {row['vs']} ({row['Pairs']} paired seeds): {verdict}; {accuracy}.")
+    return sentences
 
 
 def uniform_weight_runs(client_rows: list[dict[str, Any]]) -> dict[Strategy, float]:
@@ -167,8 +215,8 @@ def summary_markdown(
     client_rows: list[dict[str, Any]],
     notes: Sequence[str] = (),
 ) -> str:
-    """summary.md: the summary table, the paired differences and the notes (`notes`: sentences about the
-    federation itself, listed first)."""
+    """summary.md: the summary table, the paired differences with each method's verdict against the reference
+    (`verdict_sentences`), and the notes (`notes`: sentences about the federation itself, listed first)."""
     runs = strategy_runs(config)
     seeds = config.seed_list
     parts = [
@@ -187,6 +235,7 @@ def summary_markdown(
     paired = paired_differences(round_rows, runs)
     if paired:
         parts += ["## Paired differences against the reference (same seed, same partition)\n", format_table(paired)]
+        parts += [f"- {sentence}\n" for sentence in verdict_sentences(paired)]
     parts += [f"- {note}\n" for note in notes]
     for run, deviation in uniform_weight_runs(client_rows).items():
         parts.append(
