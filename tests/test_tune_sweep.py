@@ -119,12 +119,47 @@ def test_the_other_smoke_sweeps_run_one_trial_each(ray_session, tmp_path, name):
 
 
 @pytest.mark.slow
-def test_qffl_q_smoke_sweep_reports_q_ffl_beside_its_controls_over_seeds(ray_session, tmp_path):
+def _trials(*rows):
+    columns = ["trial_id", "status", "audit.gamma", "seeds", "jfi", "jfi_ci"]
+    return pd.DataFrame([dict(zip(columns, row)) for row in rows])
+
+
+def test_ranking_sentence_says_whether_the_sweep_separates_best_from_runner_up():
+    """Best 0.90 ± 0.02 against 0.85 ± 0.02: 0.05 apart > 0.04, separated; against 0.87 ± 0.02: overlapping.
+    An errored trial never ranks; one seed a trial (no _ci) is a single draw; mode min ranks the other way."""
+    from rayfed.tune.sweep import ranking_sentence
+
+    apart = _trials(("a", "TERMINATED", 2.0, 3, 0.85, 0.02), ("b", "TERMINATED", 4.0, 3, 0.90, 0.02))
+    errored = pd.concat([apart, _trials(("c", "ERROR", 8.0, 3, 0.99, 0.01))])
+    text = ranking_sentence(errored, "jfi", "max", ["audit.gamma"])
+    assert text == (
+        "By jfi, the best trial's 0.9 ± 0.02 against the runner-up a (audit.gamma=2.0)'s 0.85 ± 0.02 (95% intervals "
+        "over 3 seeds): the intervals are apart, so the sweep separates them."
+    )
+    close = _trials(("a", "TERMINATED", 2.0, 3, 0.87, 0.02), ("b", "TERMINATED", 4.0, 3, 0.90, 0.02))
+    assert ranking_sentence(close, "jfi", "max", ["audit.gamma"]).endswith(
+        "the sweep does not separate them; more seeds might."
+    )
+    assert "runner-up b (audit.gamma=4.0)'s 0.9 ± 0.02" in ranking_sentence(close, "jfi", "min", ["audit.gamma"])
+    single = _trials(("a", "TERMINATED", 2.0, 1, 0.85, None), ("b", "TERMINATED", 4.0, 1, 0.90, None))
+    assert ranking_sentence(single, "jfi", "max", ["audit.gamma"]).startswith(
+        "One seed a trial: the ranking by jfi is a single draw (0.9 against the runner-up a (audit.gamma=2.0)'s 0.85)"
+    )
+    assert ranking_sentence(apart.iloc[:1], "jfi", "max", ["audit.gamma"]) is None
+
+
+def test_qffl_q_smoke_sweep_reports_q_ffl_beside_its_controls_over_seeds(ray_session, tmp_path, capsys):
     """qffl.q swept: each trial's metrics are q-FFL's, means over its 2 seeds with 95% half-widths, beside
-    FedAvg's and uniform's; at q = 0 q-FFL is the uniform average, so its figures are uniform's."""
+    FedAvg's and uniform's; at q = 0 q-FFL is the uniform average, so its figures are uniform's. The sweep
+    prints whether its intervals separate the best trial from the runner-up, from its own table."""
     from rayfed.tune.sweep import run_sweep_file
 
     table = run_sweep_file(str(ROOT / "tune_configs" / "qffl_q_smoke.yaml"), [], str(tmp_path / "out"))
+    ranked = table.sort_values("min_accuracy", ascending=False, kind="stable")
+    best, second = ranked.iloc[0], ranked.iloc[1]
+    printed = capsys.readouterr().out
+    assert f"By min_accuracy, the best trial's {best['min_accuracy']:.4g} ± {best['min_accuracy_ci']:.2g}" in printed
+    assert f"runner-up {second['trial_id']} (qffl.q={second['qffl.q']})'s {second['min_accuracy']:.4g}" in printed
     table = table.set_index("qffl.q")
     assert sorted(table.index) == [0, 1, 5] and (table["status"] == "TERMINATED").all(), table["error"]
     assert (table["seeds"] == 2).all() and (table["min_accuracy_ci"] >= 0).all()
