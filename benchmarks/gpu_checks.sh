@@ -21,7 +21,7 @@ prepare() {
   bash ../shared/gpu/prepare.sh
 }
 
-host_setup() {  # Ray and pytest from the carried wheels where the host lacks them; fake full-size CIFAR-10
+host_setup() {  # Ray from the carried wheels where the host lacks it (it has pytest); fake full-size CIFAR-10
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # rayfed from this tree, not installed there
   if ! python3 -c "import ray, pytest" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return 1

@@ -133,8 +133,8 @@ def test_ranking_sentence_says_whether_the_sweep_separates_best_from_runner_up()
     errored = pd.concat([apart, _trials(("c", "ERROR", 8.0, 3, 0.99, 0.01))])
     text = ranking_sentence(errored, "jfi", "max", ["audit.gamma"])
     assert text == (
-        "By jfi, the best trial's 0.9 ± 0.02 against the runner-up a (audit.gamma=2.0)'s 0.85 ± 0.02 (95% intervals "
-        "over 3 seeds): the intervals are apart, so the sweep separates them."
+        "By jfi, the best trial b's 0.9 ± 0.02 against the runner-up a (audit.gamma=2.0)'s 0.85 ± 0.02 (95% "
+        "intervals over 3 seeds): the intervals are apart, so the sweep separates them."
     )
     close = _trials(("a", "TERMINATED", 2.0, 3, 0.87, 0.02), ("b", "TERMINATED", 4.0, 3, 0.90, 0.02))
     assert ranking_sentence(close, "jfi", "max", ["audit.gamma"]).endswith(
@@ -158,7 +158,8 @@ def test_qffl_q_smoke_sweep_reports_q_ffl_beside_its_controls_over_seeds(ray_ses
     ranked = table.sort_values("min_accuracy", ascending=False, kind="stable")
     best, second = ranked.iloc[0], ranked.iloc[1]
     printed = capsys.readouterr().out
-    assert f"By min_accuracy, the best trial's {best['min_accuracy']:.4g} ± {best['min_accuracy_ci']:.2g}" in printed
+    stated = f"{best['min_accuracy']:.4g} ± {best['min_accuracy_ci']:.2g}"
+    assert f"By min_accuracy, the best trial {best['trial_id']}'s {stated}" in printed
     assert f"runner-up {second['trial_id']} (qffl.q={second['qffl.q']})'s {second['min_accuracy']:.4g}" in printed
     table = table.set_index("qffl.q")
     assert sorted(table.index) == [0, 1, 5] and (table["status"] == "TERMINATED").all(), table["error"]

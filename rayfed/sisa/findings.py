@@ -14,7 +14,7 @@ WEAK_BACKDOOR_POINTS = 20.0
 """A backdoor that raises the attack success rate by fewer percentage points than this over the clean floor has
 barely taken hold: its removal then shows little."""
 
-POWERFUL_MIA_POINTS = 100
+MIA_POINTS_FOR_POWER = 100
 """Points a side below which the membership audit's interval is wide (its TPR at 1% FPR is null there too)."""
 
 
@@ -108,12 +108,13 @@ def membership_finding(membership: Rows) -> str | None:
         text += f", {_auc(trained)} before unlearning."
         if trained["auc_low"] <= 0.5:
             text += (
-                " Before unlearning the attack did not single these points out either (its interval holds 0.5), "
+                " Before unlearning the attack did not single these points out either (its interval does not "
+                "clear 0.5), "
                 f"so this comparison alone cannot show forgetting{scale}."
             )
     else:
         text += "."
-    if n < POWERFUL_MIA_POINTS:
+    if n < MIA_POINTS_FOR_POWER:
         text += f" With {n} points a side the interval is wide: raise `unlearn.forget` for power."
     return text
 

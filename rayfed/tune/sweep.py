@@ -175,7 +175,7 @@ def ranking_sentence(table: pd.DataFrame, metric: str, mode: str, params: list[s
         )
     apart = abs(best[metric] - second[metric]) > best[ci] + second[ci]
     return (
-        f"By {metric}, the best trial's {best[metric]:.4g} ± {best[ci]:.2g} against {runner_up}'s "
+        f"By {metric}, the best trial {best['trial_id']}'s {best[metric]:.4g} ± {best[ci]:.2g} against {runner_up}'s "
         f"{second[metric]:.4g} ± {second[ci]:.2g} (95% intervals over {int(best['seeds'])} seeds): "
         + (
             "the intervals are apart, so the sweep separates them."
@@ -218,8 +218,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: RunDirectory, resume: bool = False) ->
             f"best trial {best['trial_id']}: {spec.metric}={best[spec.metric]:.4g} ({spec.mode}) with "
             f"{best['params']}; its config: {sweep_dir.file('best_config.yaml')}"
         )
-        ranking = ranking_sentence(table, spec.metric, spec.mode, [p.key for p in spec.params])
-        if spec.run == "fl" and ranking:
+        ranking = spec.run == "fl" and ranking_sentence(table, spec.metric, spec.mode, [p.key for p in spec.params])
+        if ranking:
             print(ranking)
     figures = plot_sweep(spec.run, table, [p.key for p in spec.params], sweep_dir.path)
     print(
