@@ -213,6 +213,13 @@ def check_audit_tables(tmp_path):
     asr = backdoor.loc[("trained", "mean"), "asr"]
     assert f"attack success {asr:.1f}% after training on them" in shows
     assert "The 2 requests retrained 4 of 4 shards (shards x requests) from scratch" in shows
+    finetune = baselines.loc["finetune"]
+    assert (
+        f"finetune {finetune['samples_processed']} samples "
+        f"({baselines.loc['retrained', 'samples_processed'] / finetune['samples_processed']:.1f}x fewer), "
+        f"test accuracy {finetune['accuracy']:.2f}%, forget-set accuracy {finetune['forget_accuracy']:.1f}%, "
+        f"attack success {finetune['asr_before']:.1f}% before unlearning the poison and {finetune['asr_after']:.1f}%"
+    ) in shows
     forget_auc = membership.loc[("unlearned", "forget_vs_test")]
     assert (
         f"{forget_auc['auc']:.2f} [{forget_auc['auc_low']:.2f}, {forget_auc['auc_high']:.2f}] after unlearning" in shows

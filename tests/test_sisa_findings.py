@@ -4,6 +4,7 @@ the reference that gives them a meaning, and says so when a figure cannot suppor
 from rayfed.sisa.findings import (
     accuracy_finding,
     backdoor_finding,
+    baselines_finding,
     cost_finding,
     exactness_finding,
     membership_finding,
@@ -156,7 +157,45 @@ def test_accuracy_and_the_whole_list_in_order():
         "backdoor": _backdoor(0.0, 99.27, 0.0),
         "unlearning": [],
         "unlearning_points": [],
+        "baselines": [],
     }
     found = sisa_findings(tables, forgotten=20, num_shards=5)
     assert [f.split()[0] for f in found] == ["**Forgotten", "Test", "Backdoor"]
     assert [f.split()[0] for f in sisa_findings({**tables, "exactness": []}, 0, 5)] == ["Test", "Backdoor"]
+
+
+def _baseline(method, exact, samples, accuracy, forget_accuracy, asr_before=None, asr_after=None):
+    model = "ensemble" if method == "sisa" else "unsharded"
+    return {"method": method, "model": model, "exact": exact, "samples_processed": samples, "accuracy": accuracy} | {
+        "forget_accuracy": forget_accuracy,
+        "asr_before": asr_before,
+        "asr_after": asr_after,
+    }
+
+
+def test_approximate_baselines_are_read_against_the_unsharded_model_retrained_from_scratch():
+    """finetune keeps the backdoor (71% after against the reference's 1%: 70 points over it); neggrad removes it
+    (15%: 14 over, under 20); 6700 samples to retrain against 1340 and 2680: 5.0x and 2.5x fewer. Without a
+    backdoor the sentence leaves attack success out; without an approximate method there is no sentence."""
+    rows = [
+        _baseline("sisa", True, 5800, 95.99, 90.0, 99.3, 0.0),
+        _baseline("finetune", False, 1340, 96.10, 100.0, 99.0, 71.0),
+        _baseline("neggrad", False, 2680, 93.32, 85.0, 99.0, 15.0),
+        _baseline("retrained", True, 6700, 97.33, 95.0, 99.0, 1.0),
+    ]
+    text = baselines_finding(rows, forgotten=20)
+    assert text.startswith(
+        "Approximate unlearning of one unsharded model against it retrained from scratch without the 20 points "
+        "(6700 samples; test accuracy 97.33%, forget-set accuracy 95.0%, attack success 1.0% retrained without the "
+        "poison: the figures to match): finetune 1340 samples (5.0x fewer), test accuracy 96.10%, forget-set "
+        "accuracy 100.0%, attack success 99.0% before unlearning the poison and 71.0% after (**the backdoor "
+        "survives**); neggrad 2680 samples (2.5x fewer), test accuracy 93.32%, forget-set accuracy 85.0%, attack "
+        "success 99.0% before unlearning the poison and 15.0% after (the backdoor is gone); exact SISA 5800 samples "
+        "for its ensemble (test accuracy 95.99%)."
+    )
+    assert "One forgotten point is 5.0 points of forget-set accuracy" in text
+    weak = [{**r, "asr_before": 12.0} if r["method"] == "finetune" else r for r in rows]
+    assert "(too weak a backdoor to tell)" in baselines_finding(weak, 20)
+    clean = [{**r, "asr_before": None, "asr_after": None} for r in rows]
+    assert "attack success" not in baselines_finding(clean, 20)
+    assert baselines_finding([rows[0], rows[3]], 20) is None

@@ -100,7 +100,7 @@ ONE_TRIAL = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ONE_TRIAL))
-def test_the_other_smoke_sweeps_run_one_trial_each(ray_session, tmp_path, name):
+def test_the_other_smoke_sweeps_run_one_trial_each(ray_session, tmp_path, name, capsys):
     """The sisa trainable and the lambda sweep, cut to one grid point (the full grids only add trials)."""
     from rayfed.tune.spec import load_sweep
     from rayfed.tune.sweep import run_sweep_file
@@ -112,13 +112,16 @@ def test_the_other_smoke_sweeps_run_one_trial_each(ray_session, tmp_path, name):
     assert row[spec.metric] > 0 and Path(row["run_dir"]).is_dir()
     if spec.run == "sisa":
         assert row["speedup_samples"] >= 1 and row["unlearned_accuracy"] > 0
+        exactness = pd.read_parquet(Path(row["run_dir"]) / "exactness.parquet")
+        assert row["exact"] == 1.0 and exactness["weights_equal"].all()
+        assert row["max_probability_difference"] == exactness["max_probability_difference"].max() == 0
+        assert "Every trial (1) forgot exactly" in capsys.readouterr().out
         assert (tmp_path / "out" / "sisa_heatmaps.png").is_file()
         assert (Path(row["run_dir"]) / "unlearning.parquet").is_file()
     else:
         assert (row["audit.lambda1"], row["audit.lambda2"]) == (10, 0.1)
 
 
-@pytest.mark.slow
 def _trials(*rows):
     columns = ["trial_id", "status", "audit.gamma", "seeds", "jfi", "jfi_ci"]
     return pd.DataFrame([dict(zip(columns, row)) for row in rows])
@@ -127,7 +130,7 @@ def _trials(*rows):
 def test_ranking_sentence_says_whether_the_sweep_separates_best_from_runner_up():
     """Best 0.90 ± 0.02 against 0.85 ± 0.02: 0.05 apart > 0.04, separated; against 0.87 ± 0.02: overlapping.
     An errored trial never ranks; one seed a trial (no _ci) is a single draw; mode min ranks the other way."""
-    from rayfed.tune.sweep import ranking_sentence
+    from rayfed.tune.findings import ranking_sentence
 
     apart = _trials(("a", "TERMINATED", 2.0, 3, 0.85, 0.02), ("b", "TERMINATED", 4.0, 3, 0.90, 0.02))
     errored = pd.concat([apart, _trials(("c", "ERROR", 8.0, 3, 0.99, 0.01))])
@@ -148,6 +151,77 @@ def test_ranking_sentence_says_whether_the_sweep_separates_best_from_runner_up()
     assert ranking_sentence(apart.iloc[:1], "jfi", "max", ["audit.gamma"]) is None
 
 
+def _sisa_trials(*rows):
+    columns = ["trial_id", "status", "sisa.shards", "sisa.slices", "unlearned_accuracy", "speedup_samples"]
+    columns += ["exact", "max_probability_difference"]
+    return pd.DataFrame([dict(zip(columns, row)) for row in rows])
+
+
+def test_sisa_sweep_names_the_trials_that_trade_accuracy_for_unlearning_speedup():
+    """a (96%, 1.02x), b (90%, 3x) and d (75%, 51.8x) each beat the others on one figure: the front, from the
+    most accurate; c (89%, 2.5x) trails b on both; e ties d on both, so neither beats the other; an errored
+    trial with better figures is no trial. Alone on the front: no trade-off."""
+    from rayfed.tune.findings import tradeoff_sentence
+
+    trials = _sisa_trials(
+        ("a", "TERMINATED", 5, 5, 96.0, 1.02, 1.0, 0.0),
+        ("b", "TERMINATED", 10, 5, 90.0, 3.0, 1.0, 0.0),
+        ("c", "TERMINATED", 10, 10, 89.0, 2.5, 1.0, 0.0),
+        ("d", "TERMINATED", 20, 5, 75.0, 51.8, 1.0, 0.0),
+        ("x", "ERROR", 20, 20, 99.0, 99.0, None, None),
+    )
+    assert tradeoff_sentence(trials, ["sisa.shards", "sisa.slices"]) == (
+        "Accuracy after unlearning against unlearning speedup (samples, over retraining the ensemble): 3 of 4 "
+        "trials trade one for the other, no trial beating them on both: a (sisa.shards=5, sisa.slices=5) 96.00% "
+        "at 1.02x; b (sisa.shards=10, sisa.slices=5) 90.00% at 3x; d (sisa.shards=20, sisa.slices=5) 75.00% at "
+        "51.8x; the other trial is beaten on both by one of these (one run a trial: each accuracy is a single draw)."
+    )
+    tie = pd.concat([trials, _sisa_trials(("e", "TERMINATED", 20, 10, 75.0, 51.8, 1.0, 0.0))])
+    assert "4 of 5 trials" in tradeoff_sentence(tie, ["sisa.shards"]) and "e (sisa.shards=20) 75.00% at 51.8x" in (
+        tradeoff_sentence(tie, ["sisa.shards"])
+    )
+    dominant = _sisa_trials(("a", "TERMINATED", 5, 5, 96.0, 4.0, 1.0, 0.0), ("b", "TERMINATED", 10, 5, 90.0, 3.0, 1, 0))
+    assert tradeoff_sentence(dominant, ["sisa.shards"]).startswith(
+        "a (sisa.shards=5) has both the highest accuracy after unlearning (96.00%) and the highest unlearning "
+        "speedup (4x over retraining the ensemble): no trade-off in this sweep"
+    )
+    assert tradeoff_sentence(trials.iloc[:1], ["sisa.shards"]) is None
+
+
+def test_sisa_sweep_says_whether_every_trial_forgot_exactly():
+    """All exact; one trial's weights differ (named, with its probability difference); a finished trial without
+    `exact` did not verify; an interrupted or errored trial is not counted."""
+    from rayfed.tune.findings import exactness_sentence
+
+    exact = _sisa_trials(
+        ("a", "TERMINATED", 5, 5, 96.0, 1.0, 1.0, 0.0),
+        ("b", "TERMINATED", 10, 5, 90.0, 3.0, 1.0, 0.0),
+        ("x", "ERROR", 20, 5, None, None, None, None),
+        ("y", "INTERRUPTED", 20, 10, None, None, None, None),
+    )
+    assert exactness_sentence(exact, ["sisa.shards"]) == (
+        "Every trial (2) forgot exactly: its unlearned ensemble has, bit for bit, the weights of an ensemble "
+        "retrained from scratch without the forgotten points."
+    )
+    mixed = pd.concat(
+        [
+            exact,
+            _sisa_trials(("c", "TERMINATED", 20, 5, 75.0, 50.0, 0.0, 0.062)),
+            _sisa_trials(("d", "TERMINATED", 20, 20, 75.0, 50.0, None, None)),
+        ]
+    )
+    assert exactness_sentence(mixed, ["sisa.shards"]) == (
+        "**Not exact** in 1 of 3 checked trials: c (sisa.shards=20): class probabilities differ by up to 0.062; "
+        "each trial's summary.md says what fixes it (1 trial(s) did not check it)."
+    )
+    unverified = _sisa_trials(("d", "TERMINATED", 20, 20, 75.0, 50.0, None, None))
+    assert exactness_sentence(unverified, ["sisa.shards"]) == (
+        "Exactness not checked in any trial (`unlearn.verify: false`)."
+    )
+    assert exactness_sentence(exact.iloc[2:], ["sisa.shards"]) is None
+
+
+@pytest.mark.slow
 def test_qffl_q_smoke_sweep_reports_q_ffl_beside_its_controls_over_seeds(ray_session, tmp_path, capsys):
     """qffl.q swept: each trial's metrics are q-FFL's, means over its 2 seeds with 95% half-widths, beside
     FedAvg's and uniform's; at q = 0 q-FFL is the uniform average, so its figures are uniform's. The sweep

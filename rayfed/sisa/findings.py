@@ -172,8 +172,61 @@ def cost_finding(unlearning: Rows, points: Rows, num_shards: int) -> str | None:
     )
 
 
+def _backdoor_after(row: dict, reference: dict) -> str:
+    """The attack success of an approximate method before and after unlearning the poison, and whether the
+    backdoor survived it: still WEAK_BACKDOOR_POINTS or more over the reference that never saw the poison."""
+    if row["asr_before"] - reference["asr_after"] < WEAK_BACKDOOR_POINTS:
+        verdict = "too weak a backdoor to tell"
+    elif row["asr_after"] - reference["asr_after"] >= WEAK_BACKDOOR_POINTS:
+        verdict = "**the backdoor survives**"
+    else:
+        verdict = "the backdoor is gone"
+    return (
+        f", attack success {row['asr_before']:.1f}% before unlearning the poison and {row['asr_after']:.1f}% after "
+        f"({verdict})"
+    )
+
+
+def baselines_finding(baselines: Rows, forgotten: int) -> str | None:
+    """Approximate unlearning of one unsharded model (each `unlearn.baselines` method) against the same model
+    retrained from scratch without the forgotten points: the figures to match (test and forget-set accuracy;
+    with a backdoor, attack success once the poison is unlearned), what each method reached and cost in
+    samples, and exact SISA's cost beside them."""
+    reference = _row(baselines, method="retrained")
+    approximate = [r for r in baselines if not r["exact"]]
+    if reference is None or not approximate:
+        return None
+    backdoor = reference["asr_after"] is not None
+    match = f"test accuracy {reference['accuracy']:.2f}%, forget-set accuracy {reference['forget_accuracy']:.1f}%"
+    if backdoor:
+        match += f", attack success {reference['asr_after']:.1f}% retrained without the poison"
+
+    def reached(row: dict) -> str:
+        saving = reference["samples_processed"] / max(1, row["samples_processed"])
+        text = (
+            f"{row['method']} {row['samples_processed']} samples ({saving:.1f}x fewer), test accuracy "
+            f"{row['accuracy']:.2f}%, forget-set accuracy {row['forget_accuracy']:.1f}%"
+        )
+        return text + (_backdoor_after(row, reference) if backdoor else "")
+
+    text = (
+        f"Approximate unlearning of one unsharded model against it retrained from scratch without the "
+        f"{_points(forgotten)} ({reference['samples_processed']} samples; {match}: the figures to match): "
+        + "; ".join(reached(r) for r in approximate)
+    )
+    sisa = _row(baselines, method="sisa")
+    if sisa is not None:
+        ensemble = f"test accuracy {sisa['accuracy']:.2f}%"
+        text += f"; exact SISA {sisa['samples_processed']} samples for its ensemble ({ensemble})"
+    return text + (
+        f". One forgotten point is {100 / forgotten:.1f} points of forget-set accuracy; a method that keeps it "
+        "above the reference's may still remember them (their membership AUCs are in baselines.parquet)."
+    )
+
+
 def sisa_findings(tables: dict[str, Rows], forgotten: int, num_shards: int) -> list[str]:
-    """summary.md's sentences, in order: exactness, accuracy, membership, backdoor, cost (those the run has)."""
+    """summary.md's sentences, in order: exactness, accuracy, membership, backdoor, cost, approximate baselines
+    (those the run has)."""
     found = []
     if forgotten:
         found.append(exactness_finding(tables["exactness"], forgotten))
@@ -182,5 +235,6 @@ def sisa_findings(tables: dict[str, Rows], forgotten: int, num_shards: int) -> l
         membership_finding(tables["membership"]),
         backdoor_finding(tables["backdoor"]),
         cost_finding(tables["unlearning"], tables["unlearning_points"], num_shards),
+        baselines_finding(tables["baselines"], forgotten) if forgotten else None,
     ]
     return [f for f in found if f]

@@ -48,6 +48,8 @@ SISA_METRICS = (
     "speedup_samples",
     "speedup_vs_unsharded",
     "expected_speedup",
+    "exact",
+    "max_probability_difference",
     "backdoor_asr",
     "unlearned_backdoor_asr",
     "clean_backdoor_asr",

@@ -32,6 +32,7 @@ from rayfed.config import build_config, nest, read_yaml_mapping
 from rayfed.engine.runtime import alive_nodes, init_ray
 from rayfed.errors import UserError
 from rayfed.results import RunDirectory, run_directory
+from rayfed.tune.findings import sweep_findings
 from rayfed.tune.plots import plot_sweep
 from rayfed.tune.resources import budget_for
 from rayfed.tune.spec import RUN_METRICS, Param, SweepSpec, load_sweep
@@ -157,34 +158,6 @@ def best_config(results: tune.ResultGrid, spec: SweepSpec) -> dict[str, Any] | N
     }
 
 
-def ranking_sentence(table: pd.DataFrame, metric: str, mode: str, params: list[str]) -> str | None:
-    """Whether an fl sweep separates its best trial from the runner-up by `metric`: their 95% intervals over
-    seeds (`<metric>_ci`) apart or overlapping; without intervals (one seed a trial), that the ranking is a
-    single draw. None with fewer than two trials that reported `metric`."""
-    reported = table[table["status"] != "ERROR"].dropna(subset=[metric])
-    ranked = reported.sort_values(metric, ascending=mode == "min", kind="stable")
-    if len(ranked) < 2:
-        return None
-    best, second = ranked.iloc[0], ranked.iloc[1]
-    runner_up = f"the runner-up {second['trial_id']} ({', '.join(f'{k}={second[k]}' for k in params)})"
-    ci = f"{metric}_ci"
-    if ci not in ranked or pd.isna(best[ci]) or pd.isna(second[ci]):
-        return (
-            f"One seed a trial: the ranking by {metric} is a single draw ({best[metric]:.4g} against "
-            f"{runner_up}'s {second[metric]:.4g}); `seeds: 3` or more in the base config gives intervals."
-        )
-    apart = abs(best[metric] - second[metric]) > best[ci] + second[ci]
-    return (
-        f"By {metric}, the best trial {best['trial_id']}'s {best[metric]:.4g} ± {best[ci]:.2g} against {runner_up}'s "
-        f"{second[metric]:.4g} ± {second[ci]:.2g} (95% intervals over {int(best['seeds'])} seeds): "
-        + (
-            "the intervals are apart, so the sweep separates them."
-            if apart
-            else "the intervals overlap, so the sweep does not separate them; more seeds might."
-        )
-    )
-
-
 def run_sweep(spec: SweepSpec, sweep_dir: RunDirectory, resume: bool = False) -> pd.DataFrame:
     """Run (or continue) the sweep into sweep_dir; returns the sweep table."""
     if not resume:
@@ -218,9 +191,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: RunDirectory, resume: bool = False) ->
             f"best trial {best['trial_id']}: {spec.metric}={best[spec.metric]:.4g} ({spec.mode}) with "
             f"{best['params']}; its config: {sweep_dir.file('best_config.yaml')}"
         )
-        ranking = spec.run == "fl" and ranking_sentence(table, spec.metric, spec.mode, [p.key for p in spec.params])
-        if ranking:
-            print(ranking)
+    for sentence in sweep_findings(spec.run, table, spec.metric, spec.mode, [p.key for p in spec.params]):
+        print(sentence)
     figures = plot_sweep(spec.run, table, [p.key for p in spec.params], sweep_dir.path)
     print(
         f"{len(rows)} trials in {wall:.0f}s; results in {sweep_dir.path} "

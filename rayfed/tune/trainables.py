@@ -172,6 +172,10 @@ def sisa_metrics(run_dir: RunDirectory, aggregation: str) -> dict[str, float]:
         metrics["expected_speedup"] = sum(r["ensemble_retrain_samples"] for r in unlearning) / max(
             1.0, sum(r["expected_samples"] for r in unlearning)
         )
+    exactness = table("exactness")
+    if exactness:  # exact: every shard's weights bit-identical to the reference retrained from scratch
+        metrics["exact"] = float(all(r["weights_equal"] for r in exactness))
+        metrics["max_probability_difference"] = max(r["max_probability_difference"] for r in exactness)
     for row in table("backdoor"):
         if row["aggregation"] == aggregation:
             metrics[f"{prefixes[row['stage']]}backdoor_asr"] = row["asr"]

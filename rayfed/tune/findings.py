@@ -1,0 +1,129 @@
+"""What a sweep shows, in sentences printed after its best trial: each reads the sweep table (one row per
+trial, as in sweep.parquet) and says what the trials' figures support.
+
+- fl sweeps: whether the best trial is separated from the runner-up by their 95% intervals over seeds.
+- sisa sweeps: whether every trial forgot exactly, and the trade-off between accuracy after unlearning and the
+  unlearning speedup: the trials no other trial beats on both (the Pareto front of the grid).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+FRONT_METRICS = ("unlearned_accuracy", "speedup_samples")
+"""The two figures a SISA configuration trades: accuracy after unlearning (%) and samples saved (x), both up."""
+
+
+def _reported(table: pd.DataFrame, metrics: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    """The trials that finished without error and reported every one of `metrics`."""
+    if not set(metrics) <= set(table.columns):
+        return table.iloc[:0]
+    return table[table["status"] != "ERROR"].dropna(subset=list(metrics))
+
+
+def _named(row: pd.Series, params: list[str]) -> str:
+    return f"{row['trial_id']} ({', '.join(f'{k}={row[k]}' for k in params)})"
+
+
+def ranking_sentence(table: pd.DataFrame, metric: str, mode: str, params: list[str]) -> str | None:
+    """Whether an fl sweep separates its best trial from the runner-up by `metric`: their 95% intervals over
+    seeds (`<metric>_ci`) apart or overlapping; without intervals (one seed a trial), that the ranking is a
+    single draw. None with fewer than two trials that reported `metric`."""
+    ranked = _reported(table, [metric]).sort_values(metric, ascending=mode == "min", kind="stable")
+    if len(ranked) < 2:
+        return None
+    best, second = ranked.iloc[0], ranked.iloc[1]
+    runner_up = f"the runner-up {_named(second, params)}"
+    ci = f"{metric}_ci"
+    if ci not in ranked or pd.isna(best[ci]) or pd.isna(second[ci]):
+        return (
+            f"One seed a trial: the ranking by {metric} is a single draw ({best[metric]:.4g} against "
+            f"{runner_up}'s {second[metric]:.4g}); `seeds: 3` or more in the base config gives intervals."
+        )
+    apart = abs(best[metric] - second[metric]) > best[ci] + second[ci]
+    return (
+        f"By {metric}, the best trial {best['trial_id']}'s {best[metric]:.4g} ± {best[ci]:.2g} against {runner_up}'s "
+        f"{second[metric]:.4g} ± {second[ci]:.2g} (95% intervals over {int(best['seeds'])} seeds): "
+        + (
+            "the intervals are apart, so the sweep separates them."
+            if apart
+            else "the intervals overlap, so the sweep does not separate them; more seeds might."
+        )
+    )
+
+
+def exactness_sentence(table: pd.DataFrame, params: list[str]) -> str | None:
+    """Whether every sisa trial's unlearned ensemble has, bit for bit, the weights of its reference retrained
+    from scratch (`exact`, from each trial's exactness.parquet), naming the trials where it has not. None when
+    no trial finished."""
+    finished = table[table["status"] == "TERMINATED"]
+    if finished.empty:
+        return None
+    checked = _reported(finished, ["exact"])
+    if checked.empty:
+        return "Exactness not checked in any trial (`unlearn.verify: false`)."
+    unchecked = len(finished) - len(checked)
+    tail = f" ({unchecked} trial(s) did not check it)." if unchecked else "."
+    inexact = checked[checked["exact"] < 1]
+    if inexact.empty:
+        every = f"Every trial ({len(checked)})" if not unchecked else f"Every checked trial ({len(checked)})"
+        return (
+            f"{every} forgot exactly: its unlearned ensemble has, bit for bit, the weights of an ensemble retrained "
+            f"from scratch without the forgotten points{tail}"
+        )
+    listed = "; ".join(
+        f"{_named(row, params)}: class probabilities differ by up to {row['max_probability_difference']:.3g}"
+        for _, row in inexact.iterrows()
+    )
+    return (
+        f"**Not exact** in {len(inexact)} of {len(checked)} checked trials: {listed}; each trial's summary.md says "
+        f"what fixes it{tail}"
+    )
+
+
+def tradeoff_sentence(table: pd.DataFrame, params: list[str]) -> str | None:
+    """The trials of a sisa sweep that no other trial beats on both accuracy after unlearning and unlearning
+    speedup (the Pareto front), from the most accurate to the cheapest, and how many trials they beat. None
+    with fewer than two trials that reported both figures."""
+    accuracy, speedup = FRONT_METRICS
+    trials = _reported(table, FRONT_METRICS)
+    if len(trials) < 2:
+        return None
+
+    def beaten(row: pd.Series) -> bool:  # some other trial at least as good on both, better on one
+        at_least = (trials[accuracy] >= row[accuracy]) & (trials[speedup] >= row[speedup])
+        better = (trials[accuracy] > row[accuracy]) | (trials[speedup] > row[speedup])
+        return bool((at_least & better).any())
+
+    front = trials[[not beaten(row) for _, row in trials.iterrows()]]
+    front = front.sort_values([accuracy, speedup], ascending=[False, True], kind="stable")
+    caveat = " (one run a trial: each accuracy is a single draw)"
+    if len(front) == 1:
+        [best] = [row for _, row in front.iterrows()]
+        return (
+            f"{_named(best, params)} has both the highest accuracy after unlearning ({best[accuracy]:.2f}%) and the "
+            f"highest unlearning speedup ({best[speedup]:.3g}x over retraining the ensemble): no trade-off in this "
+            f"sweep{caveat}."
+        )
+    listed = "; ".join(
+        f"{_named(row, params)} {row[accuracy]:.2f}% at {row[speedup]:.3g}x" for _, row in front.iterrows()
+    )
+    others = len(trials) - len(front)
+    return (
+        f"Accuracy after unlearning against unlearning speedup (samples, over retraining the ensemble): {len(front)} "
+        f"of {len(trials)} trials trade one for the other, no trial beating them on both: {listed}"
+        + {0: "", 1: "; the other trial is beaten on both by one of these"}.get(
+            others, f"; each of the other {others} is beaten on both by one of these"
+        )
+        + f"{caveat}."
+    )
+
+
+def sweep_findings(run: str, table: pd.DataFrame, metric: str, mode: str, params: list[str]) -> list[str]:
+    """The sentences printed after a sweep's best trial: fl, the ranking's separation; sisa, exactness and the
+    accuracy-speedup trade-off."""
+    if run == "fl":
+        found = [ranking_sentence(table, metric, mode, params)]
+    else:
+        found = [exactness_sentence(table, params), tradeoff_sentence(table, params)]
+    return [sentence for sentence in found if sentence]
