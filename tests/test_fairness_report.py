@@ -11,6 +11,7 @@ import torch
 from rayfed.data.partition import client_test_indices, largest_test_size
 from rayfed.engine.fl_engine import weight_figures
 from rayfed.fl.report import (
+    control_differences,
     mean_interval,
     paired_differences,
     summary_table,
@@ -21,6 +22,7 @@ from rayfed.fl.setup import select_clients
 from rayfed.fl.strategies import REGISTRY, LocalResult, strategy_for
 from rayfed.fl.strategies.fedauditgan import FedAuditGan, softmax_weights, standardised
 from rayfed.fl.strategies.fedavg import FedAvg
+from rayfed.fl.strategies.qffl import QFedAvg
 from rayfed.fl.strategies.uniform import Uniform
 
 
@@ -118,6 +120,30 @@ def test_summary_and_paired_differences_hand_case():
     assert paired[0]["Δ Worst client"] == pytest.approx(7.0)
     assert paired[0]["Δ Gap"] == pytest.approx(-6.5)
     assert paired_differences([r for r in ROWS if r["method"] != "fedavg"], runs) == []  # no reference ran
+
+
+def test_the_audit_is_paired_with_each_control_on_the_same_seeds():
+    """gamma=2 against uniform and against q-FFL (q=1), not against FedAvg (the first table's) nor controls
+    against each other. Uniform's worst client 64 and 60 against Fed-AuditGAN's 70 and 66: +6 on both seeds
+    (half-width 0); q-FFL's 50, 70: +20 and -4, mean 8, half 12.706 * 12 = 152.47."""
+    rows = ROWS + [
+        _round("uniform", None, 1, 2, 79.0, 0.94, 64.0, 22.0),
+        _round("uniform", None, 2, 2, 83.0, 0.90, 60.0, 29.0),
+        {**_round("qffl", None, 1, 2, 70.0, 0.80, 50.0, 40.0), "q": 1.0},
+        {**_round("qffl", None, 2, 2, 75.0, 0.99, 70.0, 15.0), "q": 1.0},
+    ]
+    runs = [FedAvg(), Uniform(), QFedAvg(1.0), FedAuditGan(2.0)]
+    paired = {(r["Method"], r["vs"]): r for r in control_differences(rows, runs)}
+    assert sorted(paired) == [("gamma=2", "Uniform"), ("gamma=2", "q=1")]
+    uniform = paired[("gamma=2", "Uniform")]
+    assert (uniform["Pairs"], uniform["Δ Worst client"], uniform["Δ Worst client ±"]) == (2, 6.0, 0.0)
+    assert uniform["Δ Global Acc"] == pytest.approx(2.0) and uniform["Δ Gap"] == pytest.approx(-3.0)
+    qffl = paired[("gamma=2", "q=1")]
+    assert qffl["Δ Worst client"] == pytest.approx(8.0)
+    assert qffl["Δ Worst client ±"] == pytest.approx(12.706205 * 12, rel=1e-6)
+    (first, _) = verdict_sentences([uniform, qffl])
+    assert first.startswith("gamma=2 vs Uniform (2 paired seeds): **fairer** on worst client +6.00 ± 0.00")
+    assert control_differences([r for r in rows if r["method"] != "fedauditgan"], runs) == []
 
 
 def test_weight_figures_hand_case():

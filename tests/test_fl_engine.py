@@ -214,28 +214,35 @@ def test_saved_model_is_theta_old_plus_weighted_client_deltas(ray_session, tmp_p
 
 def test_seeds_run_side_by_side_on_one_partition(ray_session, tmp_path):
     """seeds: 2 runs every method once per seed: a seed column, its own Theta_0 and SGD order, one partition;
-    summary.md gives intervals and the paired difference against FedAvg."""
-    path = small_run(tmp_path, "seeds", ["seeds=2", "fl.rounds=1", "audit.gan_epochs=1"])
+    summary.md gives intervals, the paired differences against FedAvg and Fed-AuditGAN's against uniform."""
+    methods = "fl.methods=[fedavg,uniform,fedauditgan]"
+    path = small_run(tmp_path, "seeds", ["seeds=2", "fl.rounds=1", "audit.gan_epochs=1", methods])
     rounds = pd.read_parquet(path / "rounds.parquet")
     clients = pd.read_parquet(path / "clients.parquet")
-    assert sorted(rounds["seed"].unique()) == [5, 6] and len(rounds) == 4
+    assert sorted(rounds["seed"].unique()) == [5, 6] and len(rounds) == 6
     by_seed = clients[clients.method == "fedavg"].groupby("seed")
     assert by_seed["num_samples"].apply(list).map(tuple).nunique() == 1  # the same partition for both seeds
     assert rounds[rounds.method == "fedavg"]["accuracy"].nunique() == 2  # different init and SGD order
     assert {p.name for p in path.glob("model_*.pt")} == {
         "model_fedavg_seed5.pt",
         "model_fedavg_seed6.pt",
+        "model_uniform_seed5.pt",
+        "model_uniform_seed6.pt",
         "model_fedauditgan_gamma2_seed5.pt",
         "model_fedauditgan_gamma2_seed6.pt",
     }
     summary = (path / "summary.md").read_text()
     assert "95% Student-t interval" in summary and "Paired differences" in summary and " ± " in summary
     final = rounds.set_index(["method", "seed"])
-    verdict = next(line for line in summary.splitlines() if line.startswith("- gamma=2 vs FedAvg (2 paired seeds): "))
-    for name, column in (("worst client", "min_accuracy"), ("JFI", "jfi")):  # it reads the run's own table
-        want = mean_interval([final.loc[("fedauditgan", s), column] - final.loc[("fedavg", s), column] for s in (5, 6)])
-        stated = re.search(rf"{name} ([+-][\d.]+) ± ([\d.]+)", verdict)
-        assert [float(stated[1]), float(stated[2])] == pytest.approx(list(want), abs=1e-4), name
+    assert "## The audit against the controls" in summary
+    for reference, label in (("fedavg", "FedAvg"), ("uniform", "Uniform")):
+        start = f"- gamma=2 vs {label} (2 paired seeds): "
+        verdict = next(line for line in summary.splitlines() if line.startswith(start))
+        for name, column in (("worst client", "min_accuracy"), ("JFI", "jfi")):  # it reads the run's own table
+            pairs = [final.loc[("fedauditgan", s), column] - final.loc[(reference, s), column] for s in (5, 6)]
+            stated = re.search(rf"{name} ([+-][\d.]+) ± ([\d.]+)", verdict)
+            assert [float(stated[1]), float(stated[2])] == pytest.approx(list(mean_interval(pairs)), abs=1e-4), name
+    assert not any(line.startswith("- Uniform vs Uniform") for line in summary.splitlines())
 
 
 def test_qffl_reports_losses_before_training_and_weights_by_their_shares(ray_session, tmp_path):

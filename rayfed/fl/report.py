@@ -1,6 +1,7 @@
 """What a `rayfed fl` run concludes, from its rows: per method run the final round's figures (mean and 95%
-Student-t interval over seeds), paired differences against the reference method (FedAvg) on the same seeds,
-and what the weights did; written as summary.md, fairness.png and their wandb copies."""
+Student-t interval over seeds), paired differences against the reference method (FedAvg) and of the audited
+runs against the controls (uniform, q-FFL) on the same seeds, with a verdict each, and what the weights did;
+written as summary.md, fairness.png and their wandb copies."""
 
 from __future__ import annotations
 
@@ -80,6 +81,19 @@ def summary_table(round_rows: list[dict[str, Any]], runs: list[Strategy]) -> lis
     return table
 
 
+def _paired_row(
+    finals: dict[Strategy, dict[int, dict[str, Any]]], run: Strategy, reference: Strategy
+) -> dict[str, Any]:
+    """run - reference on every paired figure: the mean difference over the seeds both ran, with its 95%
+    interval."""
+    seeds = sorted(set(finals[run]) & set(finals[reference]))
+    row: dict[str, Any] = {"Method": run.label, "vs": reference.label, "Pairs": len(seeds)}
+    for name, key in PAIRED_FIGURES:
+        diffs = [finals[run][s][key] - finals[reference][s][key] for s in seeds]
+        row[f"Δ {name}"], row[f"Δ {name} ±"] = mean_interval(diffs) if diffs else (None, None)
+    return row
+
+
 def paired_differences(round_rows: list[dict[str, Any]], runs: list[Strategy]) -> list[dict[str, Any]]:
     """Per method run other than the reference: the mean difference (run - reference) over seeds both ran,
     with its 95% interval; empty when the reference method was not run."""
@@ -87,18 +101,18 @@ def paired_differences(round_rows: list[dict[str, Any]], runs: list[Strategy]) -
     references = [run for run in finals if type(run).reference]
     if not references:
         return []
-    reference = finals[references[0]]
-    table = []
-    for run in runs:
-        if run in references or run not in finals:
-            continue
-        seeds = sorted(set(finals[run]) & set(reference))
-        row: dict[str, Any] = {"Method": run.label, "vs": references[0].label, "Pairs": len(seeds)}
-        for name, key in PAIRED_FIGURES:
-            diffs = [finals[run][s][key] - reference[s][key] for s in seeds]
-            row[f"Δ {name}"], row[f"Δ {name} ±"] = mean_interval(diffs) if diffs else (None, None)
-        table.append(row)
-    return table
+    return [_paired_row(finals, run, references[0]) for run in runs if run in finals and run not in references]
+
+
+def control_differences(round_rows: list[dict[str, Any]], runs: list[Strategy]) -> list[dict[str, Any]]:
+    """Per audited run (Fed-AuditGAN at each gamma) against each control that ran, every run that is neither
+    the reference nor audited (uniform weights; q-FFL, the fair-FL baseline): whether the audit does better than
+    dropping size weights, or than the field's fair baseline, on the same seeds. Empty without both kinds."""
+    finals = final_by_seed(round_rows)
+    ran = [run for run in runs if run in finals]
+    audited = [run for run in ran if type(run).needs_audit]
+    controls = [run for run in ran if not type(run).needs_audit and not type(run).reference]
+    return [_paired_row(finals, run, control) for run in audited for control in controls]
 
 
 def _signed(mean: float, half: float) -> str:
@@ -216,7 +230,8 @@ def summary_markdown(
     notes: Sequence[str] = (),
 ) -> str:
     """summary.md: the summary table, the paired differences with each method's verdict against the reference
-    (`verdict_sentences`), and the notes (`notes`: sentences about the federation itself, listed first)."""
+    and each audited run's against the controls (`verdict_sentences`), and the notes (`notes`: sentences about
+    the federation itself, listed first)."""
     runs = strategy_runs(config)
     seeds = config.seed_list
     parts = [
@@ -232,10 +247,15 @@ def summary_markdown(
         + "\n",
         format_table(summary_table(round_rows, runs)),
     ]
-    paired = paired_differences(round_rows, runs)
-    if paired:
-        parts += ["## Paired differences against the reference (same seed, same partition)\n", format_table(paired)]
-        parts += [f"- {sentence}\n" for sentence in verdict_sentences(paired)]
+    sections = (
+        ("Paired differences against the reference (same seed, same partition)", paired_differences),
+        ("The audit against the controls (same seed, same partition)", control_differences),
+    )
+    for heading, differences in sections:
+        paired = differences(round_rows, runs)
+        if paired:
+            parts += [f"## {heading}\n", format_table(paired)]
+            parts += [f"- {sentence}\n" for sentence in verdict_sentences(paired)]
     parts += [f"- {note}\n" for note in notes]
     for run, deviation in uniform_weight_runs(client_rows).items():
         parts.append(
