@@ -12,7 +12,6 @@ from rayfed.data.partition import client_test_indices, largest_test_size
 from rayfed.engine.fl_engine import weight_figures
 from rayfed.fl.report import (
     control_differences,
-    mean_interval,
     paired_differences,
     summary_table,
     uniform_weight_runs,
@@ -24,6 +23,7 @@ from rayfed.fl.strategies.fedauditgan import FedAuditGan, softmax_weights, stand
 from rayfed.fl.strategies.fedavg import FedAvg
 from rayfed.fl.strategies.qffl import QFedAvg
 from rayfed.fl.strategies.uniform import Uniform
+from rayfed.stats import mean_interval
 
 
 def test_mean_interval_hand_case():

@@ -14,9 +14,9 @@ import torch
 
 from rayfed.config import load_config
 from rayfed.engine.fl_run import FederatedEngine, run_fl
-from rayfed.fl.report import mean_interval
 from rayfed.fl.setup import build_federation
 from rayfed.results import RunDirectory
+from rayfed.stats import mean_interval
 
 pytestmark = pytest.mark.slow
 

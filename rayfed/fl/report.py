@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from rayfed.config import Config
 from rayfed.fl.strategies import Strategy, strategy_for, strategy_runs
 from rayfed.plots.fl import plot_fairness
 from rayfed.results import RunDirectory, Tracker
+from rayfed.stats import mean_interval, signed_interval
 
 FINAL_FIGURES = (
     ("Global Acc", "accuracy"),
@@ -35,15 +35,6 @@ FAIRNESS_SIGNS = (("worst client", "Worst client", +1), ("gap", "Gap", -1), ("JF
 """Paired figures that measure fairness: (name in a sentence, paired column, sign of a fairer difference)."""
 UNIFORM_TOLERANCE = 0.01
 """Weights within this relative distance of 1/K in every round count as uniform."""
-
-
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None]:
-    """(mean, half-width of the Student-t confidence interval); the half-width is None for fewer than 2 values."""
-    x = np.asarray(values, dtype=np.float64)
-    if len(x) < 2:
-        return float(x.mean()), None
-    sem = x.std(ddof=1) / np.sqrt(len(x))
-    return float(x.mean()), float(stats.t.ppf((1 + confidence) / 2, len(x) - 1) * sem)
 
 
 def _run_of(row: dict[str, Any]) -> Strategy:
@@ -115,11 +106,6 @@ def control_differences(round_rows: list[dict[str, Any]], runs: list[Strategy]) 
     return [_paired_row(finals, run, control) for run in audited for control in controls]
 
 
-def _signed(mean: float, half: float) -> str:
-    digits = 4 if abs(mean) < 1 and half < 1 else 2
-    return f"{mean:+.{digits}f} ± {half:.{digits}f}"
-
-
 def verdict_sentences(paired: list[dict[str, Any]]) -> list[str]:
     """Per method run in the paired table, over two seeds or more: fairer, less fair, mixed, or no detectable
     difference than the reference, each fairness figure counted only where the 95% interval of its paired
@@ -136,7 +122,7 @@ def verdict_sentences(paired: list[dict[str, Any]]) -> list[str]:
         better, worse, unclear = [], [], []
         for name, column, sign in FAIRNESS_SIGNS:
             mean, half = row[f"Δ {column}"], row[f"Δ {column} ±"]
-            figure = f"{name} {_signed(mean, half)}"
+            figure = f"{name} {signed_interval(mean, half)}"
             if abs(mean) <= half:  # the interval holds 0
                 unclear.append(figure)
             else:
@@ -153,9 +139,9 @@ def verdict_sentences(paired: list[dict[str, Any]]) -> list[str]:
             verdict += f" ({', '.join(unclear)})"
         mean, half = row["Δ Global Acc"], row["Δ Global Acc ±"]
         accuracy = (
-            f"no detectable change in global accuracy ({_signed(mean, half)})"
+            f"no detectable change in global accuracy ({signed_interval(mean, half)})"
             if abs(mean) <= half
-            else f"at a {'gain' if mean > 0 else 'cost'} in global accuracy ({_signed(mean, half)} points)"
+            else f"at a {'gain' if mean > 0 else 'cost'} in global accuracy ({signed_interval(mean, half)} points)"
         )
         sentences.append(f"{row['Method']} vs {row['vs']} ({row['Pairs']} paired seeds): {verdict}; {accuracy}.")
     return sentences

@@ -28,10 +28,10 @@ from ray import tune
 from rayfed.config import Config, build_config, nest
 from rayfed.engine.fl_run import CHECKPOINT, Progress, execute, load_progress, run_fl
 from rayfed.engine.sisa_run import run_sisa
-from rayfed.fl.report import mean_interval
 from rayfed.fl.rows import ROUND_METRICS
 from rayfed.fl.strategies import Strategy, strategy_for
 from rayfed.results import RunDirectory, read_table
+from rayfed.stats import mean_interval
 from rayfed.tune.resources import TrialBudget, TrialPlan, plan_trial
 
 FL_RESUME_FILES = ("config.yaml", "rounds.parquet", "clients.parquet", CHECKPOINT)
