@@ -297,8 +297,10 @@ class Config:
     seed: int = 42
     """Seed of every random draw: partitions, initial weights, minibatches, GANs, forget sets."""
     seeds: int | list[int] = 1
-    """`rayfed fl`: run every method once per seed: a count n (seeds seed, seed+1, ..., seed+n-1) or a list.
-    Each seed draws its own initial weights, SGD order and GANs; the partition stays (data.partition_seed)."""
+    """Run once per seed: a count n (seeds seed, seed+1, ..., seed+n-1) or a list. `rayfed fl`: every method
+    per seed, each with its own initial weights, SGD order and GANs; the partition stays (data.partition_seed).
+    `rayfed sisa`: one whole run per seed in `seed<k>/` (its own layout, forget set, weights, poison and
+    audits), summarised over the seeds."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     fl: FLConfig = field(default_factory=FLConfig)

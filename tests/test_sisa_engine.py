@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rayfed.config import ResourcesConfig, build_config
+from rayfed.config import ResourcesConfig, build_config, load_config
 from rayfed.data.datasets import load_dataset
 from rayfed.results import RunDirectory
 from rayfed.sisa.plan import make_layout
@@ -224,6 +224,53 @@ def check_audit_tables(tmp_path):
     assert (
         f"{forget_auc['auc']:.2f} [{forget_auc['auc_low']:.2f}, {forget_auc['auc_high']:.2f}] after unlearning" in shows
     )
+
+
+@pytest.mark.slow
+def test_seeds_are_whole_runs_summarised_together_and_a_killed_seed_resumes(ray_session, tmp_path):
+    """seeds: 2 gives seed3/ and seed4/, each a whole run of its own seed (its own layout), seeds.parquet with
+    each seed's figures as its own tables hold them, and a summary.md whose sentences state the intervals of
+    those rows. A seed without its summary.md (killed) is run again on --resume; a finished one is kept."""
+    from rayfed.engine.sisa_run import resume_sisa, run_sisa
+    from rayfed.stats import mean_interval
+
+    config = build_config(
+        [
+            {
+                "seed": 3,
+                "seeds": 2,
+                "sisa": {"shards": 2, "slices": 2, "epochs": 1},
+                "unlearn": {"forget": 6, "membership_size": 20},
+                "backdoor": {"enabled": False},
+                "resources": {"torch_threads": 1},
+            }
+        ]
+    )
+    run_sisa(config, RunDirectory(tmp_path))
+    seeds = pd.read_parquet(tmp_path / "seeds.parquet").set_index("seed")
+    assert seeds.index.tolist() == [3, 4] and (seeds["exact"] == 1).all()
+    layouts = [pd.read_parquet(tmp_path / f"seed{k}" / "layout.parquet") for k in (3, 4)]
+    assert not layouts[0].equals(layouts[1])
+    for k in (3, 4):
+        assert load_config(str(tmp_path / f"seed{k}" / "config.yaml"), []).seed == k
+        metrics = pd.read_parquet(tmp_path / f"seed{k}" / "metrics.parquet").set_index(["model", "stage"])
+        unlearned = metrics[metrics["aggregation"].isna() | (metrics["aggregation"] == "mean")]
+        assert seeds.loc[k, "unlearned_accuracy"] == unlearned.loc[("ensemble", "unlearned"), "accuracy"]
+        assert seeds.loc[k, "unsharded_accuracy"] == unlearned.loc[("unsharded", "retrained"), "accuracy"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("# rayfed sisa: digits, cnn, S=2, R=2, distributed schedule, e=1, seeds 3, 4")
+    assert "- **Forgotten exactly** in all 2 seeds" in summary
+    mean, half = mean_interval((seeds["unlearned_accuracy"] - seeds["unsharded_accuracy"]).tolist())
+    assert f"({mean:+.2f} ± {half:.2f} points)" in summary or f"costs {-mean:.2f} ± {half:.2f} points" in summary
+
+    kept = (tmp_path / "seed3" / "summary.md").stat().st_mtime_ns
+    (tmp_path / "seed4" / "summary.md").unlink()
+    resume_sisa(str(tmp_path), None, [])
+    assert (tmp_path / "seed3" / "summary.md").stat().st_mtime_ns == kept
+    assert (tmp_path / "seed4" / "summary.md").is_file()
+    again = pd.read_parquet(tmp_path / "seeds.parquet").set_index("seed")
+    accuracy = ["accuracy", "unlearned_accuracy", "retrained_accuracy", "unsharded_accuracy", "exact"]
+    pd.testing.assert_frame_equal(again[accuracy], seeds[accuracy])
 
 
 @pytest.mark.slow

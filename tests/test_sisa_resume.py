@@ -63,8 +63,9 @@ def test_killed_sisa_run_resumes_to_the_same_results(tmp_path, ray_session, kill
     assert pd.read_parquet(victim / "exactness.parquet")["weights_equal"].all()
 
 
-def test_resume_of_something_else_exits_2_and_changes_nothing(rayfed_cli, tmp_path):
-    (tmp_path / "config.yaml").write_text("seed: 1\n")  # an fl run has no layout.parquet
+@pytest.mark.parametrize("config", ["seed: 1\n", "seeds: 3\n"])
+def test_resume_of_something_else_exits_2_and_changes_nothing(rayfed_cli, tmp_path, config):
+    (tmp_path / "config.yaml").write_text(config)  # an fl run (over seeds too) has no layout.parquet
     result = rayfed_cli.run("sisa", "--resume", str(tmp_path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -10,6 +10,7 @@ import yaml
 
 from rayfed.config import build_config
 from rayfed.results import RunDirectory, read_table
+from rayfed.stats import mean_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "fedaudit_gamma_smoke.yaml"
@@ -93,7 +94,7 @@ def test_a_trial_checkpoint_restores_the_run_after_its_first_round(sweep, tmp_pa
 
 
 ONE_TRIAL = {
-    "sisa_grid_smoke.yaml": ["param_space.sisa.shards=2", "param_space.sisa.slices=2"],
+    "sisa_grid_smoke.yaml": ["param_space.sisa.shards=2", "param_space.sisa.slices=2", "base.seeds=2"],
     "fedaudit_lambda_smoke.yaml": ["param_space.audit.lambda1=10", "param_space.audit.lambda2=0.1"],
 }
 
@@ -101,7 +102,8 @@ ONE_TRIAL = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ONE_TRIAL))
 def test_the_other_smoke_sweeps_run_one_trial_each(ray_session, tmp_path, name, capsys):
-    """The sisa trainable and the lambda sweep, cut to one grid point (the full grids only add trials)."""
+    """The sisa trainable (over 2 seeds: the means of its seeds' figures, with intervals) and the lambda sweep,
+    cut to one grid point (the full grids only add trials)."""
     from rayfed.tune.spec import load_sweep
     from rayfed.tune.sweep import run_sweep_file
 
@@ -111,13 +113,17 @@ def test_the_other_smoke_sweeps_run_one_trial_each(ray_session, tmp_path, name, 
     assert row["status"] == "TERMINATED", row["error"]
     assert row[spec.metric] > 0 and Path(row["run_dir"]).is_dir()
     if spec.run == "sisa":
+        seeds = pd.read_parquet(Path(row["run_dir"]) / "seeds.parquet")
+        assert row["seeds"] == 2 and seeds["seed"].tolist() == [42, 43]
+        assert row["unlearned_accuracy"] == pytest.approx(seeds["unlearned_accuracy"].mean())
+        assert row["unlearned_accuracy_ci"] == pytest.approx(mean_interval(seeds["unlearned_accuracy"].tolist())[1])
         assert row["speedup_samples"] >= 1 and row["unlearned_accuracy"] > 0
-        exactness = pd.read_parquet(Path(row["run_dir"]) / "exactness.parquet")
+        exactness = pd.read_parquet(Path(row["run_dir"]) / "seed43" / "exactness.parquet")
         assert row["exact"] == 1.0 and exactness["weights_equal"].all()
         assert row["max_probability_difference"] == exactness["max_probability_difference"].max() == 0
         assert "Every trial (1) forgot exactly" in capsys.readouterr().out
         assert (tmp_path / "out" / "sisa_heatmaps.png").is_file()
-        assert (Path(row["run_dir"]) / "unlearning.parquet").is_file()
+        assert (Path(row["run_dir"]) / "seed42" / "unlearning.parquet").is_file()
     else:
         assert (row["audit.lambda1"], row["audit.lambda2"]) == (10, 0.1)
 

@@ -8,7 +8,8 @@ request), unlearning_points.parquet (one row per forgotten point), exactness.par
 backdoor.parquet, baselines.parquet (with unlearn.baselines), summary.md, the PNG figures of rayfed.plots.sisa,
 and checkpoints/main/shard{s}/slice{k}.pt (the trained-then-unlearned ensemble, what later unlearning starts
 from). The audit-only ensembles (`retrained` from scratch, `backdoor`) checkpoint beside it while they train
-and are deleted once measured.
+and are deleted once measured. With several `seeds`: config.yaml, one such directory per seed (`seed<k>/`),
+seeds.parquet (one row of figures per seed) and a summary.md over the seeds.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ from rayfed.sisa.schedule import (
     stage_samples,
     untrained_slices,
 )
+from rayfed.sisa.seeds import seed_dir, seed_rows, seeds_summary
 from rayfed.sisa.train import TrainSettings, model_from_state
+
+SUMMARY = "summary.md"
+SEEDS_TABLE = "seeds.parquet"
 
 
 @dataclass
@@ -191,21 +196,60 @@ def _retrain_samples(layout: Layout, epochs: tuple[int, ...], removed: list[int]
 
 
 def run_sisa(config: Config, run_dir: RunDirectory) -> None:
-    """The whole `rayfed sisa` experiment (see the module docstring)."""
-    setup = make_setup(config)
+    """The whole `rayfed sisa` experiment (see the module docstring); with several `seeds`, one whole run per
+    seed in `seed<k>/` and a summary.md and seeds.parquet over them (rayfed.sisa.seeds). A seed whose directory
+    already holds its summary.md is kept (a resumed run), the others run or resume from their checkpoints."""
+    seeds = config.seed_list
+    if len(seeds) == 1:
+        one = single_seed(config, seeds[0])
+        setup = make_setup(one)
+        started = init_ray(config.resources.address)
+        try:
+            print(_run_seed(one, run_dir, setup))
+        finally:
+            if started:
+                ray.shutdown()
+        log.info("sisa: done")
+        return
+    setup = make_setup(single_seed(config, seeds[0]))  # bad input stops here, before anything is written
     run_dir.write_config(config)
-    run_dir.write_table("layout.parquet", setup.layout.rows())
-    run_dir.write_text("forget.txt", "".join(f"{i}\n" for i in setup.forget))
     started = init_ray(config.resources.address)
     try:
-        experiment = SisaExperiment(config, run_dir, setup)
-        tables = experiment.run()
+        for number, seed in enumerate(seeds, 1):
+            directory = seed_dir(run_dir, seed)
+            if directory.file(SUMMARY).is_file():
+                continue
+            directory.path.mkdir(exist_ok=True)
+            log.info("sisa: seed %d (%d of %d)", seed, number, len(seeds))
+            one = single_seed(config, seed)
+            _run_seed(one, directory, setup if number == 1 else make_setup(one))
     finally:
         if started:
             ray.shutdown()
-    plot_sisa(run_dir.path, **tables)
-    print(experiment.summary)
+    rows = seed_rows(run_dir, seeds, config.sisa.aggregation[0])
+    run_dir.write_table(SEEDS_TABLE, [{"seed": seed, **row} for seed, row in zip(seeds, rows)])
+    summary = seeds_summary(_title(config), rows, seeds)
+    run_dir.write_text(SUMMARY, summary)
+    print(summary)
     log.info("sisa: done")
+
+
+def single_seed(config: Config, seed: int) -> Config:
+    """config for one seed's run: `seed` set, `seeds` 1."""
+    return build_config([config.to_dict(), {"seed": seed, "seeds": 1}])
+
+
+def _run_seed(config: Config, run_dir: RunDirectory, setup: SisaSetup) -> str:
+    """One seed's whole run into run_dir (inside a running Ray); summary.md is written last, so a directory
+    that holds it is finished. Returns the summary."""
+    run_dir.write_config(config)
+    run_dir.write_table("layout.parquet", setup.layout.rows())
+    run_dir.write_text("forget.txt", "".join(f"{i}\n" for i in setup.forget))
+    experiment = SisaExperiment(config, run_dir, setup)
+    tables = experiment.run()
+    plot_sisa(run_dir.path, **tables)
+    run_dir.write_text(SUMMARY, experiment.summary)
+    return experiment.summary
 
 
 def resume_sisa(path: str, config_file: str | None, overrides: list[str]) -> None:
@@ -214,12 +258,14 @@ def resume_sisa(path: str, config_file: str | None, overrides: list[str]) -> Non
     Every slice checkpoint records the exact indices it has seen, and a shard resumes after its last checkpoint
     that matches what it is asked for, so the resumed run recomputes only what is missing and ends with the same
     ensembles, metrics and audits. The cost columns of unlearning.parquet count the resumed process's work.
-    Nothing is written before the directory and the config are checked.
+    A run over several seeds keeps its finished seeds and resumes the others. Nothing is written before the
+    directory and the config are checked.
     """
     directory = Path(path).resolve()
-    if not (directory / "config.yaml").is_file() or not (directory / "layout.parquet").is_file():
+    saved = read_yaml_mapping(directory / "config.yaml") if (directory / "config.yaml").is_file() else None
+    runs = [directory] + [directory / f"seed{s}" for s in (build_config([saved]).seed_list if saved else [])]
+    if saved is None or not any((run / "layout.parquet").is_file() for run in runs):
         raise UserError(f"--resume {directory} is not a `rayfed sisa` run directory (no config.yaml + layout.parquet)")
-    saved = read_yaml_mapping(directory / "config.yaml")
     config = build_config([saved] + ([read_yaml_mapping(config_file)] if config_file else []), overrides)
     changed = first_difference(config.to_dict(), build_config([saved]).to_dict())
     if changed:
@@ -254,7 +300,7 @@ class SisaExperiment:
         self.summary = ""
 
     def run(self) -> dict[str, list[dict]]:
-        """Every step, then the tables and summary.md written to the run directory."""
+        """Every step, then the tables written to the run directory and the summary composed."""
         self.train()
         if self.setup.forget:
             self.unlearn()
@@ -574,12 +620,11 @@ class SisaExperiment:
             )
 
     def report(self) -> None:
-        """Write every non-empty table and summary.md (which leads with the sample-based speedups)."""
+        """Write every non-empty table and compose the summary (written once the figures are)."""
         for name, rows in self.tables.items():
             if rows:
                 self.run_dir.write_table(f"{name}.parquet", rows)
         self.summary = summary_text(self.config, self.setup, self.tables, self.reference_cost, self.warnings)
-        self.run_dir.write_text("summary.md", self.summary)
 
 
 @ray.remote(num_cpus=0)
@@ -609,6 +654,14 @@ def _table(rows: list[dict], columns: list[str] | None = None) -> str:
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
+def _title(config: Config) -> str:
+    s = config.sisa
+    return (
+        f"rayfed sisa: {config.data.dataset}, {config.model.name}, S={s.shards}, R={s.slices}, {s.schedule} "
+        f"schedule, e={s.epochs}"
+    )
+
+
 def summary_text(
     config: Config,
     setup: SisaSetup,
@@ -619,11 +672,7 @@ def summary_text(
     """summary.md: what the run shows in sentences (`sisa_findings`), the sample-based speedups against both
     baselines, seconds, the price of sharding, warnings and the tables."""
     s = config.sisa
-    lines = [
-        f"# rayfed sisa: {config.data.dataset}, {config.model.name}, S={s.shards}, R={s.slices}, "
-        f"{s.schedule} schedule, e={s.epochs}",
-        "",
-    ]
+    lines = [f"# {_title(config)}", ""]
     findings = sisa_findings(tables, len(setup.forget), s.shards)
     if findings:
         lines += ["## What this run shows", "", *[f"- {f}" for f in findings], ""]

@@ -1,7 +1,7 @@
 """What a sweep shows, in sentences printed after its best trial: each reads the sweep table (one row per
 trial, as in sweep.parquet) and says what the trials' figures support.
 
-- fl sweeps: whether the best trial is separated from the runner-up by their 95% intervals over seeds.
+- both: whether the best trial is separated from the runner-up by their 95% intervals over seeds.
 - sisa sweeps: whether every trial forgot exactly, and the trade-off between accuracy after unlearning and the
   unlearning speedup: the trials no other trial beats on both (the Pareto front of the grid).
 """
@@ -97,7 +97,9 @@ def tradeoff_sentence(table: pd.DataFrame, params: list[str]) -> str | None:
 
     front = trials[[not beaten(row) for _, row in trials.iterrows()]]
     front = front.sort_values([accuracy, speedup], ascending=[False, True], kind="stable")
-    caveat = " (one run a trial: each accuracy is a single draw)"
+    seeds = int(trials["seeds"].min()) if "seeds" in trials and trials["seeds"].notna().all() else 1
+    single = " (one run a trial: each accuracy is a single draw)"
+    caveat = f" (means over {seeds} seeds a trial)" if seeds > 1 else single
     if len(front) == 1:
         [best] = [row for _, row in front.iterrows()]
         return (
@@ -120,10 +122,11 @@ def tradeoff_sentence(table: pd.DataFrame, params: list[str]) -> str | None:
 
 
 def sweep_findings(run: str, table: pd.DataFrame, metric: str, mode: str, params: list[str]) -> list[str]:
-    """The sentences printed after a sweep's best trial: fl, the ranking's separation; sisa, exactness and the
-    accuracy-speedup trade-off."""
+    """The sentences printed after a sweep's best trial: fl, the ranking's separation; sisa, exactness, the
+    ranking's separation and the accuracy-speedup trade-off."""
     if run == "fl":
         found = [ranking_sentence(table, metric, mode, params)]
     else:
-        found = [exactness_sentence(table, params), tradeoff_sentence(table, params)]
+        found = [exactness_sentence(table, params), ranking_sentence(table, metric, mode, params)]
+        found.append(tradeoff_sentence(table, params))
     return [sentence for sentence in found if sentence]

@@ -45,16 +45,22 @@ SISA_METRICS = (
     "auroc",
     "unlearned_accuracy",
     "retrained_accuracy",
+    "unsharded_accuracy",
     "speedup_samples",
     "speedup_vs_unsharded",
     "expected_speedup",
     "exact",
     "max_probability_difference",
+    "forget_auc",
+    "unlearned_forget_auc",
+    "retrained_forget_auc",
+    "train_auc",
     "backdoor_asr",
     "unlearned_backdoor_asr",
     "clean_backdoor_asr",
 )
-"""What a sisa trial reports once, at its end."""
+"""What a sisa trial reports once, at its end (rayfed.sisa.seeds.run_figures; `<method>/<figure>` of the
+approximate baselines come along, and over several seeds `<figure>_ci` and `seeds`)."""
 RUN_METRICS = {"fl": FL_METRICS, "sisa": SISA_METRICS}
 DEFAULT_METRIC = {"fl": ("jfi", "max"), "sisa": ("accuracy", "max")}
 

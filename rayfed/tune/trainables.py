@@ -8,7 +8,8 @@ fractions of its placement group (rayfed.tune.resources), writes a normal run di
   Fed-AuditGAN at the trial's gamma), every method run's accuracy/jfi/gap/bias under `<method label>/...`,
   and a checkpoint (the files `rayfed fl --resume` needs, on disk when run_fl calls `on_round`), so ASHA can
   stop a trial between rounds and Tuner.restore continues a trial from its last round.
-- sisa: once, at the end, its final figures read from the run's tables.
+- sisa: once, at the end, its final figures read from the run's tables (over several seeds: their means, with
+  `<figure>_ci` and `seeds`).
 
 wandb inside trials is off (`tracking.wandb: disabled`): Ray's WandbLoggerCallback logs the trials instead.
 """
@@ -30,7 +31,8 @@ from rayfed.engine.fl_run import CHECKPOINT, Progress, execute, load_progress, r
 from rayfed.engine.sisa_run import run_sisa
 from rayfed.fl.rows import ROUND_METRICS
 from rayfed.fl.strategies import Strategy, strategy_for
-from rayfed.results import RunDirectory, read_table
+from rayfed.results import RunDirectory
+from rayfed.sisa.seeds import figures_over_seeds, run_figures, seed_rows
 from rayfed.stats import mean_interval
 from rayfed.tune.resources import TrialBudget, TrialPlan, plan_trial
 
@@ -149,37 +151,13 @@ def train_fl(params: dict[str, Any], setup: TrialSetup) -> None:
         execute(config, run_dir, progress, on_round=reporter)
 
 
-def sisa_metrics(run_dir: RunDirectory, aggregation: str) -> dict[str, float]:
-    """A sisa run's final figures (names in rayfed.tune.spec.SISA_METRICS) from its tables."""
-
-    def table(name: str) -> list[dict[str, Any]]:
-        path = run_dir.file(f"{name}.parquet")
-        return read_table(path) if path.exists() else []
-
-    metrics: dict[str, float] = {}
-    prefixes = {"trained": "", "unlearned": "unlearned_", "retrained": "retrained_", "clean": "clean_"}
-    for row in table("metrics"):
-        if row["model"] == "ensemble" and row["aggregation"] == aggregation:
-            prefix = prefixes[row["stage"]]
-            metrics[f"{prefix}accuracy"] = row["accuracy"]
-            if not prefix:
-                metrics.update(f1=row["f1"], auroc=row["auroc"])
-    unlearning = table("unlearning")
-    if unlearning:  # over all requests: samples of retraining after each one / samples of unlearning
-        samples = max(1, sum(r["samples_processed"] for r in unlearning))
-        metrics["speedup_samples"] = sum(r["ensemble_retrain_samples"] for r in unlearning) / samples
-        metrics["speedup_vs_unsharded"] = sum(r["unsharded_retrain_samples"] for r in unlearning) / samples
-        metrics["expected_speedup"] = sum(r["ensemble_retrain_samples"] for r in unlearning) / max(
-            1.0, sum(r["expected_samples"] for r in unlearning)
-        )
-    exactness = table("exactness")
-    if exactness:  # exact: every shard's weights bit-identical to the reference retrained from scratch
-        metrics["exact"] = float(all(r["weights_equal"] for r in exactness))
-        metrics["max_probability_difference"] = max(r["max_probability_difference"] for r in exactness)
-    for row in table("backdoor"):
-        if row["aggregation"] == aggregation:
-            metrics[f"{prefixes[row['stage']]}backdoor_asr"] = row["asr"]
-    return metrics
+def sisa_trial_metrics(config: Config, run_dir: RunDirectory) -> dict[str, float]:
+    """A sisa trial's figures (first of sisa.aggregation): its run's, or over several seeds their means with
+    `<figure>_ci` and `seeds`."""
+    aggregation, seeds = config.sisa.aggregation[0], config.seed_list
+    if len(seeds) == 1:
+        return run_figures(run_dir, aggregation)
+    return figures_over_seeds(seed_rows(run_dir, seeds, aggregation))
 
 
 def train_sisa(params: dict[str, Any], setup: TrialSetup) -> None:
@@ -188,7 +166,7 @@ def train_sisa(params: dict[str, Any], setup: TrialSetup) -> None:
     config, _ = trial_config(setup, params)
     run_dir = _trial_run_dir(setup)
     run_sisa(config, run_dir)
-    tune.report(stamped(sisa_metrics(run_dir, config.sisa.aggregation[0]), started_at))
+    tune.report(stamped(sisa_trial_metrics(config, run_dir), started_at))
 
 
 TRAINABLES = {"fl": train_fl, "sisa": train_sisa}
