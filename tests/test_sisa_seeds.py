@@ -11,7 +11,7 @@ T2 = 4.302653  # t(0.975, 2): three seeds of spread (-1, 0, +1) around a mean gi
 HALF = T2 / math.sqrt(3)  # 2.484
 
 
-def _seed(accuracy, unsharded, forget_auc, retrained_auc, finetune_asr, neggrad_asr, exact=1.0):
+def _seed(accuracy, unsharded, forget_auc, retrained_auc, finetune_asr, neggrad_asr, forget_accuracy, exact=1.0):
     return {
         "accuracy": accuracy + 0.5,
         "unlearned_accuracy": accuracy,
@@ -29,6 +29,9 @@ def _seed(accuracy, unsharded, forget_auc, retrained_auc, finetune_asr, neggrad_
         "unlearned_backdoor_asr": 0.0,
         "clean_backdoor_asr": 0.0,
         "finetune/accuracy": 97.0,
+        "finetune/forget_accuracy": forget_accuracy + 5.0,
+        "neggrad/forget_accuracy": forget_accuracy - 15.0,
+        "retrained/forget_accuracy": forget_accuracy,
         "finetune/asr_after": finetune_asr,
         "retrained/accuracy": 98.0,
         "retrained/asr_after": 1.0,
@@ -41,9 +44,9 @@ def _seed(accuracy, unsharded, forget_auc, retrained_auc, finetune_asr, neggrad_
 # unlearning 0.10, 0.12, 0.14 over the reference (detected), after 0 exactly; finetune's backdoor 84, 85, 86
 # points over the reference's 1% (survives), neggrad's -1, 0, +1 (holds 0)
 SEEDS = [
-    _seed(95.0, 98.0, 0.60, 0.50, 85.0, 0.0),
-    _seed(94.0, 98.0, 0.64, 0.52, 86.0, 1.0),
-    _seed(93.0, 98.0, 0.65, 0.51, 87.0, 2.0),
+    _seed(95.0, 98.0, 0.60, 0.50, 85.0, 0.0, 95.0),
+    _seed(94.0, 98.0, 0.64, 0.52, 86.0, 1.0, 90.0),
+    _seed(93.0, 98.0, 0.65, 0.51, 87.0, 2.0, 100.0),
 ]
 
 
@@ -85,9 +88,12 @@ def test_sentences_over_seeds_count_only_differences_whose_interval_excludes_zer
     assert found[4] == "Unlearning saved 5.00 ± 0.00x in samples over retraining the ensemble (expected 5.20 ± 0.00x)."
     finetune, neggrad = found[5:]
     assert finetune == (
-        "finetune against the unsharded model retrained from scratch: test accuracy -1.00 ± 0.00, attack success "
-        "after unlearning the poison +85.00 ± 2.48 points (**the backdoor survives**) (3 paired seeds)."
+        "finetune against the unsharded model retrained from scratch (3 paired seeds): test accuracy -1.00 ± 0.00 "
+        "points (a cost), forget-set accuracy +5.00 ± 0.00 points (above the reference: it still knows the "
+        "forgotten points), attack success after unlearning the poison +85.00 ± 2.48 points (**the backdoor "
+        "survives**)."
     )
+    assert "test accuracy -3.00 ± 0.00 points (a cost), forget-set accuracy -15.00 ± 0.00 points (below" in neggrad
     assert "+0.00 ± 2.48 points (no detectable backdoor left)" in neggrad
 
 

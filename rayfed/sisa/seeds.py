@@ -205,6 +205,39 @@ def _detected(mean: float, half: float) -> bool:
     return abs(mean) > half
 
 
+def _baseline_sentence(rows: list[dict[str, float]], method: str) -> str:
+    """One approximate method against the unsharded model retrained from scratch, paired over seeds: test
+    accuracy, forget-set accuracy (above the reference: it still knows the points; below: it over-unlearned,
+    which makes them stand out) and the backdoor left after unlearning the poison."""
+
+    def against(key: str) -> tuple[float, float]:
+        return _interval(rows, f"{method}/{key}", f"retrained/{key}")
+
+    accuracy, forget = against("accuracy"), against("forget_accuracy")
+    cost = "a cost" if accuracy[0] < 0 else "a gain"
+    text = (
+        f"{method} against the unsharded model retrained from scratch ({len(rows)} paired seeds): test accuracy "
+        f"{signed_interval(*accuracy)} points ({cost if _detected(*accuracy) else 'no detectable change'}), "
+        f"forget-set accuracy {signed_interval(*forget)} points ("
+    )
+    if not _detected(*forget):
+        text += "no detectable difference)"
+    elif forget[0] > 0:
+        text += "above the reference: it still knows the forgotten points)"
+    else:
+        text += "below the reference: it over-unlearned, which makes the forgotten points stand out)"
+    if _paired(rows, f"{method}/asr_after", "retrained/asr_after"):
+        left = against("asr_after")
+        if not _detected(*left):
+            verdict = "no detectable backdoor left"
+        elif left[0] >= WEAK_BACKDOOR_POINTS:
+            verdict = "**the backdoor survives**"
+        else:
+            verdict = "a residual backdoor"
+        text += f", attack success after unlearning the poison {signed_interval(*left)} points ({verdict})"
+    return text + "."
+
+
 def seeds_findings(rows: list[dict[str, float]], seeds: list[int]) -> list[str]:
     """What the seeds show together: exactness in how many seeds, the price of sharding, whether the
     membership attack could tell the forgotten points apart before unlearning (and after), the backdoor left,
@@ -279,20 +312,7 @@ def seeds_findings(rows: list[dict[str, float]], seeds: list[int]) -> list[str]:
             f"{expected[0]:.2f} ± {expected[1]:.2f}x)."
         )
     for method in approximate_methods(rows):
-        accuracy = _interval(rows, f"{method}/accuracy", "retrained/accuracy")
-        text = (
-            f"{method} against the unsharded model retrained from scratch: test accuracy {signed_interval(*accuracy)}"
-        )
-        if _paired(rows, f"{method}/asr_after", "retrained/asr_after"):
-            left = _interval(rows, f"{method}/asr_after", "retrained/asr_after")
-            if not _detected(*left):
-                verdict = "no detectable backdoor left"
-            elif left[0] >= WEAK_BACKDOOR_POINTS:
-                verdict = "**the backdoor survives**"
-            else:
-                verdict = "a residual backdoor"
-            text += f", attack success after unlearning the poison {signed_interval(*left)} points ({verdict})"
-        found.append(text + f" ({n} paired seeds).")
+        found.append(_baseline_sentence(rows, method))
     return found
 
 
