@@ -249,6 +249,7 @@ def test_seeds_are_whole_runs_summarised_together_and_a_killed_seed_resumes(ray_
     run_sisa(config, RunDirectory(tmp_path))
     seeds = pd.read_parquet(tmp_path / "seeds.parquet").set_index("seed")
     assert seeds.index.tolist() == [3, 4] and (seeds["exact"] == 1).all()
+    assert (tmp_path / "seeds.png").is_file()
     layouts = [pd.read_parquet(tmp_path / f"seed{k}" / "layout.parquet") for k in (3, 4)]
     assert not layouts[0].equals(layouts[1])
     for k in (3, 4):

@@ -9,7 +9,8 @@ backdoor.parquet, baselines.parquet (with unlearn.baselines), summary.md, the PN
 and checkpoints/main/shard{s}/slice{k}.pt (the trained-then-unlearned ensemble, what later unlearning starts
 from). The audit-only ensembles (`retrained` from scratch, `backdoor`) checkpoint beside it while they train
 and are deleted once measured. With several `seeds`: config.yaml, one such directory per seed (`seed<k>/`),
-seeds.parquet (one row of figures per seed) and a summary.md over the seeds.
+seeds.parquet (one row of figures per seed), seeds.png (their paired differences) and a summary.md over
+the seeds.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from rayfed.data.datasets import ImageData, black_level, load_dataset
 from rayfed.engine.runtime import init_ray, log
 from rayfed.engine.shard import ShardPool, run_in_worker, worker_options
 from rayfed.errors import UserError
-from rayfed.plots.sisa import plot_sisa
+from rayfed.plots.sisa import plot_seed_differences, plot_sisa
 from rayfed.results import RunDirectory
 from rayfed.seeds import Stream, stream_seed
 from rayfed.sisa.approximate import finetune, neggrad_plus, train_unsharded
@@ -46,7 +47,7 @@ from rayfed.sisa.schedule import (
     stage_samples,
     untrained_slices,
 )
-from rayfed.sisa.seeds import seed_dir, seed_rows, seeds_summary
+from rayfed.sisa.seeds import seed_dir, seed_rows, seeds_summary, seeds_tables
 from rayfed.sisa.train import TrainSettings, model_from_state
 
 SUMMARY = "summary.md"
@@ -229,6 +230,7 @@ def run_sisa(config: Config, run_dir: RunDirectory) -> None:
     rows = seed_rows(run_dir, seeds, config.sisa.aggregation[0])
     run_dir.write_table(SEEDS_TABLE, [{"seed": seed, **row} for seed, row in zip(seeds, rows)])
     summary = seeds_summary(_title(config), rows, seeds)
+    plot_seed_differences(seeds_tables(rows)[1], run_dir.file("seeds.png"))
     run_dir.write_text(SUMMARY, summary)
     print(summary)
     log.info("sisa: done")
