@@ -230,7 +230,8 @@ def check_audit_tables(tmp_path):
 def test_seeds_are_whole_runs_summarised_together_and_a_killed_seed_resumes(ray_session, tmp_path):
     """seeds: 2 gives seed3/ and seed4/, each a whole run of its own seed (its own layout), seeds.parquet with
     each seed's figures as its own tables hold them, and a summary.md whose sentences state the intervals of
-    those rows. A seed without its summary.md (killed) is run again on --resume; a finished one is kept."""
+    those rows; wandb (offline) gets a run per seed and one over them, with their figures. A seed without its
+    summary.md (killed) is run again on --resume; a finished one is kept."""
     from rayfed.engine.sisa_run import resume_sisa, run_sisa
     from rayfed.stats import mean_interval
 
@@ -243,10 +244,14 @@ def test_seeds_are_whole_runs_summarised_together_and_a_killed_seed_resumes(ray_
                 "unlearn": {"forget": 6, "membership_size": 20},
                 "backdoor": {"enabled": False},
                 "resources": {"torch_threads": 1},
+                "tracking": {"wandb": "offline"},
             }
         ]
     )
     run_sisa(config, RunDirectory(tmp_path))
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 3  # seed 3, seed 4, sisa-seeds
+    assert list((tmp_path / "wandb").glob("offline-run-*/files/media/images/seeds_*.png"))
+    assert len(list((tmp_path / "wandb").glob("offline-run-*/files/media/images/accuracy_*.png"))) == 2
     seeds = pd.read_parquet(tmp_path / "seeds.parquet").set_index("seed")
     assert seeds.index.tolist() == [3, 4] and (seeds["exact"] == 1).all()
     assert (tmp_path / "seeds.png").is_file()

@@ -34,7 +34,7 @@ from rayfed.engine.runtime import init_ray, log
 from rayfed.engine.shard import ShardPool, run_in_worker, worker_options
 from rayfed.errors import UserError
 from rayfed.plots.sisa import plot_seed_differences, plot_sisa
-from rayfed.results import RunDirectory
+from rayfed.results import RunDirectory, Tracker
 from rayfed.seeds import Stream, stream_seed
 from rayfed.sisa.approximate import finetune, neggrad_plus, train_unsharded
 from rayfed.sisa.ensemble import classification_metrics, combine_shards, ensemble_loss, shard_probs, vote_ties
@@ -47,7 +47,7 @@ from rayfed.sisa.schedule import (
     stage_samples,
     untrained_slices,
 )
-from rayfed.sisa.seeds import seed_dir, seed_rows, seeds_summary, seeds_tables
+from rayfed.sisa.seeds import figures_over_seeds, run_figures, seed_dir, seed_rows, seeds_summary, seeds_tables
 from rayfed.sisa.train import TrainSettings, model_from_state
 
 SUMMARY = "summary.md"
@@ -206,7 +206,7 @@ def run_sisa(config: Config, run_dir: RunDirectory) -> None:
         setup = make_setup(one)
         started = init_ray(config.resources.address)
         try:
-            print(_run_seed(one, run_dir, setup))
+            print(_run_seed(one, run_dir, setup, run_dir))
         finally:
             if started:
                 ray.shutdown()
@@ -223,14 +223,17 @@ def run_sisa(config: Config, run_dir: RunDirectory) -> None:
             directory.path.mkdir(exist_ok=True)
             log.info("sisa: seed %d (%d of %d)", seed, number, len(seeds))
             one = single_seed(config, seed)
-            _run_seed(one, directory, setup if number == 1 else make_setup(one))
+            _run_seed(one, directory, setup if number == 1 else make_setup(one), run_dir)
     finally:
         if started:
             ray.shutdown()
     rows = seed_rows(run_dir, seeds, config.sisa.aggregation[0])
     run_dir.write_table(SEEDS_TABLE, [{"seed": seed, **row} for seed, row in zip(seeds, rows)])
     summary = seeds_summary(_title(config), rows, seeds)
-    plot_seed_differences(seeds_tables(rows)[1], run_dir.file("seeds.png"))
+    paired = seeds_tables(rows)[1]
+    plot_seed_differences(paired, run_dir.file("seeds.png"))
+    tables = {"seeds": [{"seed": seed, **row} for seed, row in zip(seeds, rows)], "differences": paired}
+    _track(config, run_dir, "sisa-seeds", figures_over_seeds(rows), tables, [run_dir.file("seeds.png")])
     run_dir.write_text(SUMMARY, summary)
     print(summary)
     log.info("sisa: done")
@@ -241,17 +244,37 @@ def single_seed(config: Config, seed: int) -> Config:
     return build_config([config.to_dict(), {"seed": seed, "seeds": 1}])
 
 
-def _run_seed(config: Config, run_dir: RunDirectory, setup: SisaSetup) -> str:
-    """One seed's whole run into run_dir (inside a running Ray); summary.md is written last, so a directory
-    that holds it is finished. Returns the summary."""
+def _run_seed(config: Config, run_dir: RunDirectory, setup: SisaSetup, top: RunDirectory) -> str:
+    """One seed's whole run into run_dir (inside a running Ray), tracked under the top run directory `top`;
+    summary.md is written last, so a directory that holds it is finished. Returns the summary."""
     run_dir.write_config(config)
     run_dir.write_table("layout.parquet", setup.layout.rows())
     run_dir.write_text("forget.txt", "".join(f"{i}\n" for i in setup.forget))
     experiment = SisaExperiment(config, run_dir, setup)
     tables = experiment.run()
-    plot_sisa(run_dir.path, **tables)
+    figures = plot_sisa(run_dir.path, **tables)
+    _track(config, top, f"sisa-seed{config.seed}", run_figures(run_dir, config.sisa.aggregation[0]), tables, figures)
     run_dir.write_text(SUMMARY, experiment.summary)
     return experiment.summary
+
+
+def _track(
+    config: Config,
+    top: RunDirectory,
+    name: str,
+    figures: dict[str, float],
+    tables: dict[str, list[dict]],
+    images: list[Path],
+) -> None:
+    """With `tracking.wandb` offline or online, one wandb run (in top's wandb/, grouped by its name): the
+    figures, every non-empty table and the PNGs."""
+    tracker = Tracker(config, name, top.path, group=top.path.name)
+    tracker.log(figures)
+    for key, rows in tables.items():
+        tracker.log_table(key, rows)
+    for path in images:
+        tracker.log_image(path.stem, path)
+    tracker.finish()
 
 
 def resume_sisa(path: str, config_file: str | None, overrides: list[str]) -> None:
