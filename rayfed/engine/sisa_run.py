@@ -201,42 +201,48 @@ def run_sisa(config: Config, run_dir: RunDirectory) -> None:
     seed in `seed<k>/` and a summary.md and seeds.parquet over them (rayfed.sisa.seeds). A seed whose directory
     already holds its summary.md is kept (a resumed run), the others run or resume from their checkpoints."""
     seeds = config.seed_list
-    if len(seeds) == 1:
-        one = single_seed(config, seeds[0])
-        setup = make_setup(one)
-        started = init_ray(config.resources.address)
-        try:
-            print(_run_seed(one, run_dir, setup, run_dir))
-        finally:
-            if started:
-                ray.shutdown()
-        log.info("sisa: done")
-        return
-    setup = make_setup(single_seed(config, seeds[0]))  # bad input stops here, before anything is written
-    run_dir.write_config(config)
+    first = single_seed(config, seeds[0])
+    setup = make_setup(first)  # bad input stops here, before anything is written
+    if len(seeds) > 1:
+        run_dir.write_config(config)
     started = init_ray(config.resources.address)
     try:
-        for number, seed in enumerate(seeds, 1):
-            directory = seed_dir(run_dir, seed)
-            if directory.file(SUMMARY).is_file():
-                continue
-            directory.path.mkdir(exist_ok=True)
-            log.info("sisa: seed %d (%d of %d)", seed, number, len(seeds))
-            one = single_seed(config, seed)
-            _run_seed(one, directory, setup if number == 1 else make_setup(one), run_dir)
+        if len(seeds) == 1:
+            print(_run_seed(first, run_dir, setup, run_dir))
+        else:
+            _run_seeds(config, run_dir, seeds, setup)
     finally:
         if started:
             ray.shutdown()
+    if len(seeds) > 1:
+        print(_summarise_seeds(config, run_dir, seeds))
+    log.info("sisa: done")
+
+
+def _run_seeds(config: Config, run_dir: RunDirectory, seeds: list[int], first_setup: SisaSetup) -> None:
+    """Each seed's run in seed<k>/, one after another; a seed whose directory holds its summary.md is kept."""
+    for number, seed in enumerate(seeds, 1):
+        directory = seed_dir(run_dir, seed)
+        if directory.file(SUMMARY).is_file():
+            continue
+        directory.path.mkdir(exist_ok=True)
+        log.info("sisa: seed %d (%d of %d)", seed, number, len(seeds))
+        one = single_seed(config, seed)
+        _run_seed(one, directory, first_setup if number == 1 else make_setup(one), run_dir)
+
+
+def _summarise_seeds(config: Config, run_dir: RunDirectory, seeds: list[int]) -> str:
+    """seeds.parquet, seeds.png and summary.md over the seeds' runs (and their wandb run); returns the summary."""
     rows = seed_rows(run_dir, seeds, config.sisa.aggregation[0])
-    run_dir.write_table(SEEDS_TABLE, [{"seed": seed, **row} for seed, row in zip(seeds, rows)])
-    summary = seeds_summary(_title(config), rows, seeds)
+    per_seed = [{"seed": seed, **row} for seed, row in zip(seeds, rows)]
+    run_dir.write_table(SEEDS_TABLE, per_seed)
     paired = seeds_tables(rows)[1]
     plot_seed_differences(paired, run_dir.file("seeds.png"))
-    tables = {"seeds": [{"seed": seed, **row} for seed, row in zip(seeds, rows)], "differences": paired}
+    tables = {"seeds": per_seed, "differences": paired}
     _track(config, run_dir, "sisa-seeds", figures_over_seeds(rows), tables, [run_dir.file("seeds.png")])
+    summary = seeds_summary(_title(config), rows, seeds)
     run_dir.write_text(SUMMARY, summary)
-    print(summary)
-    log.info("sisa: done")
+    return summary
 
 
 def single_seed(config: Config, seed: int) -> Config:
