@@ -213,6 +213,7 @@ def check_audit_tables(tmp_path):
     asr = backdoor.loc[("trained", "mean"), "asr"]
     assert f"attack success {asr:.1f}% after training on them" in shows
     assert "The 2 requests retrained 4 of 4 shards (shards x requests) from scratch" in shows
+    assert "- One seed's run (seed 42): each figure is a single draw" in shows
     finetune = baselines.loc["finetune"]
     assert (
         f"finetune {finetune['samples_processed']} samples "

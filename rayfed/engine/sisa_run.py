@@ -706,7 +706,11 @@ def summary_text(
     lines = [f"# {_title(config)}", ""]
     findings = sisa_findings(tables, len(setup.forget), s.shards)
     if findings:
-        lines += ["## What this run shows", "", *[f"- {f}" for f in findings], ""]
+        draw = (
+            f"One seed's run (seed {config.seed}): each figure is a single draw of the layout, forget set, initial "
+            "weights and poison; `seeds: n` gives their means with 95% intervals over n runs."
+        )
+        lines += ["## What this run shows", "", *[f"- {f}" for f in [*findings, draw]], ""]
     requests = tables["unlearning"]
     if requests:
         sisa = sum(r["samples_processed"] for r in requests)
