@@ -143,6 +143,7 @@ def check_audit_tables(tmp_path):
         "baselines.png",
     ):
         assert name in files, name
+    assert "wandb" not in files  # tracking off by default: no wandb run
     forget = [int(t) for t in (tmp_path / "forget.txt").read_text().split()]
     n = len(pd.read_parquet(tmp_path / "layout.parquet"))
 
@@ -234,7 +235,7 @@ def test_seeds_are_whole_runs_summarised_together_and_a_killed_seed_resumes(ray_
     those rows; wandb (offline) gets a run per seed and one over them, with their figures. A seed without its
     summary.md (killed) is run again on --resume; a finished one is kept."""
     from rayfed.engine.sisa_run import resume_sisa, run_sisa
-    from rayfed.stats import mean_interval
+    from rayfed.stats import mean_interval, signed_interval
 
     config = build_config(
         [
@@ -267,8 +268,9 @@ def test_seeds_are_whole_runs_summarised_together_and_a_killed_seed_resumes(ray_
     summary = (tmp_path / "summary.md").read_text()
     assert summary.startswith("# rayfed sisa: digits, cnn, S=2, R=2, distributed schedule, e=1, seeds 3, 4")
     assert "- **Forgotten exactly** in all 2 seeds" in summary
+    assert "Ensemble figures use the `mean` aggregation" in summary
     mean, half = mean_interval((seeds["unlearned_accuracy"] - seeds["unsharded_accuracy"]).tolist())
-    assert f"({mean:+.2f} ± {half:.2f} points)" in summary or f"costs {-mean:.2f} ± {half:.2f} points" in summary
+    assert f"({signed_interval(mean, half)} points)" in summary or f"costs {-mean:.2f} ± {half:.2f} points" in summary
 
     kept = (tmp_path / "seed3" / "summary.md").stat().st_mtime_ns
     (tmp_path / "seed4" / "summary.md").unlink()

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -233,14 +235,15 @@ def _run_seeds(config: Config, run_dir: RunDirectory, seeds: list[int], first_se
 
 def _summarise_seeds(config: Config, run_dir: RunDirectory, seeds: list[int]) -> str:
     """seeds.parquet, seeds.png and summary.md over the seeds' runs (and their wandb run); returns the summary."""
-    rows = seed_rows(run_dir, seeds, config.sisa.aggregation[0])
+    aggregation = config.sisa.aggregation[0]
+    rows = seed_rows(run_dir, seeds, aggregation)
     per_seed = [{"seed": seed, **row} for seed, row in zip(seeds, rows)]
     run_dir.write_table(SEEDS_TABLE, per_seed)
     paired = seeds_tables(rows)[1]
     plot_seed_differences(paired, run_dir.file("seeds.png"))
     tables = {"seeds": per_seed, "differences": paired}
-    _track(config, run_dir, "sisa-seeds", figures_over_seeds(rows), tables, [run_dir.file("seeds.png")])
-    summary = seeds_summary(_title(config), rows, seeds)
+    _track(config, run_dir, "sisa-seeds", partial(figures_over_seeds, rows), tables, [run_dir.file("seeds.png")])
+    summary = seeds_summary(_title(config), rows, seeds, aggregation)
     run_dir.write_text(SUMMARY, summary)
     return summary
 
@@ -259,7 +262,8 @@ def _run_seed(config: Config, run_dir: RunDirectory, setup: SisaSetup, top: RunD
     experiment = SisaExperiment(config, run_dir, setup)
     tables = experiment.run()
     figures = plot_sisa(run_dir.path, **tables)
-    _track(config, top, f"sisa-seed{config.seed}", run_figures(run_dir, config.sisa.aggregation[0]), tables, figures)
+    seed_figures = partial(run_figures, run_dir, config.sisa.aggregation[0])
+    _track(config, top, f"sisa-seed{config.seed}", seed_figures, tables, figures)
     run_dir.write_text(SUMMARY, experiment.summary)
     return experiment.summary
 
@@ -268,14 +272,16 @@ def _track(
     config: Config,
     top: RunDirectory,
     name: str,
-    figures: dict[str, float],
+    figures: Callable[[], dict[str, float]],
     tables: dict[str, list[dict]],
     images: list[Path],
 ) -> None:
     """With `tracking.wandb` offline or online, one wandb run (in top's wandb/, grouped by its name): the
-    figures, every non-empty table and the PNGs."""
+    figures (computed only then), every non-empty table and the PNGs."""
+    if config.tracking.wandb == "disabled":
+        return
     tracker = Tracker(config, name, top.path, group=top.path.name)
-    tracker.log(figures)
+    tracker.log(figures())
     for key, rows in tables.items():
         tracker.log_table(key, rows)
     for path in images:

@@ -327,11 +327,15 @@ def _markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def seeds_summary(title: str, rows: list[dict[str, float]], seeds: list[int]) -> str:
-    """summary.md of a run over several seeds: what the seeds show, the figures and the paired differences
-    (mean ± 95% half-width), and where each seed's own run directory is."""
+def seeds_summary(title: str, rows: list[dict[str, float]], seeds: list[int], aggregation: str) -> str:
+    """summary.md of a run over several seeds: what its figures are computed over, what the seeds show, the
+    figures and the paired differences (mean ± 95% half-width), and where each seed's own run directory is."""
     figures, paired = seeds_tables(rows)
-    lines = [f"# {title}, seeds {', '.join(map(str, seeds))}", "", "## What these seeds show", ""]
+    basis = (
+        f"Ensemble figures use the `{aggregation}` aggregation (the first of `sisa.aggregation`); accuracies are "
+        "on the held-out test split; membership scores the forgotten points against as many unseen test points."
+    )
+    lines = [f"# {title}, seeds {', '.join(map(str, seeds))}", "", basis, "", "## What these seeds show", ""]
     lines += [f"- {sentence}" for sentence in seeds_findings(rows, seeds)]
     lines += ["", "## Figures over seeds (mean ± half-width of a 95% Student-t interval)", ""]
     lines += [_markdown(figures, ["figure", "meaning", "seeds", "mean", "ci"]), ""]
