@@ -28,6 +28,7 @@ UNLEARN_BASELINES = ("finetune", "neggrad")
 TRIGGER_POSITIONS = ("bottom_right", "random")
 WANDB_MODES = ("disabled", "offline", "online")
 CLIENT_ACCURACY_BASES = ("test", "train")
+CORRECTIONS = ("holm", "none")
 FAILURE_POLICIES = ("retry", "drop")
 CLIENT_ACTORS_PER_GPU = 4
 """Client actors per GPU under `resources.clients_per_actor: auto`. Measured on one H100 (bench_round.py
@@ -280,6 +281,10 @@ class MetricsConfig:
     """What the fairness figures (jfi, max_min, variance, min/max/mean_accuracy, gap) are computed over:
     `test` = each client's accuracy on its held-out test subset; `train` = on its own training images (the
     notebook's figure, near 100% for clients that memorise their data)."""
+    correction: str = "holm"
+    """How `rayfed fl`'s verdicts test the paired differences of a summary table: `holm` = Holm-adjusted
+    p-values over every figure the table tests (the chance of any false effect held at 5%); `none` = each
+    figure on its own (its 95% interval excludes 0)."""
 
 
 @dataclass
@@ -615,6 +620,7 @@ def validate(c: Config) -> None:
     )
     _one_of("tracking.wandb", c.tracking.wandb, WANDB_MODES)
     _one_of("metrics.client_accuracy", c.metrics.client_accuracy, CLIENT_ACCURACY_BASES)
+    _one_of("metrics.correction", c.metrics.correction, CORRECTIONS)
     _require(c.seed >= 0, f"seed: must be >= 0, got {c.seed}")
     _require(
         d.partition_seed is None or d.partition_seed >= 0, f"data.partition_seed: must be >= 0, got {d.partition_seed}"

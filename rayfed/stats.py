@@ -1,4 +1,5 @@
-"""The interval every figure over seeds carries: mean and the half-width of a 95% Student-t interval."""
+"""The interval every figure over seeds carries (mean and the half-width of a 95% Student-t interval), the
+p-value that interval implies, and Holm's correction for testing several figures at once."""
 
 from __future__ import annotations
 
@@ -21,3 +22,31 @@ def signed_interval(mean: float, half: float) -> str:
     """`+m ± h` (4 decimals for small figures, else 2)."""
     digits = 4 if abs(mean) < 1 and half < 1 else 2
     return f"{mean:+.{digits}f} ± {half:.{digits}f}"
+
+
+def interval_p_value(mean: float, half: float, n: int, confidence: float = 0.95) -> float:
+    """Two-sided p-value of the one-sample t-test of "the true mean is 0" behind `mean_interval`'s interval:
+    sem = half / t_{(1+c)/2, n-1}, t = mean / sem, p = 2 P(T_{n-1} > |t|); p < 1 - confidence exactly when the
+    interval excludes 0. A zero-width interval gives 0 (mean != 0) or 1 (mean == 0)."""
+    if half == 0:
+        return 0.0 if mean != 0 else 1.0
+    sem = half / stats.t.ppf((1 + confidence) / 2, n - 1)
+    return float(2 * stats.t.sf(abs(mean) / sem, n - 1))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input's order: the i-th smallest of m is multiplied by
+    m - i + 1, kept at least the adjusted value before it, capped at 1. Rejecting where adjusted p < alpha
+    holds the chance of any false effect among the m at most alpha (Holm 1979)."""
+    m = len(p_values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def p_text(p: float) -> str:
+    """`p 0.028`, `p < 0.001`."""
+    return "p < 0.001" if p < 0.001 else f"p {p:.2g}"

@@ -49,6 +49,7 @@ BAD_SETS = [
     (["--set", "seeds=[1, 1]"], "seeds"),
     (["--set", "seeds=0"], "seeds"),
     (["--set", "metrics.client_accuracy=validation"], "metrics.client_accuracy"),
+    (["--set", "metrics.correction=bonferroni"], "metrics.correction"),
     (["--set", "data.client_test_size=most"], "data.client_test_size"),
 ]
 

@@ -23,7 +23,7 @@ from rayfed.fl.strategies.fedauditgan import FedAuditGan, softmax_weights, stand
 from rayfed.fl.strategies.fedavg import FedAvg
 from rayfed.fl.strategies.qffl import QFedAvg
 from rayfed.fl.strategies.uniform import Uniform
-from rayfed.stats import mean_interval
+from rayfed.stats import holm, interval_p_value, mean_interval
 
 
 def test_mean_interval_hand_case():
@@ -31,6 +31,23 @@ def test_mean_interval_hand_case():
     mean, half = mean_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
     assert mean_interval([5.0]) == (5.0, None)  # one seed: no interval
+
+
+def test_interval_p_value_hand_case():
+    """With 2 degrees of freedom P(T > t) = (1 - t / sqrt(t^2 + 2)) / 2 in closed form: [1, 2, 3] gives
+    t = 2 / (1 / sqrt(3)) = sqrt(12), p = 1 - sqrt(12 / 14) = 0.0741799. p < 0.05 exactly where the interval
+    excludes 0: a difference 1% above the half-width passes, 1% below does not."""
+    mean, half = mean_interval([1.0, 2.0, 3.0])
+    assert interval_p_value(mean, half, 3) == pytest.approx(1 - math.sqrt(12 / 14), rel=1e-6)
+    assert interval_p_value(1.01, 1.0, 5) < 0.05 < interval_p_value(0.99, 1.0, 5)
+    assert interval_p_value(6.0, 0.0, 2) == 0.0 and interval_p_value(0.0, 0.0, 2) == 1.0  # zero-width
+
+
+def test_holm_hand_case():
+    """[0.01, 0.04, 0.03, 0.005]: sorted 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04
+    raised to the 0.06 before it; products past 1 are capped."""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == [1.0, 1.0] and holm([]) == []
 
 
 def _round(method, gamma, seed, rnd, accuracy, jfi, min_accuracy, gap):
@@ -73,31 +90,53 @@ def _pairs(label, **deltas):
 
 
 def test_verdicts_count_only_differences_whose_interval_excludes_zero():
-    """Worst client +6 and gap -5 (intervals 2.48 wide a side: both exclude 0) are fairer; JFI +0.5 holds 0;
-    global accuracy -3 excludes 0: a cost."""
+    """Without correction: worst client +6 and gap -5 (intervals 2.48 wide a side: both exclude 0) are fairer;
+    JFI +0.5 holds 0; global accuracy -3 excludes 0: a cost. The p-values are 1 - t / sqrt(t^2 + 2) with
+    t = |d| sqrt(3) (2 degrees of freedom)."""
     fairer = _pairs("gamma=2", **{"Global Acc": -3.0, "JFI": 0.5, "Worst client": 6.0, "Gap": -5.0})
-    assert verdict_sentences([fairer]) == [
-        "gamma=2 vs FedAvg (3 paired seeds): **fairer** on worst client +6.00 ± 2.48 and gap -5.00 ± 2.48; "
-        "no detectable difference on JFI +0.50 ± 2.48; at a cost in global accuracy (-3.00 ± 2.48 points)."
-    ]
+    lead, sentence = verdict_sentences([fairer], "none")
+    assert lead.startswith("p-values are each figure's own (`metrics.correction: none`)")
+    assert "with 4 figures tested in this table, about 0.2 false effects are expected" in lead
+    assert sentence == (
+        "gamma=2 vs FedAvg (3 paired seeds): **fairer** on worst client +6.00 ± 2.48 (p 0.0091) and gap -5.00 ± "
+        "2.48 (p 0.013); no detectable difference on JFI +0.50 ± 2.48 (p 0.48); at a cost in global accuracy "
+        "(-3.00 ± 2.48 points, p 0.035)."
+    )
     mixed = _pairs("q=1", **{"Global Acc": 2.6, "JFI": 0.0, "Worst client": -4.0, "Gap": -3.0})
     less = _pairs("gamma=8", **{"Global Acc": 0.0, "JFI": 0.0, "Worst client": -2.6, "Gap": 2.0})
     none = _pairs("Uniform", **{"Global Acc": 1.0, "JFI": 0.0, "Worst client": 2.0, "Gap": -2.0})
-    mixed_text, less_text, none_text = verdict_sentences([mixed, less, none])
-    assert mixed_text.startswith("q=1 vs FedAvg (3 paired seeds): **mixed**: fairer on gap -3.00 ± 2.48, less fair")
+    _, mixed_text, less_text, none_text = verdict_sentences([mixed, less, none], "none")
+    assert mixed_text.startswith("q=1 vs FedAvg (3 paired seeds): **mixed**: fairer on gap -3.00 ± 2.48 (p 0.03")
     assert "less fair on worst client -4.00 ± 2.48" in mixed_text and "a gain in global accuracy (+2.60" in mixed_text
-    assert "**less fair** on worst client -2.60 ± 2.48; no detectable difference on gap +2.00 ± 2.48 and JFI" in (
-        less_text
+    assert "**less fair** on worst client -2.60 ± 2.48 (p 0.04" in less_text
+    assert "no detectable difference on gap +2.00 ± 2.48 (p 0.07" in less_text
+    assert "no detectable change in global accuracy (+0.00 ± 2.48, p 1)" in less_text
+    assert none_text.startswith("Uniform vs FedAvg (3 paired seeds): **no detectable difference in fairness**: ")
+
+
+def test_holm_correction_drops_what_one_table_of_tests_can_find_by_chance():
+    """The same row under Holm over its 4 figures: p 0.0091, 0.013, 0.035, 0.48 adjust to 0.0365, 0.0392,
+    0.0702, 0.48: worst client and gap stay effects, the accuracy cost (its interval excludes 0) does not. Three
+    such rows make 12 tests: 0.0091 x 12 > 0.05, and nothing is left."""
+    fairer = _pairs("gamma=2", **{"Global Acc": -3.0, "JFI": 0.5, "Worst client": 6.0, "Gap": -5.0})
+    lead, sentence = verdict_sentences([fairer])
+    assert lead.startswith("p-values are Holm-adjusted over the 4 figures tested in this table")
+    assert sentence == (
+        "gamma=2 vs FedAvg (3 paired seeds): **fairer** on worst client +6.00 ± 2.48 (p 0.037) and gap -5.00 ± "
+        "2.48 (p 0.039); no detectable difference on JFI +0.50 ± 2.48 (p 0.48); no detectable change in global "
+        "accuracy (-3.00 ± 2.48, p 0.07)."
     )
-    assert "no detectable change in global accuracy (+0.00 ± 2.48)" in less_text
-    assert none_text.startswith("Uniform vs FedAvg (3 paired seeds): **no detectable difference in fairness** (")
+    three = verdict_sentences([fairer, {**fairer, "Method": "gamma=4"}, {**fairer, "Method": "gamma=8"}])
+    assert "Holm-adjusted over the 12 figures tested in this table" in three[0]
+    assert all("**no detectable difference in fairness**" in sentence for sentence in three[1:])
+    assert "(p 0.11)" in three[1]  # 0.0091 x 12, then kept at least as large for the next two
 
 
 def test_one_seed_supports_no_verdict():
     """The hand case's two seeds give intervals 12.7x the sem wide: no figure is an effect; with one pair, a
     single sentence saying there is no verdict to give."""
     runs = [FedAvg(), FedAuditGan(2.0)]
-    (two,) = verdict_sentences(paired_differences(ROWS, runs))
+    (_, two) = verdict_sentences(paired_differences(ROWS, runs))
     assert two.startswith("gamma=2 vs FedAvg (2 paired seeds): **no detectable difference in fairness**")
     one = paired_differences([r for r in ROWS if r["seed"] == 1], runs)
     assert verdict_sentences(one) == [
@@ -141,7 +180,7 @@ def test_the_audit_is_paired_with_each_control_on_the_same_seeds():
     qffl = paired[("gamma=2", "q=1")]
     assert qffl["Δ Worst client"] == pytest.approx(8.0)
     assert qffl["Δ Worst client ±"] == pytest.approx(12.706205 * 12, rel=1e-6)
-    (first, _) = verdict_sentences([uniform, qffl])
+    (_, first, _) = verdict_sentences([uniform, qffl])
     assert first.startswith("gamma=2 vs Uniform (2 paired seeds): **fairer** on worst client +6.00 ± 0.00")
     assert control_differences([r for r in rows if r["method"] != "fedauditgan"], runs) == []
 

@@ -235,6 +235,7 @@ def test_seeds_run_side_by_side_on_one_partition(ray_session, tmp_path):
     assert "95% Student-t interval" in summary and "Paired differences" in summary and " ± " in summary
     final = rounds.set_index(["method", "seed"])
     assert "## The audit against the controls" in summary
+    assert "p-values are Holm-adjusted over the 8 figures tested in this table" in summary  # 2 rows x 4 figures
     for reference, label in (("fedavg", "FedAvg"), ("uniform", "Uniform")):
         start = f"- gamma=2 vs {label} (2 paired seeds): "
         verdict = next(line for line in summary.splitlines() if line.startswith(start))

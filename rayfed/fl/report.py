@@ -15,7 +15,7 @@ from rayfed.config import Config
 from rayfed.fl.strategies import Strategy, strategy_for, strategy_runs
 from rayfed.plots.fl import plot_fairness
 from rayfed.results import RunDirectory, Tracker
-from rayfed.stats import mean_interval, signed_interval
+from rayfed.stats import holm, interval_p_value, mean_interval, p_text, signed_interval
 
 FINAL_FIGURES = (
     ("Global Acc", "accuracy"),
@@ -33,6 +33,10 @@ PAIRED_FIGURES = (("Global Acc", "accuracy"), ("JFI", "jfi"), ("Worst client", "
 """Figures whose difference against the reference method is reported per seed pair."""
 FAIRNESS_SIGNS = (("worst client", "Worst client", +1), ("gap", "Gap", -1), ("JFI", "JFI", +1))
 """Paired figures that measure fairness: (name in a sentence, paired column, sign of a fairer difference)."""
+TESTED_FIGURES = tuple((name, column) for name, column, _ in FAIRNESS_SIGNS) + (("global accuracy", "Global Acc"),)
+"""The paired figures a verdict tests: the fairness figures and global accuracy."""
+SIGNIFICANCE = 0.05
+"""A tested figure counts as an effect where its (adjusted) p-value is below this."""
 UNIFORM_TOLERANCE = 0.01
 """Weights within this relative distance of 1/K in every round count as uniform."""
 
@@ -106,27 +110,63 @@ def control_differences(round_rows: list[dict[str, Any]], runs: list[Strategy]) 
     return [_paired_row(finals, run, control) for run in audited for control in controls]
 
 
-def verdict_sentences(paired: list[dict[str, Any]]) -> list[str]:
+def adjusted_p_values(paired: list[dict[str, Any]], correction: str) -> list[dict[str, float]]:
+    """Per paired row, each tested figure's (`TESTED_FIGURES`) two-sided paired t-test p-value, for rows over
+    two seeds or more (others get none); with `correction: holm`, Holm-adjusted over every figure tested in
+    the table, with `none` each figure's own."""
+    tested = [(i, column) for i, row in enumerate(paired) if row["Pairs"] >= 2 for _, column in TESTED_FIGURES]
+    raw = [
+        interval_p_value(paired[i][f"Δ {column}"], paired[i][f"Δ {column} ±"], paired[i]["Pairs"])
+        for i, column in tested
+    ]
+    adjusted = holm(raw) if correction == "holm" else raw
+    out: list[dict[str, float]] = [{} for _ in paired]
+    for (i, column), p in zip(tested, adjusted, strict=True):
+        out[i][column] = p
+    return out
+
+
+def correction_sentence(paired: list[dict[str, Any]], correction: str) -> str:
+    """What the verdicts' p-values are adjusted over, and what the ± beside them is."""
+    rows = sum(row["Pairs"] >= 2 for row in paired)
+    tested = rows * len(TESTED_FIGURES)
+    if correction == "holm":
+        return (
+            f"p-values are Holm-adjusted over the {tested} figures tested in this table (worst client, gap, JFI "
+            f"and global accuracy of each of its {rows} rows over two seeds or more; `metrics.correction: holm`): "
+            f"a figure counts as an effect where its adjusted p < {SIGNIFICANCE:g}, which holds the chance of any "
+            "false effect in the table at 5%. Each ± is that figure's own 95% interval, so it can exclude 0 while "
+            "the adjusted p does not pass."
+        )
+    return (
+        f"p-values are each figure's own (`metrics.correction: none`): a figure counts as an effect where its "
+        f"95% interval excludes 0 (p < {SIGNIFICANCE:g}); with {tested} figures tested in this table, about "
+        f"{tested * SIGNIFICANCE:.2g} false effects are expected by chance alone."
+    )
+
+
+def verdict_sentences(paired: list[dict[str, Any]], correction: str = "holm") -> list[str]:
     """Per method run in the paired table, over two seeds or more: fairer, less fair, mixed, or no detectable
-    difference than the reference, each fairness figure counted only where the 95% interval of its paired
-    difference excludes 0, and what the method did to global accuracy. One seed: one sentence saying that
-    single draws support no verdict."""
+    difference than the reference, each fairness figure counted only where its paired difference's p-value,
+    Holm-adjusted over the table (`adjusted_p_values`), is below 0.05, and what the method did to global
+    accuracy; led by `correction_sentence`. One seed: one sentence saying that single draws support no
+    verdict."""
     if paired and all(row["Pairs"] < 2 for row in paired):
         return [
             "One seed: each difference above is a single draw and supports no verdict; `seeds: 5` gives them intervals."
         ]
-    sentences = []
-    for row in paired:
+    sentences = [correction_sentence(paired, correction)]
+    for row, p_values in zip(paired, adjusted_p_values(paired, correction), strict=True):
         if row["Pairs"] < 2:
             continue
         better, worse, unclear = [], [], []
         for name, column, sign in FAIRNESS_SIGNS:
-            mean, half = row[f"Δ {column}"], row[f"Δ {column} ±"]
-            figure = f"{name} {signed_interval(mean, half)}"
-            if abs(mean) <= half:  # the interval holds 0
-                unclear.append(figure)
+            mean = row[f"Δ {column}"]
+            text = f"{name} {signed_interval(mean, row[f'Δ {column} ±'])} ({p_text(p_values[column])})"
+            if p_values[column] >= SIGNIFICANCE:
+                unclear.append(text)
             else:
-                (better if sign * mean > 0 else worse).append(figure)
+                (better if sign * mean > 0 else worse).append(text)
         if better and worse:
             verdict = f"**mixed**: fairer on {' and '.join(better)}, less fair on {' and '.join(worse)}"
         elif better or worse:
@@ -136,12 +176,13 @@ def verdict_sentences(paired: list[dict[str, Any]]) -> list[str]:
         if unclear and (better or worse):
             verdict += f"; no detectable difference on {' and '.join(unclear)}"
         elif unclear:
-            verdict += f" ({', '.join(unclear)})"
-        mean, half = row["Δ Global Acc"], row["Δ Global Acc ±"]
+            verdict += f": {', '.join(unclear)}"
+        mean, half, p = row["Δ Global Acc"], row["Δ Global Acc ±"], p_values["Global Acc"]
         accuracy = (
-            f"no detectable change in global accuracy ({signed_interval(mean, half)})"
-            if abs(mean) <= half
-            else f"at a {'gain' if mean > 0 else 'cost'} in global accuracy ({signed_interval(mean, half)} points)"
+            f"no detectable change in global accuracy ({signed_interval(mean, half)}, {p_text(p)})"
+            if p >= SIGNIFICANCE
+            else f"at a {'gain' if mean > 0 else 'cost'} in global accuracy "
+            f"({signed_interval(mean, half)} points, {p_text(p)})"
         )
         sentences.append(f"{row['Method']} vs {row['vs']} ({row['Pairs']} paired seeds): {verdict}; {accuracy}.")
     return sentences
@@ -241,7 +282,7 @@ def summary_markdown(
         paired = differences(round_rows, runs)
         if paired:
             parts += [f"## {heading}\n", format_table(paired)]
-            parts += [f"- {sentence}\n" for sentence in verdict_sentences(paired)]
+            parts += [f"- {sentence}\n" for sentence in verdict_sentences(paired, config.metrics.correction)]
     parts += [f"- {note}\n" for note in notes]
     for run, deviation in uniform_weight_runs(client_rows).items():
         parts.append(
