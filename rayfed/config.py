@@ -285,6 +285,17 @@ class MetricsConfig:
     """How `rayfed fl`'s verdicts test the paired differences of a summary table: `holm` = Holm-adjusted
     p-values over every figure the table tests (the chance of any false effect held at 5%); `none` = each
     figure on its own (its 95% interval excludes 0)."""
+    held_out_audit: bool = True
+    """After the last round, audit every method run's final model (FedAvg's too) with one auditor: a fresh
+    audit GAN (the `audit.*` settings) trained against the model on the held-out test split, with the same
+    seeds for every method of a seed; its learned perturbations (at most `audit.delta_scale` per pixel in
+    [-1, 1]) are applied to every test image, and `audit.parquet` records the bias B over those real pairs and
+    the share of images whose predicted class they change (`flip_rate`). summary.md compares the methods on
+    both."""
+    audit_epochs: int = 5
+    """Epochs of the held-out auditor's GAN training over the test split."""
+    audit_batch_size: int = 64
+    """Batch size of the held-out auditor's GAN training."""
 
 
 @dataclass
@@ -621,6 +632,10 @@ def validate(c: Config) -> None:
     _one_of("tracking.wandb", c.tracking.wandb, WANDB_MODES)
     _one_of("metrics.client_accuracy", c.metrics.client_accuracy, CLIENT_ACCURACY_BASES)
     _one_of("metrics.correction", c.metrics.correction, CORRECTIONS)
+    _require(c.metrics.audit_epochs >= 1, f"metrics.audit_epochs: must be >= 1, got {c.metrics.audit_epochs}")
+    _require(
+        c.metrics.audit_batch_size >= 2, f"metrics.audit_batch_size: must be >= 2, got {c.metrics.audit_batch_size}"
+    )
     _require(c.seed >= 0, f"seed: must be >= 0, got {c.seed}")
     _require(
         d.partition_seed is None or d.partition_seed >= 0, f"data.partition_seed: must be >= 0, got {d.partition_seed}"

@@ -46,6 +46,9 @@ class Stream(IntEnum):
     """(): initial weights of the unsharded model of the approximate-unlearning baselines."""
     UNSHARDED_TRAINING = 15
     """(part,): minibatch order of the unsharded model's 0 training (and retraining), 1 fine-tuning, 2 NegGrad+."""
+    HELD_OUT_AUDIT = 16
+    """(part,): the held-out audit of a final fl model: 0 its G's and D's initial weights, 1 noise, labels and batch
+    order of their training, 2 the perturbations drawn for the held-out images."""
 
 
 ARITY = {
@@ -64,6 +67,7 @@ ARITY = {
     Stream.BACKDOOR_TRIGGER: 1,
     Stream.UNSHARDED_INIT: 0,
     Stream.UNSHARDED_TRAINING: 1,
+    Stream.HELD_OUT_AUDIT: 1,
 }
 """How many indices select one draw of each stream."""
 

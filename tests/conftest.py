@@ -26,7 +26,7 @@ def _assert_same_run(a, b) -> None:
     import pandas as pd
     import torch
 
-    for name in ("rounds.parquet", "clients.parquet"):
+    for name in ("rounds.parquet", "clients.parquet", "audit.parquet"):
         left = pd.read_parquet(a / name).drop(columns=["seconds"], errors="ignore")
         right = pd.read_parquet(b / name).drop(columns=["seconds"], errors="ignore")
         pd.testing.assert_frame_equal(left, right)

@@ -25,6 +25,7 @@ GOLDEN_SETTINGS = {
         "resources.server_threads=1",
         "resources.clients_per_actor=3",
         "metrics.client_accuracy=train",
+        "metrics.audit_epochs=1",
     ],
     "sisa": [
         "seed=3",

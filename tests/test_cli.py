@@ -50,6 +50,9 @@ BAD_SETS = [
     (["--set", "seeds=0"], "seeds"),
     (["--set", "metrics.client_accuracy=validation"], "metrics.client_accuracy"),
     (["--set", "metrics.correction=bonferroni"], "metrics.correction"),
+    (["--set", "metrics.audit_epochs=0"], "metrics.audit_epochs"),
+    (["--set", "metrics.audit_batch_size=1"], "metrics.audit_batch_size"),
+    (["--set", "metrics.held_out_audit=sometimes"], "metrics.held_out_audit"),
     (["--set", "data.client_test_size=most"], "data.client_test_size"),
 ]
 

@@ -83,6 +83,8 @@ def test_fl_joins_a_head_node_by_address(head, tmp_path):
             "fl.methods=[fedavg]",
             "--set",
             "fl.local_epochs=1",
+            "--set",
+            "metrics.audit_epochs=1",
             "--out",
             str(out),
         ],

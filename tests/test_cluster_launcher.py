@@ -53,6 +53,8 @@ TINY_FL = [
     "fl.local_epochs=1",
     "--set",
     "tracking.wandb=disabled",
+    "--set",
+    "metrics.audit_epochs=1",
     "--out",
     "runs/launcher-test",
 ]

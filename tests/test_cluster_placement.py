@@ -134,6 +134,8 @@ def test_fl_on_two_one_gpu_nodes_places_more_actors_than_fit_on_one(tmp_path):
             "fl.methods=[fedavg]",
             "--set",
             "fl.local_epochs=1",
+            "--set",
+            "metrics.audit_epochs=1",
             "--out",
             str(out),
         ],

@@ -17,6 +17,7 @@ from rayfed.fl.report import (
     uniform_weight_runs,
     verdict_sentences,
 )
+from rayfed.fl.rows import with_held_out
 from rayfed.fl.setup import select_clients
 from rayfed.fl.strategies import REGISTRY, LocalResult, strategy_for
 from rayfed.fl.strategies.fedauditgan import FedAuditGan, softmax_weights, standardised
@@ -159,6 +160,44 @@ def test_summary_and_paired_differences_hand_case():
     assert paired[0]["Δ Worst client"] == pytest.approx(7.0)
     assert paired[0]["Δ Gap"] == pytest.approx(-6.5)
     assert paired_differences([r for r in ROWS if r["method"] != "fedavg"], runs) == []  # no reference ran
+
+
+def _audit(method, gamma, seed, flip_rate, bias):
+    return {"method": method, "gamma": gamma, "q": None, "seed": seed, "round": 2, "bias": bias, "flip_rate": flip_rate}
+
+
+AUDIT_ROWS = [
+    _audit("fedavg", None, 1, 0.10, 5.0),
+    _audit("fedavg", None, 2, 0.12, 6.0),
+    _audit("fedauditgan", 2.0, 1, 0.07, 4.0),
+    _audit("fedauditgan", 2.0, 2, 0.08, 3.0),
+]
+
+
+def test_held_out_audit_joins_the_final_rows_and_its_flip_rate_is_tested():
+    """Without audit rows the tables have no held-out columns; with them, each final row carries its seed's
+    figures (not an earlier round's): FedAvg flip rate (0.10 + 0.12) / 2 = 0.11, the paired difference
+    (-0.03, -0.04) -> -0.035, B (-1, -3) -> -2. A verdict tests the flip rate as a fifth figure: fewer flips by
+    0.06 +- 0.0248 over three seeds is an effect (p 0.0091, as worst client +6 +- 2.48 in the first hand case),
+    more flips the other way; Holm over the row's 5 figures (the other four p's are 1) multiplies it by 5."""
+    runs = [FedAvg(), FedAuditGan(2.0)]
+    assert "Flip rate" not in summary_table(ROWS, runs)[0] and "Δ Flip rate" not in paired_differences(ROWS, runs)[0]
+    rows = with_held_out(ROWS, AUDIT_ROWS)
+    assert rows[0] == ROWS[0]  # round 1: no audit
+    summary = {r["Method"]: r for r in summary_table(rows, runs)}
+    assert summary["FedAvg"]["Flip rate"] == pytest.approx(0.11) and summary["gamma=2"]["Held-out B"] == 3.5
+    [paired] = paired_differences(rows, runs)
+    assert paired["Δ Flip rate"] == pytest.approx(-0.035) and paired["Δ Held-out B"] == pytest.approx(-2.0)
+    row = _pairs("gamma=2", **{"Global Acc": 0.0, "JFI": 0.0, "Worst client": 0.0, "Gap": 0.0})
+    row["Δ Flip rate"], row["Δ Flip rate ±"] = mean_interval([-0.07, -0.06, -0.05])
+    lead, less = verdict_sentences([row], "none")
+    assert "with 5 figures tested in this table" in lead
+    assert less.endswith("; held-out audit: **less sensitive** (flip rate -0.0600 ± 0.0248, p 0.0091).")
+    row["Δ Flip rate"] = 0.06
+    assert verdict_sentences([row], "none")[1].endswith("**more sensitive** (flip rate +0.0600 ± 0.0248, p 0.0091).")
+    lead, holm_adjusted = verdict_sentences([row])
+    assert "worst client, gap, JFI, global accuracy and flip rate of each of its 1 row over" in lead
+    assert holm_adjusted.endswith("**more sensitive** (flip rate +0.0600 ± 0.0248, p 0.046).")  # 0.0091 x 5
 
 
 def test_the_audit_is_paired_with_each_control_on_the_same_seeds():

@@ -31,6 +31,7 @@ BASE = [
     "data.client_test_size=20",
     "resources.clients_per_actor=1",  # actor i hosts client i: the tests kill or call one client's actor
     f"seed={SEED}",
+    "metrics.audit_epochs=1",
 ]
 
 
@@ -156,6 +157,7 @@ def test_partial_participation_and_many_clients_per_actor(ray_session, tmp_path)
         "audit.gan_epochs=1",
         "data.client_test_size=10",
         "seed=11",
+        "metrics.audit_epochs=1",
     ]
     tables = []
     for per_actor in (1, 2):

@@ -30,6 +30,7 @@ SMALL = [
     "audit.n_probes=64",
     "data.client_test_size=20",
     "seed=5",
+    "metrics.audit_epochs=1",
     "resources.server_threads=1",  # as many threads with one audit server as with two
 ]
 
@@ -90,6 +91,50 @@ def test_run_directory_holds_the_contract(two_runs):
     assert (audit["gamma"] == 2.0).all() and (audit["bias"] > 0).all()
     state = torch.load(path / "model_fedauditgan_gamma2.pt", weights_only=True)
     assert state["convs.0.weight"].shape[1] == 1
+
+
+def test_held_out_audit_of_every_final_model_is_what_the_saved_model_gives(two_runs):
+    """audit.parquet: one row per method run, FedAvg's too, at the last round; each row's B and flip rate are
+    what `held_out_audit` gives on the saved final weights with the seed's auditor (one thread, as the server
+    runs); summary.md carries them and its verdict reads the flip rate."""
+    from rayfed.fl.held_out_audit import held_out_audit
+    from rayfed.models import build_classifier
+
+    path = two_runs[0]
+    audit = pd.read_parquet(path / "audit.parquet")
+    columns = ["method", "gamma", "q", "seed", "round", "bias", "flip_rate", "images", "seconds"]
+    assert list(audit.columns) == columns and sorted(audit["method"]) == ["fedauditgan", "fedavg"]
+    assert (audit["round"] == 2).all() and (audit["seed"] == 5).all() and (audit["images"] == 449).all()
+    config = load_config(None, SMALL)
+    federation = build_federation(config)
+    d = federation.data
+    model = build_classifier(config.model.name, d.shape, d.num_classes)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for row in audit.itertuples():
+            label = "fedavg" if row.method == "fedavg" else "fedauditgan_gamma2"
+            state = torch.load(path / f"model_{label}.pt", weights_only=True)
+            found = held_out_audit(
+                model,
+                state,
+                d.test_x,
+                d.test_y,
+                config.audit,
+                federation.space,
+                d.num_classes,
+                epochs=1,
+                batch_size=64,
+                run_seed=5,
+            )
+            assert (row.bias, row.flip_rate) == pytest.approx((found.bias, found.flip_rate), rel=1e-9), row.method
+    finally:
+        torch.set_num_threads(threads)
+    summary = (path / "summary.md").read_text()
+    assert "Held-out B and Flip rate audit each final model" in summary and "| Flip rate |" in summary
+    assert "| Δ Flip rate |" in summary and "One seed: each difference above is a single draw" in summary
+    flips = audit.set_index("method")["flip_rate"]
+    assert f"| {flips['fedauditgan'] - flips['fedavg']:.4f} |" in summary  # the paired difference, one seed
 
 
 def test_summary_names_the_classes_no_client_holds_and_no_model_learns_them(two_runs):
@@ -235,7 +280,7 @@ def test_seeds_run_side_by_side_on_one_partition(ray_session, tmp_path):
     assert "95% Student-t interval" in summary and "Paired differences" in summary and " ± " in summary
     final = rounds.set_index(["method", "seed"])
     assert "## The audit against the controls" in summary
-    assert "p-values are Holm-adjusted over the 8 figures tested in this table" in summary  # 2 rows x 4 figures
+    assert "p-values are Holm-adjusted over the 10 figures tested in this table" in summary  # 2 rows x 5 figures
     for reference, label in (("fedavg", "FedAvg"), ("uniform", "Uniform")):
         start = f"- gamma=2 vs {label} (2 paired seeds): "
         verdict = next(line for line in summary.splitlines() if line.startswith(start))
@@ -243,6 +288,10 @@ def test_seeds_run_side_by_side_on_one_partition(ray_session, tmp_path):
             pairs = [final.loc[("fedauditgan", s), column] - final.loc[(reference, s), column] for s in (5, 6)]
             stated = re.search(rf"{name} ([+-][\d.]+) ± ([\d.]+)", verdict)
             assert [float(stated[1]), float(stated[2])] == pytest.approx(list(mean_interval(pairs)), abs=1e-4), name
+        audit = pd.read_parquet(path / "audit.parquet").set_index(["method", "seed"])["flip_rate"]
+        pairs = [audit.loc[("fedauditgan", s)] - audit.loc[(reference, s)] for s in (5, 6)]
+        stated = re.search(r"held-out audit: [^(]*\(flip rate ([+-][\d.]+) ± ([\d.]+)", verdict)
+        assert [float(stated[1]), float(stated[2])] == pytest.approx(list(mean_interval(pairs)), abs=1e-4)
     assert not any(line.startswith("- Uniform vs Uniform") for line in summary.splitlines())
 
 

@@ -26,6 +26,7 @@ SETS = [
     "audit.warm_start=true",
     "data.client_test_size=20",
     "seed=9",
+    "metrics.audit_epochs=1",
 ]
 ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
 
@@ -100,6 +101,25 @@ def test_resume_can_extend_fl_rounds(resumed_and_reference, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rounds = pd.read_parquet(longer / "rounds.parquet")
     assert sorted(set(rounds["round"])) == [1, 2, 3, 4] and len(rounds) == 8
+    assert pd.read_parquet(longer / "audit.parquet")["round"].tolist() == [4, 4]  # the extended models audited
+
+
+def test_a_run_killed_after_its_last_round_resumes_with_the_held_out_audit(
+    resumed_and_reference, tmp_path, assert_same_run
+):
+    """Killed after the last round's checkpoint, before the held-out audit and the outputs: --resume trains no
+    round, audits the checkpointed final models and writes what the uninterrupted run wrote."""
+    import shutil
+
+    from rayfed.engine.fl_run import resume_fl
+
+    _, reference = resumed_and_reference
+    late = tmp_path / "late"
+    shutil.copytree(reference, late)
+    for name in ["audit.parquet", "summary.md", "fairness.png", *(p.name for p in late.glob("model_*.pt"))]:
+        (late / name).unlink()
+    resume_fl(str(late), None, [])
+    assert_same_run(reference, late)
 
 
 def test_a_run_killed_in_its_first_round_resumes_from_round_1(resumed_and_reference, tmp_path, assert_same_run):

@@ -43,7 +43,7 @@ def test_streams_and_sisa_draws_distinct_across_rounds_shards_stages_and_audits(
     ]
     seeds += [
         stream_seed(0, s, part)
-        for s in (Stream.SISA_MEMBERSHIP, Stream.BACKDOOR_TRIGGER, Stream.UNSHARDED_TRAINING)
+        for s in (Stream.SISA_MEMBERSHIP, Stream.BACKDOOR_TRIGGER, Stream.UNSHARDED_TRAINING, Stream.HELD_OUT_AUDIT)
         for part in range(4)
     ]
     seeds += [v for r in range(1, 30) for _, v in all_round_seeds(0, r, 10)]

@@ -44,6 +44,10 @@ def test_one_row_per_trial_with_params_metrics_and_status(sweep):
     assert stored["trial_id"].is_unique and stored["jfi"].between(0, 1).all()
     assert (stored.loc[stored["status"] == "TERMINATED", "round"] == 1).all()
     assert list(table["trial_id"]) == list(stored["trial_id"])
+    for _, row in stored.iterrows():  # the last round's report carries the final model's held-out audit
+        audit = pd.read_parquet(Path(row["run_dir"]) / "audit.parquet").set_index("method")
+        assert row["flip_rate"] == audit.loc["fedauditgan", "flip_rate"]
+        assert row["held_out_bias"] == audit.loc["fedauditgan", "bias"]
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from rayfed.engine.server import AuditServer
 from rayfed.errors import RunStalled
 from rayfed.fl.metrics import fairness_summary
 from rayfed.fl.round import LocalTraining, RoundOutcome
-from rayfed.fl.rows import ClientRow, RoundRow, as_dict
+from rayfed.fl.rows import AuditRow, ClientRow, RoundRow, as_dict
 from rayfed.fl.setup import Federation, select_clients
 from rayfed.fl.strategies import Strategy, seeded_runs
 
@@ -160,13 +160,15 @@ class FederatedEngine:
     def _wait(self, refs: Any, what: str, p: PendingRound) -> Any:
         """ray.get(refs), or RunStalled naming what the round waited for after resources.stall_timeout seconds
         without it (a lost object whose reconstruction never finishes, a wedged actor)."""
+        return self._wait_for(refs, f"round {p.round_index} of {p.run.label} (seed {p.seed})", what)
+
+    def _wait_for(self, refs: Any, subject: str, what: str) -> Any:
         timeout = self.config.resources.stall_timeout
         try:
             return ray.get(refs, timeout=timeout)
         except GetTimeoutError:
             raise RunStalled(
-                f"round {p.round_index} of {p.run.label} (seed {p.seed}) made no progress for "
-                f"{timeout:g} s waiting for {what} (resources.stall_timeout)"
+                f"{subject} made no progress for {timeout:g} s waiting for {what} (resources.stall_timeout)"
             ) from None
 
     def finish_round(self, pending: PendingRound) -> RoundResult:
@@ -263,6 +265,25 @@ class FederatedEngine:
     ) -> RoundResult:
         """One whole round: `start_round` then `finish_round`."""
         return self.finish_round(self.start_round(round_index, run, seed, state_ref, gan_state))
+
+    def held_out_audits(
+        self, seeded: list[tuple[Strategy, int]], state_refs: list[ray.ObjectRef], round_index: int
+    ) -> list[dict[str, Any]]:
+        """`audit.parquet`'s rows: every seeded run's model (`state_refs`, after `round_index`) audited on the
+        held-out test split by its seed's auditor (`rayfed.fl.held_out_audit`), each on the run's own server, all
+        submitted before any is collected."""
+        refs = [
+            self.servers[self.server_of.get((run.file_label, seed), 0)].held_out_audit.remote(
+                seed, state_ref, self.config.metrics
+            )
+            for (run, seed), state_ref in zip(seeded, state_refs)
+        ]
+        rows = []
+        for (run, seed), ref in zip(seeded, refs):
+            found = self._wait_for(ref, f"the held-out audit of {run.label} (seed {seed})", "the audit server")
+            row = AuditRow(run.name, seed, round_index, found.bias, found.flip_rate, found.images, found.seconds)
+            rows.append(as_dict(row, run))
+        return rows
 
     def shutdown(self) -> None:
         for actor in [*self.actors, *self.servers]:

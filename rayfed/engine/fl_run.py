@@ -19,7 +19,7 @@ from rayfed.engine.fl_engine import FederatedEngine
 from rayfed.engine.runtime import init_ray
 from rayfed.errors import UserError
 from rayfed.fl.report import unheld_classes_sentence, write_outputs
-from rayfed.fl.rows import ClientRow, RoundRow, schema
+from rayfed.fl.rows import HELD_OUT_FIGURES, AuditRow, ClientRow, RoundRow, schema, with_held_out
 from rayfed.fl.setup import build_federation, initial_model_state
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
 from rayfed.fl.strategies import Strategy, seeded_runs
@@ -100,7 +100,27 @@ def _log_round(tracker: Tracker, row: dict[str, Any], client_rows: list[dict[str
 
 
 RoundCallback = Callable[[list[dict[str, Any]]], None]
-"""Called after each round's checkpoint is written, with that round's rows (one per seeded run)."""
+"""Called after each round's checkpoint is written, with that round's rows (one per seeded run); at the last
+round each row also carries its model's held-out audit (`held_out_bias`, `flip_rate`) when one ran."""
+
+
+def _held_out_audit(
+    config: Config,
+    run_dir: RunDirectory,
+    engine: FederatedEngine,
+    runs: list[SeededRun],
+    state_refs: dict[str, ray.ObjectRef],
+    trackers: dict[str, Tracker],
+) -> list[dict[str, Any]]:
+    """With metrics.held_out_audit, audit every seeded run's final model and write audit.parquet."""
+    if not config.metrics.held_out_audit:
+        return []
+    log.info("held-out audit of %d final models", len(runs))
+    rows = engine.held_out_audits([(r.run, r.seed) for r in runs], [state_refs[r.key] for r in runs], config.fl.rounds)
+    run_dir.write_table("audit.parquet", rows, schema(AuditRow))
+    for seeded, row in zip(runs, rows):
+        trackers[seeded.key].log({k: row[v] for k, v in HELD_OUT_FIGURES.items()})
+    return rows
 
 
 def model_file(seeded: SeededRun, config: Config) -> str:
@@ -133,6 +153,7 @@ def execute(
         r.key: Tracker(config, f"{r.run.label} seed {r.seed}", run_dir.path, group=run_dir.path.name) for r in runs
     }
     finishing = ThreadPoolExecutor(len(runs), thread_name_prefix="finish-round")
+    audit_rows: list[dict[str, Any]] | None = None
     try:
         with tqdm(
             total=len(runs) * config.fl.rounds, initial=len(runs) * (progress.next_round - 1), unit="round"
@@ -161,8 +182,12 @@ def execute(
                 progress.next_round = round_index + 1
                 progress.states = {key: ray.get(ref) for key, ref in state_refs.items()}
                 _save_checkpoint(run_dir, progress)
+                if round_index == config.fl.rounds:  # before the last report, so Tune sees the audit too
+                    audit_rows = _held_out_audit(config, run_dir, engine, runs, state_refs, trackers)
                 if on_round is not None:
-                    on_round(progress.round_rows[-len(runs) :])
+                    on_round(with_held_out(progress.round_rows[-len(runs) :], audit_rows or []))
+        if audit_rows is None:  # resumed after the last round's checkpoint
+            audit_rows = _held_out_audit(config, run_dir, engine, runs, state_refs, trackers)
         for seeded in runs:
             run_dir.save_state(model_file(seeded, config), to_torch(progress.states[seeded.key]))
     finally:
@@ -172,7 +197,9 @@ def execute(
         engine.shutdown()
         if started_ray:
             ray.shutdown()
-    return write_outputs(config, run_dir, progress.round_rows, progress.client_rows, [unheld] if unheld else [])
+    return write_outputs(
+        config, run_dir, progress.round_rows, progress.client_rows, audit_rows, [unheld] if unheld else []
+    )
 
 
 def run_fl(config: Config, run_dir: RunDirectory, on_round: RoundCallback | None = None) -> list[dict[str, Any]]:

@@ -11,9 +11,10 @@ from typing import Any
 import ray
 import torch
 
-from rayfed.config import AuditConfig
+from rayfed.config import AuditConfig, MetricsConfig
 from rayfed.engine.runtime import setup_worker
 from rayfed.fl.gan_audit import AuditGan, FoldedEvaluator, PixelSpace
+from rayfed.fl.held_out_audit import HeldOutAudit, held_out_audit
 from rayfed.fl.metrics import accuracy
 from rayfed.fl.round import Probes, RoundOutcome, audit_evidence, draw_probes, score_and_aggregate, train_audit
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
@@ -117,6 +118,24 @@ class AuditServer:
         new_state = to_numpy(outcome.state)
         outcome.state = {}
         return outcome, new_state
+
+    def held_out_audit(self, run_seed: int, state: NumpyState, metrics: MetricsConfig) -> HeldOutAudit:
+        """Audit a final model on the held-out test split with the seed's auditor (`held_out_audit`): a pure
+        function of its arguments, so a restarted server gives the same result. The server's round GAN, when it
+        has one, is re-initialised for it in place."""
+        return held_out_audit(
+            self.model,
+            to_torch(state, self.device),
+            self.test_x,
+            self.test_y,
+            self.audit_config,
+            self.space,
+            self.num_classes,
+            epochs=metrics.audit_epochs,
+            batch_size=metrics.audit_batch_size,
+            run_seed=run_seed,
+            gan=self.gan,
+        )
 
     def pid(self) -> int:
         """The server's process id (tests use it to kill the process)."""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from rayfed.config import Config
+from rayfed.fl.rows import with_held_out
 from rayfed.fl.strategies import Strategy, strategy_for, strategy_runs
 from rayfed.plots.fl import plot_fairness
 from rayfed.results import RunDirectory, Tracker
@@ -27,14 +28,30 @@ FINAL_FIGURES = (
     ("Gap", "gap"),
     ("Bias", "bias"),
     ("Eff. clients", "effective_clients"),
+    ("Held-out B", "held_out_bias"),
+    ("Flip rate", "flip_rate"),
 )
-"""Summary columns -> the RoundRow figure they show at the final round."""
-PAIRED_FIGURES = (("Global Acc", "accuracy"), ("JFI", "jfi"), ("Worst client", "min_accuracy"), ("Gap", "gap"))
-"""Figures whose difference against the reference method is reported per seed pair."""
+"""Summary columns -> the figure they show at the final round (the last two from the held-out audit, shown when
+it ran)."""
+PAIRED_FIGURES = (
+    ("Global Acc", "accuracy"),
+    ("JFI", "jfi"),
+    ("Worst client", "min_accuracy"),
+    ("Gap", "gap"),
+    ("Flip rate", "flip_rate"),
+    ("Held-out B", "held_out_bias"),
+)
+"""Figures whose difference against the reference method is reported per seed pair (the held-out audit's when
+it ran)."""
+HELD_OUT_KEYS = ("held_out_bias", "flip_rate")
 FAIRNESS_SIGNS = (("worst client", "Worst client", +1), ("gap", "Gap", -1), ("JFI", "JFI", +1))
 """Paired figures that measure fairness: (name in a sentence, paired column, sign of a fairer difference)."""
-TESTED_FIGURES = tuple((name, column) for name, column, _ in FAIRNESS_SIGNS) + (("global accuracy", "Global Acc"),)
-"""The paired figures a verdict tests: the fairness figures and global accuracy."""
+TESTED_FIGURES = tuple((name, column) for name, column, _ in FAIRNESS_SIGNS) + (
+    ("global accuracy", "Global Acc"),
+    ("flip rate", "Flip rate"),
+)
+"""The paired figures a verdict tests: the fairness figures, global accuracy and, when the held-out audit ran, its
+flip rate (not its B, which grows with the logits' scale: tests/test_held_out_audit.py)."""
 SIGNIFICANCE = 0.05
 """A tested figure counts as an effect where its (adjusted) p-value is below this."""
 UNIFORM_TOLERANCE = 0.01
@@ -55,9 +72,18 @@ def final_by_seed(round_rows: list[dict[str, Any]]) -> dict[Strategy, dict[int, 
     return out
 
 
+def _shown(
+    figures: tuple[tuple[str, str], ...], finals: dict[Strategy, dict[int, dict[str, Any]]]
+) -> tuple[tuple[str, str], ...]:
+    """`figures` without the held-out audit's when no final row carries them (the audit was off)."""
+    audited = any(key in row for by_seed in finals.values() for row in by_seed.values() for key in HELD_OUT_KEYS)
+    return tuple((name, key) for name, key in figures if audited or key not in HELD_OUT_KEYS)
+
+
 def summary_table(round_rows: list[dict[str, Any]], runs: list[Strategy]) -> list[dict[str, Any]]:
     """Per method run: seeds, final round, and each final figure's mean with its interval (`<name> ±`)."""
     finals = final_by_seed(round_rows)
+    figures = _shown(FINAL_FIGURES, finals)
     table = []
     for run in runs:
         by_seed = finals.get(run)
@@ -68,8 +94,8 @@ def summary_table(round_rows: list[dict[str, Any]], runs: list[Strategy]) -> lis
             "Seeds": len(by_seed),
             "Round": max(r["round"] for r in by_seed.values()),
         }
-        for name, key in FINAL_FIGURES:
-            values = [r[key] for r in by_seed.values() if r[key] is not None]
+        for name, key in figures:
+            values = [r[key] for r in by_seed.values() if r.get(key) is not None]
             mean, half = mean_interval(values) if values else (None, None)
             row[name], row[f"{name} ±"] = mean, half
         table.append(row)
@@ -83,7 +109,7 @@ def _paired_row(
     interval."""
     seeds = sorted(set(finals[run]) & set(finals[reference]))
     row: dict[str, Any] = {"Method": run.label, "vs": reference.label, "Pairs": len(seeds)}
-    for name, key in PAIRED_FIGURES:
+    for name, key in _shown(PAIRED_FIGURES, finals):
         diffs = [finals[run][s][key] - finals[reference][s][key] for s in seeds]
         row[f"Δ {name}"], row[f"Δ {name} ±"] = mean_interval(diffs) if diffs else (None, None)
     return row
@@ -110,11 +136,18 @@ def control_differences(round_rows: list[dict[str, Any]], runs: list[Strategy]) 
     return [_paired_row(finals, run, control) for run in audited for control in controls]
 
 
+def _tested(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """The TESTED_FIGURES a paired row carries, over two seeds or more (none over one)."""
+    if row["Pairs"] < 2:
+        return []
+    return [(name, column) for name, column in TESTED_FIGURES if row.get(f"Δ {column}") is not None]
+
+
 def adjusted_p_values(paired: list[dict[str, Any]], correction: str) -> list[dict[str, float]]:
-    """Per paired row, each tested figure's (`TESTED_FIGURES`) two-sided paired t-test p-value, for rows over
-    two seeds or more (others get none); with `correction: holm`, Holm-adjusted over every figure tested in
-    the table, with `none` each figure's own."""
-    tested = [(i, column) for i, row in enumerate(paired) if row["Pairs"] >= 2 for _, column in TESTED_FIGURES]
+    """Per paired row, each tested figure's (`TESTED_FIGURES` that the row carries) two-sided paired t-test
+    p-value, for rows over two seeds or more (others get none); with `correction: holm`, Holm-adjusted over every
+    figure tested in the table, with `none` each figure's own."""
+    tested = [(i, column) for i, row in enumerate(paired) for _, column in _tested(row)]
     raw = [
         interval_p_value(paired[i][f"Δ {column}"], paired[i][f"Δ {column} ±"], paired[i]["Pairs"])
         for i, column in tested
@@ -129,11 +162,13 @@ def adjusted_p_values(paired: list[dict[str, Any]], correction: str) -> list[dic
 def correction_sentence(paired: list[dict[str, Any]], correction: str) -> str:
     """What the verdicts' p-values are adjusted over, and what the ± beside them is."""
     rows = sum(row["Pairs"] >= 2 for row in paired)
-    tested = rows * len(TESTED_FIGURES)
+    tested = sum(len(_tested(row)) for row in paired)
+    names = [name for name, _ in next((_tested(row) for row in paired if _tested(row)), [])]
     if correction == "holm":
         return (
-            f"p-values are Holm-adjusted over the {tested} figures tested in this table (worst client, gap, JFI "
-            f"and global accuracy of each of its {rows} rows over two seeds or more; `metrics.correction: holm`): "
+            f"p-values are Holm-adjusted over the {tested} figures tested in this table ({', '.join(names[:-1])} "
+            f"and {names[-1]} of each of its {rows} row{'s' if rows != 1 else ''} over two seeds or more; "
+            "`metrics.correction: holm`): "
             f"a figure counts as an effect where its adjusted p < {SIGNIFICANCE:g}, which holds the chance of any "
             "false effect in the table at 5%. Each ± is that figure's own 95% interval, so it can exclude 0 while "
             "the adjusted p does not pass."
@@ -148,8 +183,9 @@ def correction_sentence(paired: list[dict[str, Any]], correction: str) -> str:
 def verdict_sentences(paired: list[dict[str, Any]], correction: str = "holm") -> list[str]:
     """Per method run in the paired table, over two seeds or more: fairer, less fair, mixed, or no detectable
     difference than the reference, each fairness figure counted only where its paired difference's p-value,
-    Holm-adjusted over the table (`adjusted_p_values`), is below 0.05, and what the method did to global
-    accuracy; led by `correction_sentence`. One seed: one sentence saying that single draws support no
+    Holm-adjusted over the table (`adjusted_p_values`), is below 0.05, what the method did to global accuracy
+    and, when the held-out audit ran, to the share of held-out images whose class the auditor's perturbation
+    flips; led by `correction_sentence`. One seed: one sentence saying that single draws support no
     verdict."""
     if paired and all(row["Pairs"] < 2 for row in paired):
         return [
@@ -184,6 +220,14 @@ def verdict_sentences(paired: list[dict[str, Any]], correction: str = "holm") ->
             else f"at a {'gain' if mean > 0 else 'cost'} in global accuracy "
             f"({signed_interval(mean, half)} points, {p_text(p)})"
         )
+        if "Flip rate" in p_values:
+            mean, half, p = row["Δ Flip rate"], row["Δ Flip rate ±"], p_values["Flip rate"]
+            flips = f"flip rate {signed_interval(mean, half)}, {p_text(p)}"
+            accuracy += (
+                f"; held-out audit: no detectable difference in sensitivity ({flips})"
+                if p >= SIGNIFICANCE
+                else f"; held-out audit: **{'more' if mean > 0 else 'less'} sensitive** ({flips})"
+            )
         sentences.append(f"{row['Method']} vs {row['vs']} ({row['Pairs']} paired seeds): {verdict}; {accuracy}.")
     return sentences
 
@@ -237,6 +281,20 @@ def basis_sentence(config: Config, client_rows: list[dict[str, Any]]) -> str:
     )
 
 
+def held_out_sentence(config: Config, audit_rows: Sequence[dict[str, Any]]) -> str:
+    """What the held-out audit's columns are."""
+    m, a = config.metrics, config.audit
+    epochs = f"{m.audit_epochs} epoch{'s' if m.audit_epochs != 1 else ''}"
+    return (
+        f"Held-out B and Flip rate audit each final model with its seed's auditor, the same for every method: a "
+        f"fresh audit GAN trained against the model for {epochs} on the {audit_rows[0]['images']} "
+        f"test images (`metrics.held_out_audit`), whose perturbations (at most {a.delta_scale:g} per pixel in "
+        "[-1, 1]) are then applied to each of them. Flip rate is the share of those images whose predicted class "
+        "the perturbation changes (lower: less sensitive); Held-out B is the specification's bias over them, "
+        "which also grows with the logits' scale, so the verdicts test the flip rate."
+    )
+
+
 def unheld_classes_sentence(config: Config, unheld: list[int], held_test_percent: float) -> str | None:
     """What it means for the figures that some classes are in no client's training data (None when all are)."""
     if not unheld:
@@ -254,6 +312,7 @@ def summary_markdown(
     config: Config,
     round_rows: list[dict[str, Any]],
     client_rows: list[dict[str, Any]],
+    audit_rows: Sequence[dict[str, Any]] = (),
     notes: Sequence[str] = (),
 ) -> str:
     """summary.md: the summary table, the paired differences with each method's verdict against the reference
@@ -261,6 +320,7 @@ def summary_markdown(
     the federation itself, listed first)."""
     runs = strategy_runs(config)
     seeds = config.seed_list
+    round_rows = with_held_out(round_rows, list(audit_rows))
     parts = [
         f"# rayfed fl summary ({config.data.dataset}, {config.data.num_clients} clients, "
         f"{config.fl.rounds} rounds, seeds {', '.join(map(str, seeds))})\n",
@@ -274,6 +334,8 @@ def summary_markdown(
         + "\n",
         format_table(summary_table(round_rows, runs)),
     ]
+    if audit_rows:
+        parts.insert(2, held_out_sentence(config, audit_rows) + "\n")
     sections = (
         ("Paired differences against the reference (same seed, same partition)", paired_differences),
         ("The audit against the controls (same seed, same partition)", control_differences),
@@ -300,13 +362,14 @@ def write_outputs(
     run_dir: RunDirectory,
     round_rows: list[dict[str, Any]],
     client_rows: list[dict[str, Any]],
+    audit_rows: Sequence[dict[str, Any]] = (),
     notes: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """summary.md, fairness.png and the printed summary (and their wandb copies when tracking); returns the
     summary table's rows."""
     runs = strategy_runs(config)
-    summary = summary_table(round_rows, runs)
-    text = summary_markdown(config, round_rows, client_rows, notes)
+    summary = summary_table(with_held_out(round_rows, list(audit_rows)), runs)
+    text = summary_markdown(config, round_rows, client_rows, audit_rows, notes)
     run_dir.write_text("summary.md", text)
     plot_fairness(round_rows, client_rows, runs, config.metrics.client_accuracy, run_dir.file("fairness.png"))
     tracker = Tracker(config, "Summary-Comparison", run_dir.path, group=run_dir.path.name)

@@ -1,5 +1,5 @@
-"""The rows of `rounds.parquet` and `clients.parquet`: one dataclass each, the one source of the tables'
-schemas, the summary's columns and the metric names Ray Tune reports.
+"""The rows of `rounds.parquet`, `clients.parquet` and `audit.parquet`: one dataclass each, the one source of
+the tables' schemas, the summary's columns and the metric names Ray Tune reports.
 
 Each row also carries the parameter column of every registered strategy (`gamma`, `q`, ...; null where the
 row's method has no such parameter), placed after `method`."""
@@ -13,7 +13,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import pyarrow as pa
 
-from rayfed.fl.strategies import Strategy, parameter_columns
+from rayfed.fl.strategies import Strategy, parameter_columns, strategy_for
 
 
 @dataclass
@@ -77,6 +77,38 @@ class ClientRow:
     """Why its update was not aggregated, or null."""
 
 
+@dataclass
+class AuditRow:
+    """The held-out audit of one method run's final model (`rayfed.fl.held_out_audit`)."""
+
+    method: str
+    seed: int
+    round: int
+    """The round whose model was audited (the last)."""
+    bias: float
+    """B over the held-out images and their perturbations (L1 of the logit difference, mean over images)."""
+    flip_rate: float
+    """Share of held-out images whose predicted class the auditor's perturbation changes."""
+    images: int
+    """Held-out (test) images the auditor trained on and measured."""
+    seconds: float
+
+
+HELD_OUT_FIGURES = {"held_out_bias": "bias", "flip_rate": "flip_rate"}
+"""What a round row takes from its run's audit.parquet row (the round row's own `bias` is B_base)."""
+
+
+def with_held_out(round_rows: list[dict[str, Any]], audit_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each round row with its seeded run's held-out audit figures (HELD_OUT_FIGURES) added where the audit
+    covered that round; the others as they are."""
+    found = {(strategy_for(a["method"], a), a["seed"], a["round"]): a for a in audit_rows}
+    out = []
+    for row in round_rows:
+        audit = found.get((strategy_for(row["method"], row), row["seed"], row["round"]))
+        out.append(row if audit is None else {**row, **{k: audit[v] for k, v in HELD_OUT_FIGURES.items()}})
+    return out
+
+
 def _arrow_type(tp: Any) -> pa.DataType:
     if get_origin(tp) in (Union, types.UnionType):
         tp = next(a for a in get_args(tp) if a is not type(None))
@@ -90,7 +122,7 @@ def schema(row_type: type) -> pa.Schema:
     return pa.schema(fields[:1] + [(c, pa.float64()) for c in parameter_columns()] + fields[1:])
 
 
-def as_dict(row: RoundRow | ClientRow, run: Strategy) -> dict[str, Any]:
+def as_dict(row: RoundRow | ClientRow | AuditRow, run: Strategy) -> dict[str, Any]:
     """The table row: the dataclass's fields with the run's parameter columns after `method`."""
     values = dataclasses.asdict(row)
     return {"method": values.pop("method"), **run.parameters, **values}

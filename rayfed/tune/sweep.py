@@ -31,6 +31,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from rayfed.config import build_config, nest, read_yaml_mapping
 from rayfed.engine.runtime import alive_nodes, init_ray
 from rayfed.errors import UserError
+from rayfed.fl.rows import HELD_OUT_FIGURES
 from rayfed.results import RunDirectory, run_directory
 from rayfed.tune.findings import sweep_findings
 from rayfed.tune.plots import plot_sweep
@@ -131,6 +132,7 @@ def sweep_rows(results: tune.ResultGrid, spec: SweepSpec, setup: TrialSetup) -> 
         for key, value in metrics.items():
             if (
                 key in RUN_METRICS[spec.run]
+                or key in HELD_OUT_FIGURES  # an fl trial's last report: its final models' held-out audit
                 or "/" in key
                 or key.endswith("_ci")
                 or key in ("seeds", "fairness_basis", "started_at", "reported_at", "time_total_s")

@@ -5,7 +5,8 @@ fractions of its placement group (rayfed.tune.resources), writes a normal run di
 `trials/<trial_id>/`, and reports to Tune:
 
 - fl: once per round, the figures of the round's last method run (with `fl.methods: [fedavg, fedauditgan]`,
-  Fed-AuditGAN at the trial's gamma), every method run's accuracy/jfi/gap/bias under `<method label>/...`,
+  Fed-AuditGAN at the trial's gamma), every method run's accuracy/jfi/gap/bias under `<method label>/...`
+  (at the last round also the held-out audit's `flip_rate` and `held_out_bias`),
   and a checkpoint (the files `rayfed fl --resume` needs, on disk when run_fl calls `on_round`), so ASHA can
   stop a trial between rounds and Tuner.restore continues a trial from its last round.
 - sisa: once, at the end, its final figures read from the run's tables (over several seeds: their means, with
@@ -29,7 +30,7 @@ from ray import tune
 from rayfed.config import Config, build_config, nest
 from rayfed.engine.fl_run import CHECKPOINT, Progress, execute, load_progress, run_fl
 from rayfed.engine.sisa_run import run_sisa
-from rayfed.fl.rows import ROUND_METRICS
+from rayfed.fl.rows import HELD_OUT_FIGURES, ROUND_METRICS
 from rayfed.fl.strategies import Strategy, strategy_for
 from rayfed.results import RunDirectory
 from rayfed.sisa.seeds import figures_over_seeds, run_figures, seed_rows
@@ -38,7 +39,7 @@ from rayfed.tune.resources import TrialBudget, TrialPlan, plan_trial
 
 FL_RESUME_FILES = ("config.yaml", "rounds.parquet", "clients.parquet", CHECKPOINT)
 """What an fl trial's Tune checkpoint holds: enough for the run to continue after its last round."""
-PER_METHOD_METRICS = ("accuracy", "jfi", "gap", "min_accuracy", "bias")
+PER_METHOD_METRICS = ("accuracy", "jfi", "gap", "min_accuracy", "bias", *HELD_OUT_FIGURES)
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,12 @@ class RoundReporter:
 
         def means(run_rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
             return {
-                k: float(np.mean([r[k] for r in run_rows])) for k in keys if all(r[k] is not None for r in run_rows)
+                k: float(np.mean([r[k] for r in run_rows])) for k in keys if all(r.get(k) is not None for r in run_rows)
             }
 
         last = by_run[runs[-1]]
         metrics: dict[str, Any] = {
-            **means(last, ROUND_METRICS),
+            **means(last, (*ROUND_METRICS, *HELD_OUT_FIGURES)),
             "round": last[0]["round"],
             "seeds": len(last),
             "fairness_basis": last[0]["fairness_basis"],
@@ -113,7 +114,7 @@ class RoundReporter:
                 {
                     f"{k}_ci": mean_interval([r[k] for r in last])[1]
                     for k in PER_METHOD_METRICS
-                    if all(r[k] is not None for r in last)
+                    if all(r.get(k) is not None for r in last)
                 }
             )
         for run in runs[:-1]:
