@@ -195,6 +195,12 @@ def test_held_out_audit_joins_the_final_rows_and_its_flip_rate_is_tested():
     assert less.endswith("; held-out audit: **less sensitive** (flip rate -0.0600 ± 0.0248, p 0.0091).")
     row["Δ Flip rate"] = 0.06
     assert verdict_sentences([row], "none")[1].endswith("**more sensitive** (flip rate +0.0600 ± 0.0248, p 0.0091).")
+    row["Δ Global Acc"] = 6.0  # more flips with more accuracy (p 0.0091 each): read together
+    assert verdict_sentences([row], "none")[1].endswith(
+        "**more sensitive** (flip rate +0.0600 ± 0.0248, p 0.0091) alongside higher accuracy: a model that "
+        "learned less has fewer decisions a perturbation can flip, so read the two together."
+    )
+    row["Δ Global Acc"] = 0.0
     lead, holm_adjusted = verdict_sentences([row])
     assert "worst client, gap, JFI, global accuracy and flip rate of each of its 1 row over" in lead
     assert holm_adjusted.endswith("**more sensitive** (flip rate +0.0600 ± 0.0248, p 0.046).")  # 0.0091 x 5

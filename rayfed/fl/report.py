@@ -180,6 +180,24 @@ def correction_sentence(paired: list[dict[str, Any]], correction: str) -> str:
     )
 
 
+def _sensitivity_clause(row: dict[str, Any], p_values: dict[str, float]) -> str:
+    """The held-out audit's part of a verdict: more or less sensitive (flip rate) or no detectable difference;
+    where global accuracy moved the same way (fewer flips and less accurate, or more of both), it says so: a
+    model that learned less has fewer decisions a perturbation can flip."""
+    mean, p = row["Δ Flip rate"], p_values["Flip rate"]
+    flips = f"flip rate {signed_interval(mean, row['Δ Flip rate ±'])}, {p_text(p)}"
+    if p >= SIGNIFICANCE:
+        return f"no detectable difference in sensitivity ({flips})"
+    clause = f"**{'more' if mean > 0 else 'less'} sensitive** ({flips})"
+    accuracy = row["Δ Global Acc"]
+    if p_values["Global Acc"] < SIGNIFICANCE and (accuracy > 0) == (mean > 0):
+        clause += (
+            f" alongside {'higher' if accuracy > 0 else 'lower'} accuracy: a model that learned less has fewer "
+            "decisions a perturbation can flip, so read the two together"
+        )
+    return clause
+
+
 def verdict_sentences(paired: list[dict[str, Any]], correction: str = "holm") -> list[str]:
     """Per method run in the paired table, over two seeds or more: fairer, less fair, mixed, or no detectable
     difference than the reference, each fairness figure counted only where its paired difference's p-value,
@@ -221,13 +239,7 @@ def verdict_sentences(paired: list[dict[str, Any]], correction: str = "holm") ->
             f"({signed_interval(mean, half)} points, {p_text(p)})"
         )
         if "Flip rate" in p_values:
-            mean, half, p = row["Δ Flip rate"], row["Δ Flip rate ±"], p_values["Flip rate"]
-            flips = f"flip rate {signed_interval(mean, half)}, {p_text(p)}"
-            accuracy += (
-                f"; held-out audit: no detectable difference in sensitivity ({flips})"
-                if p >= SIGNIFICANCE
-                else f"; held-out audit: **{'more' if mean > 0 else 'less'} sensitive** ({flips})"
-            )
+            accuracy += "; held-out audit: " + _sensitivity_clause(row, p_values)
         sentences.append(f"{row['Method']} vs {row['vs']} ({row['Pairs']} paired seeds): {verdict}; {accuracy}.")
     return sentences
 
