@@ -1,5 +1,5 @@
 """The held-out audit: its figures by hand, its perturbations against the specification's generator, and what it
-is for: finding a bias planted in a model, which the generator's own probes miss."""
+is for: finding a bias planted in a model."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from rayfed.config import AuditConfig
 from rayfed.data.datasets import denormalise, load_dataset, normalise
-from rayfed.fl.gan_audit import AuditGan, PixelSpace, compute_bias, generate_probes
+from rayfed.fl.gan_audit import AuditGan, PixelSpace
 from rayfed.fl.held_out_audit import held_out_audit, perturb, sensitivity
 from rayfed.models import build_classifier
 from rayfed.training import sgd, sgd_epochs
@@ -24,6 +24,8 @@ def test_sensitivity_hand_case():
     x_prime = torch.tensor([[0.0, 1.0], [0.0, 1.5], [1.5, 0.0]])
     assert sensitivity(identity, x, x_prime) == pytest.approx((1.0, 1 / 3))
     assert sensitivity(identity, x, x_prime, chunk=2) == pytest.approx((1.0, 1 / 3))  # chunks add up the same
+    identity.weight.data *= 10  # the same decisions with logits ten times larger
+    assert sensitivity(identity, x, x_prime) == pytest.approx((10.0, 1 / 3))  # B grows with them, flips do not
 
 
 def test_perturbations_are_the_generators_own_deltas_applied_to_real_images():
@@ -62,9 +64,8 @@ def planted():
     models = {}
     for name, y in labels.items():
         model = build_classifier("cnn", data.shape, 10)
-        sgd_epochs(
-            model, sgd(model.parameters(), CPU, lr=0.05, momentum=0.9), train_x, y, epochs=8, batch_size=64, seed=1
-        )
+        optimizer = sgd(model.parameters(), CPU, lr=0.05, momentum=0.9)
+        sgd_epochs(model, optimizer, train_x, y, epochs=15, batch_size=64, seed=1)
         models[name] = model.eval()
     test_x, _ = offset(data.test_x, torch.Generator().manual_seed(1))
     return models, test_x, data
@@ -72,30 +73,17 @@ def planted():
 
 @pytest.mark.parametrize("run_seed", [0, 1])
 def test_the_held_out_audit_finds_a_planted_bias_by_its_flip_rate(planted, run_seed):
-    """The same auditor (seeds, data, budget) on both models: the shortcut model's decisions flip on several
-    times more held-out images. The specification's B, an L1 distance of logits, ranks them the other way
-    round, over these real pairs and over the generator's own probes alike: the clean model's logits are larger,
-    and B grows with them. That is why summary.md's verdict reads the flip rate, and B is context."""
+    """The same auditor (seeds, data, budget) on both models: the shortcut model's decisions flip on many times
+    more held-out images (seen here: 16-34% against 0.2-1.1%, with one or two threads, whose float rounding
+    trains other models)."""
     models, test_x, data = planted
     space, audit = PixelSpace(data.mean, data.std), AuditConfig()
-    found, probe_bias = {}, {}
-    for name, model in models.items():
-        gan = AuditGan.create(audit.latent_dim, 10, data.shape, audit.delta_scale, audit.gan_lr, CPU, seed=0)
-        found[name] = held_out_audit(
-            model,
-            model.state_dict(),
-            test_x,
-            data.test_y,
-            audit,
-            space,
-            10,
-            epochs=2,
-            batch_size=64,
-            run_seed=run_seed,
-            gan=gan,
+    found = {
+        name: held_out_audit(
+            model, model.state_dict(), test_x, data.test_y, audit, space, 10, epochs=2, batch_size=64, run_seed=run_seed
         )
-        probe_bias[name] = compute_bias(model, *generate_probes(gan.G, 1000, space, run_seed, CPU))
+        for name, model in models.items()
+    }
     clean, shortcut = found["clean"], found["shortcut"]
     assert clean.images == shortcut.images == len(data.test_y)
-    assert shortcut.flip_rate > 3 * clean.flip_rate and shortcut.flip_rate > clean.flip_rate + 0.05, found
-    assert clean.bias > shortcut.bias and probe_bias["clean"] > probe_bias["shortcut"], (found, probe_bias)
+    assert shortcut.flip_rate > 5 * clean.flip_rate and shortcut.flip_rate > clean.flip_rate + 0.05, found

@@ -7,9 +7,10 @@ perturbations delta(z) (|delta| <= audit.delta_scale in GAN space, x' = clamp(x 
 every real test image. On those real pairs (x, x'):
     B         = (1/N) sum_i |Theta(x_i) - Theta(x'_i)|_1        (the specification's bias formula)
     flip rate = (1/N) sum_i [argmax Theta(x_i) != argmax Theta(x'_i)]
-Measured on real images rather than on the generator's own probes, whose images drift off the data (there B
-is dominated by how large the logits grow on them; tests/test_held_out_audit.py plants a bias and checks that
-these figures find it).
+Measured on real images rather than on the generator's own probes, whose images drift off the data. The flip
+rate is what the verdicts test: B is an L1 distance of logits, so it also grows with their scale (logits ten
+times larger, the same decisions: ten times the B). tests/test_held_out_audit.py plants a bias and checks that
+the flip rate finds it.
 """
 
 from __future__ import annotations
