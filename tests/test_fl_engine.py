@@ -296,14 +296,16 @@ def test_seeds_run_side_by_side_on_one_partition(ray_session, tmp_path):
 
 
 def test_qffl_reports_losses_before_training_and_weights_by_their_shares(ray_session, tmp_path):
-    """q-FFL through the actors: each client's `loss` is F_k(Theta_0) (measured here on the client's data with
-    the initial weights: a loss taken after local training would be far lower), its weight F_k^q / sum F^q."""
+    """q-FFL through the actors, the held-out audit off (no audit.parquet, no held-out columns): each client's
+    `loss` is F_k(Theta_0) (measured here on the client's data with the initial weights: a loss taken after
+    local training would be far lower), its weight F_k^q / sum F^q."""
     from rayfed.fl.round import training_loss
     from rayfed.fl.setup import initial_model_state
     from rayfed.models import build_classifier
 
-    extra = ["fl.rounds=1", "fl.methods=[uniform,qffl]", "qffl.q=[2.0]"]
+    extra = ["fl.rounds=1", "fl.methods=[uniform,qffl]", "qffl.q=[2.0]", "metrics.held_out_audit=false"]
     path = small_run(tmp_path, "qffl", extra)
+    assert not (path / "audit.parquet").exists() and "Flip rate" not in (path / "summary.md").read_text()
     config = load_config(None, SMALL + extra)
     federation = build_federation(config)
     model = build_classifier(config.model.name, federation.data.shape, federation.data.num_classes)
