@@ -255,3 +255,25 @@ def test_qffl_q_smoke_sweep_reports_q_ffl_beside_its_controls_over_seeds(ray_ses
         rounds = pd.read_parquet(Path(table.loc[q, "run_dir"]) / "rounds.parquet")
         assert rounds.loc[rounds.method == "qffl", "q"].unique().tolist() == [q]
         assert sorted(rounds["seed"].unique()) == [42, 43]
+
+
+def test_an_fl_trial_reports_the_held_out_audit_at_its_last_round_beside_its_references():
+    """The reporter's figures by hand over two seeds: gamma=2's flip rates 0.04 and 0.06 give flip_rate 0.05 with
+    its 95% half-width (t(0.975, 1) x 0.01 = 0.127), FedAvg's 0.10 and 0.20 give fedavg/flip_rate 0.15; a round
+    whose rows carry no audit reports none."""
+    from rayfed.fl.rows import ROUND_METRICS
+    from rayfed.tune.trainables import RoundReporter
+
+    def row(method, gamma, seed, flips=None):
+        values = {k: 1.0 for k in ROUND_METRICS} | {"bias": None if gamma is None else 0.5}
+        audit = {} if flips is None else {"flip_rate": flips, "held_out_bias": 2.0}
+        return {"method": method, "gamma": gamma, "q": None, "seed": seed, "fairness_basis": "test"} | values | audit
+
+    rows = [row("fedavg", None, 1, 0.10), row("fedavg", None, 2, 0.20)]
+    rows += [row("fedauditgan", 2.0, 1, 0.04), row("fedauditgan", 2.0, 2, 0.06)]
+    metrics = RoundReporter(None, 0.0).metrics(rows)
+    assert metrics["flip_rate"] == pytest.approx(0.05) and metrics["held_out_bias"] == 2.0
+    assert metrics["flip_rate_ci"] == pytest.approx(mean_interval([0.04, 0.06])[1]) == pytest.approx(0.127062, rel=1e-5)
+    assert metrics["fedavg/flip_rate"] == pytest.approx(0.15) and "fedavg/bias" not in metrics
+    earlier = RoundReporter(None, 0.0).metrics([row("fedavg", None, 1), row("fedauditgan", 2.0, 1)])
+    assert "flip_rate" not in earlier and "fedavg/flip_rate" not in earlier

@@ -1,7 +1,8 @@
 """What a `rayfed fl` run concludes, from its rows: per method run the final round's figures (mean and 95%
-Student-t interval over seeds), paired differences against the reference method (FedAvg) and of the audited
-runs against the controls (uniform, q-FFL) on the same seeds, with a verdict each, and what the weights did;
-written as summary.md, fairness.png and their wandb copies."""
+Student-t interval over seeds) with the held-out audit of the final models, paired differences against the
+reference method (FedAvg) and of the audited runs against the controls (uniform, q-FFL) on the same seeds, with
+a verdict each (p-values corrected over each table), and what the weights did; written as summary.md,
+fairness.png and their wandb copies."""
 
 from __future__ import annotations
 
@@ -200,11 +201,11 @@ def _sensitivity_clause(row: dict[str, Any], p_values: dict[str, float]) -> str:
 
 def verdict_sentences(paired: list[dict[str, Any]], correction: str = "holm") -> list[str]:
     """Per method run in the paired table, over two seeds or more: fairer, less fair, mixed, or no detectable
-    difference than the reference, each fairness figure counted only where its paired difference's p-value,
-    Holm-adjusted over the table (`adjusted_p_values`), is below 0.05, what the method did to global accuracy
-    and, when the held-out audit ran, to the share of held-out images whose class the auditor's perturbation
-    flips; led by `correction_sentence`. One seed: one sentence saying that single draws support no
-    verdict."""
+    difference than the reference, each fairness figure counted only where its paired difference's p-value
+    (Holm-adjusted over the table, or its own, as `correction` says: `adjusted_p_values`) is below 0.05; what
+    the method did to global accuracy and, when the held-out audit ran, to the share of held-out images whose
+    class the auditor's perturbation flips; led by `correction_sentence`. One seed: one sentence saying that
+    single draws support no verdict."""
     if paired and all(row["Pairs"] < 2 for row in paired):
         return [
             "One seed: each difference above is a single draw and supports no verdict; `seeds: 5` gives them intervals."
