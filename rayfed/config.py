@@ -23,6 +23,7 @@ PARTITIONS = ("extreme", "dirichlet", "iid", "shards")
 MODELS = ("cnn", "resnet18")
 SISA_AGGREGATIONS = ("mean", "vote")
 SISA_SCHEDULES = ("union", "distributed")
+BIAS_SCORES = ("logits", "decisions")
 BACKDOOR_MODES = ("badnets", "clean_label")
 UNLEARN_BASELINES = ("finetune", "neggrad")
 TRIGGER_POSITIONS = ("bottom_right", "random")
@@ -126,6 +127,12 @@ class AuditConfig:
     """Minibatch size of GAN training."""
     delta_scale: float = 0.1
     """Largest per-pixel perturbation x' - x, in the GAN's [-1, 1] pixel space."""
+    score: str = "logits"
+    """What B counts over the probe pairs (x, x'), for B_base, every B_i and so S_i = B_base - B_i: `logits`,
+    the specification's mean L1 distance |Theta(x) - Theta(x')|, which also grows and shrinks with the logits'
+    scale (an update that only shrinks them scores as removing bias), or `decisions`, the share of pairs whose
+    predicted class differs, which rescaling the logits leaves unchanged (what the held-out audit's flip rate
+    counts). Its S_i are multiples of 1/n_probes, so pair it with `normalize_scores` or a large gamma."""
     normalize_scores: bool = False
     """Divide S_i by their standard deviation over the round's clients before the softmax, so that a gamma
     means the same in every round and run (off: the specification's softmax(gamma * S))."""
@@ -579,6 +586,7 @@ def validate(c: Config) -> None:
     _require(a.delta_scale > 0, f"audit.delta_scale: must be > 0, got {a.delta_scale}")
     _require(a.score_chunk >= 1, f"audit.score_chunk: must be >= 1, got {a.score_chunk}")
     _one_of("audit.gan_step", a.gan_step, ("eager", "compiled"))
+    _one_of("audit.score", a.score, BIAS_SCORES)
 
     _require(s.shards >= 1, f"sisa.shards: must be >= 1, got {s.shards}")
     _require(s.slices >= 1, f"sisa.slices: must be >= 1, got {s.slices}")

@@ -166,8 +166,9 @@ def test_warm_start_continues_g_and_d():
     assert not torch.equal(warm.G.state_dict()["delta_net.0.weight"], fresh.G.state_dict()["delta_net.0.weight"])
 
 
+@pytest.mark.parametrize("score", ["logits", "decisions"])
 @pytest.mark.parametrize("build", [lambda: CNN(SHAPE, 10), lambda: resnet18_cifar(SHAPE, 10)])
-def test_folded_scoring_equals_scoring_each_model_one_by_one(build):
+def test_folded_scoring_equals_scoring_each_model_one_by_one(build, score):
     torch.manual_seed(0)
     model = _randomise_batchnorm(build()).eval()
     state = copy.deepcopy(model.state_dict())
@@ -177,10 +178,13 @@ def test_folded_scoring_equals_scoring_each_model_one_by_one(build):
     ]
     x = torch.randn(40, *SHAPE)
     x_prime = x + 0.2 * torch.randn_like(x)
-    base, biases = hypothetical_biases(FoldedEvaluator(model), state, updates, x, x_prime, chunk=16)
-    assert base == pytest.approx(compute_bias(model, x, x_prime), rel=1e-4)
+    base, biases = hypothetical_biases(FoldedEvaluator(model), state, updates, x, x_prime, chunk=16, score=score)
+    assert base == pytest.approx(compute_bias(model, x, x_prime, score=score), rel=1e-4)
     for update, bias in zip(updates, biases):
         hypothetical = copy.deepcopy(model)  # the notebook's way: deep copy, add, load, evaluate
         hypothetical.load_state_dict({k: v + update[k] for k, v in state.items()})
-        assert bias == pytest.approx(compute_bias(hypothetical, x, x_prime), rel=1e-4)
-    assert len(set(round(b, 6) for b in biases)) == len(biases)  # the updates really differ
+        assert bias == pytest.approx(compute_bias(hypothetical, x, x_prime, score=score), rel=1e-4)
+    if score == "logits":
+        assert len(set(round(b, 6) for b in biases)) == len(biases)  # the updates really differ
+    else:  # shares of the 40 pairs, not all zero
+        assert all(b * 40 == round(b * 40) for b in [base, *biases]) and max(biases) > 0

@@ -35,6 +35,7 @@ BAD_SETS = [
     (["--set", "audit.n_probes=-5"], "audit.n_probes"),
     (["--set", "audit.gamma=[2, inf]"], "audit.gamma"),
     (["--set", "audit.gan_step=fast"], "audit.gan_step"),
+    (["--set", "audit.score=flips"], "audit.score"),
     (["--set", "fl.clients_per_round=0"], "fl.clients_per_round"),
     (["--set", "fl.clients_per_round=11"], "fl.clients_per_round"),
     (["--set", "tracking.wandb=maybe"], "tracking.wandb"),

@@ -272,6 +272,19 @@ def test_standardised_scores_make_gamma_scale_free():
     assert standardised([0.5, 0.5]) == [0.5, 0.5]
 
 
+def test_summary_names_how_fed_auditgan_scored_only_where_it_left_the_specification():
+    from rayfed.config import load_config
+    from rayfed.fl.report import scoring_sentence
+
+    assert scoring_sentence(load_config(None, [])) is None  # the specification's softmax(gamma * S) over logits
+    assert scoring_sentence(load_config(None, ["audit.score=decisions", "fl.methods=[fedavg]"])) is None
+    normalised = scoring_sentence(load_config(None, ["audit.normalize_scores=true"]))
+    assert "logit distance" in normalised and "softmax(gamma * S / std(S))" in normalised
+    decisions = scoring_sentence(load_config(None, ["audit.score=decisions", "audit.n_probes=300"]))
+    assert "share of the round's 300 probe pairs whose predicted class differs" in decisions
+    assert "weights softmax(gamma * S)." in decisions
+
+
 def test_uniform_strategy_averages_the_models():
     theta = {"w": torch.tensor([0.0, 0.0]), "n": torch.tensor(4)}
     updates = [

@@ -191,6 +191,32 @@ def test_clients_table_weights_and_scores(two_runs):
         assert (group["test_samples"] == 20).all() and (group["loss"] > 0).all()
 
 
+def test_decision_scores_are_shares_of_the_probe_pairs_and_weigh_by_their_standardised_softmax(ray_session, tmp_path):
+    """audit.score=decisions with audit.normalize_scores: B_base and every B_i are shares of the 64 probe pairs
+    (a logit distance would not be), S_i = B_base - B_i, alpha = softmax(2 S / std(S)), and summary.md says how
+    the clients were scored. On this tiny federation the 2-epoch GAN's probes flip no decision, so the shares
+    are 0 and the weights uniform; tests/test_audit.py checks nonzero shares against the model itself."""
+    path = small_run(
+        tmp_path, "decisions", ["fl.methods=[fedauditgan]", "audit.score=decisions", "audit.normalize_scores=true"]
+    )
+    rounds = pd.read_parquet(path / "rounds.parquet")
+    clients = pd.read_parquet(path / "clients.parquet")
+    for rnd, group in clients.groupby("round"):
+        base = rounds.loc[rounds["round"] == rnd, "bias"].item()
+        for share in [base, *group["bias"]]:
+            assert 0 <= share <= 1 and share * 64 == pytest.approx(round(share * 64), abs=1e-9)
+        scores = (base - group["bias"]).to_numpy()
+        assert group["score"].tolist() == pytest.approx(scores.tolist())
+        standardised = scores / scores.std() if scores.std() > 0 else scores
+        exp = [math.exp(2.0 * s) for s in standardised]
+        assert group["weight"].tolist() == pytest.approx([e / sum(exp) for e in exp])
+    summary = (path / "summary.md").read_text()
+    assert "share of the round's 64 probe pairs whose predicted class differs" in summary
+    assert "softmax(gamma * S / std(S))" in summary
+    if clients["score"].eq(0).all():  # no client told apart: the note says so rather than "raise gamma"
+        assert "the audit told the clients apart in no round" in summary and "raise gamma" not in summary
+
+
 def test_wandb_offline_logs_every_method_and_the_summary(two_runs):
     runs = sorted((two_runs[1] / "wandb").glob("offline-run-*"))
     assert len(runs) == 3  # FedAvg seed 5, gamma=2 seed 5, Summary-Comparison

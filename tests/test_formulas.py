@@ -25,6 +25,40 @@ def test_bias_is_mean_over_probes_of_l1_over_classes():
     assert compute_bias(model, x, x_prime) == pytest.approx(1.5)
 
 
+def _linear(weight: list[list[float]]) -> nn.Linear:
+    model = nn.Linear(2, 2, bias=False)
+    model.weight.data = torch.tensor(weight)
+    return model
+
+
+def test_decision_bias_counts_pairs_whose_predicted_class_differs():
+    # Theta = W x, W = [[1, 0], [0, 2]]: probe 1 (2, 0) -> logits (2, 0), class 0; x' = (0, 2) -> (0, 4), class 1:
+    # flipped. Probe 2: x' = x = (1, 1) -> (1, 2) both: not flipped. B = 1/2 (logits: (|2| + |-4| + 0) / 2 = 3).
+    model = _linear([[1.0, 0.0], [0.0, 2.0]])
+    x = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    x_prime = torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    assert compute_bias(model, x, x_prime, score="decisions") == 0.5
+    assert compute_bias(model, x, x_prime, score="logits") == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="audit.score: unknown value 'flips'"):
+        compute_bias(model, x, x_prime, score="flips")
+
+
+def test_decision_scores_rank_the_update_that_stops_the_flip_above_one_that_shrinks_the_logits():
+    """The same two updates, ranked in opposite orders: halving W keeps every decision (decisions: S = 0) but
+    halves the logit distance (logits: S = 3 - 1.5 = +1.5, scored as removing bias); adding 3 to W[0, 1] stops
+    probe 1 flipping (x' = (0, 2) -> (6, 4), class 0, as x) (decisions: S = 0.5 - 0 = +0.5), while its logit
+    distance grows to (|2 - 6| + |0 - 4|) / 2 = 4 (logits: S = 3 - 4 = -1)."""
+    x = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    x_prime = torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    base = [[1.0, 0.0], [0.0, 2.0]]
+    shrink, stop_flip = _linear([[0.5, 0.0], [0.0, 1.0]]), _linear([[1.0, 3.0], [0.0, 2.0]])
+    expected = {"logits": [1.5, -1.0], "decisions": [0.0, 0.5]}
+    for score, scores in expected.items():
+        b_base = compute_bias(_linear(base), x, x_prime, score=score)
+        biases = [compute_bias(m, x, x_prime, score=score) for m in (shrink, stop_flip)]
+        assert fairness_scores(b_base, biases) == pytest.approx(scores), score
+
+
 def test_scores_are_base_minus_client_bias():
     assert fairness_scores(1.0, [0.25, 1.5, 1.0]) == pytest.approx([0.75, -0.5, 0.0])
 

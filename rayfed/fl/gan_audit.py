@@ -6,7 +6,8 @@ the first term's gradient reaching G through the frozen classifier Theta (notebo
 image fed to Theta mapped into Theta's input space first (defect 3).
 Phase 3 measures B = (1/|P|) sum_{(x,x') in P} |Theta(x) - Theta(x')| (L1 over classes) for Theta_old and for
 every Theta_old + dw_i, each weight set swapped into one BN-folded template (`FoldedEvaluator`),
-so no model is copied or loaded.
+so no model is copied or loaded; `audit.score: decisions` counts instead the pairs whose predicted class
+differs, (1/|P|) sum_P 1[argmax Theta(x) != argmax Theta(x')] (`pair_bias`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from rayfed.config import BIAS_SCORES
 from rayfed.data.datasets import PerChannel, denormalise, normalise
 from rayfed.fl.state import StateDict, apply_update
 from rayfed.models.gan import Discriminator, FairnessGenerator
@@ -305,6 +307,17 @@ def train_fairness_gan(
             )
 
 
+def pair_bias(logits: torch.Tensor, logits_prime: torch.Tensor, score: str = "logits") -> torch.Tensor:
+    """The summed bias of a batch of pairs from their logits Theta(x), Theta(x'), as a float64 scalar:
+    sum |Theta(x) - Theta(x')|_1 for `logits` (the specification), the number of pairs whose predicted class
+    differs for `decisions`."""
+    if score == "logits":
+        return (logits.float() - logits_prime.float()).abs().sum(dtype=torch.float64)
+    if score == "decisions":
+        return (logits.argmax(1) != logits_prime.argmax(1)).sum().double()
+    raise ValueError(f"audit.score: unknown value {score!r} (choose from {', '.join(BIAS_SCORES)})")
+
+
 @torch.no_grad()
 def generate_probes(
     G: FairnessGenerator, n: int, space: PixelSpace, seed: int, device: torch.device
@@ -388,8 +401,11 @@ class FoldedEvaluator:
         return out
 
     @torch.no_grad()
-    def bias(self, state: StateDict, x: torch.Tensor, x_prime: torch.Tensor, chunk: int = 512) -> float:
-        """B = (1/|P|) sum_P |Theta(x) - Theta(x')|_1 for the model with weights `state`."""
+    def bias(
+        self, state: StateDict, x: torch.Tensor, x_prime: torch.Tensor, chunk: int = 512, score: str = "logits"
+    ) -> float:
+        """B = (1/|P|) sum_P |Theta(x) - Theta(x')|_1 for the model with weights `state` (or the share of pairs
+        whose predicted class differs, as `score` says: `pair_bias`)."""
         weights = self.fold(state)
         total = torch.zeros((), dtype=torch.float64, device=x.device)  # summed on the device: one sync per model
         with autocast(x.device):
@@ -397,19 +413,21 @@ class FoldedEvaluator:
                 pair = torch.cat([x[start : start + chunk], x_prime[start : start + chunk]])
                 logits = functional_call(self.module, weights, (pair.contiguous(memory_format=torch.channels_last),))
                 half = len(logits) // 2
-                total += (logits[:half] - logits[half:]).float().abs().sum()  # sum_P |Theta(x) - Theta(x')|
+                total += pair_bias(logits[:half], logits[half:], score)
         return float(total) / len(x)
 
 
 @torch.no_grad()
-def compute_bias(model: nn.Module, x: torch.Tensor, x_prime: torch.Tensor, chunk: int = 512) -> float:
-    """B = (1/|P|) sum_P |Theta(x) - Theta(x')|_1 for one model, evaluated directly (the reference)."""
+def compute_bias(
+    model: nn.Module, x: torch.Tensor, x_prime: torch.Tensor, chunk: int = 512, score: str = "logits"
+) -> float:
+    """B = (1/|P|) sum_P |Theta(x) - Theta(x')|_1 for one model, evaluated directly (the reference; `score`
+    as in `pair_bias`)."""
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     with autocast(x.device):
         for start in range(0, len(x), chunk):
-            diff = model(x[start : start + chunk]) - model(x_prime[start : start + chunk])
-            total += diff.float().abs().sum()
+            total += pair_bias(model(x[start : start + chunk]), model(x_prime[start : start + chunk]), score)
     return float(total) / len(x)
 
 
@@ -421,11 +439,13 @@ def hypothetical_biases(
     x: torch.Tensor,
     x_prime: torch.Tensor,
     chunk: int = 512,
+    score: str = "logits",
 ) -> tuple[float, list[float]]:
     """B_base for Theta_old and B_i for every Theta_test_i = Theta_old + dw_i, through one folded template:
-    no model is deep-copied or loaded; each weight set is swapped in with `functional_call`."""
-    base = evaluator.bias(global_state, x, x_prime, chunk)
-    return base, [evaluator.bias(apply_update(global_state, u), x, x_prime, chunk) for u in updates]
+    no model is deep-copied or loaded; each weight set is swapped in with `functional_call`. `score`: what B
+    counts (`pair_bias`)."""
+    base = evaluator.bias(global_state, x, x_prime, chunk, score)
+    return base, [evaluator.bias(apply_update(global_state, u), x, x_prime, chunk, score) for u in updates]
 
 
 __all__ = [
@@ -442,5 +462,6 @@ __all__ = [
     "generate_probes",
     "generator_loss",
     "hypothetical_biases",
+    "pair_bias",
     "train_fairness_gan",
 ]

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from rayfed.config import AuditConfig
-from rayfed.fl.gan_audit import AuditGan, PixelSpace, train_fairness_gan
+from rayfed.fl.gan_audit import AuditGan, PixelSpace, pair_bias, train_fairness_gan
 from rayfed.fl.state import StateDict
 from rayfed.seeds import Stream, stream_seed
 from rayfed.training import autocast
@@ -63,16 +63,13 @@ def sensitivity(model: nn.Module, x: torch.Tensor, x_prime: torch.Tensor, chunk:
     whose predicted classes differ."""
     model.eval()
     gap = torch.zeros((), dtype=torch.float64, device=x.device)
-    flips = torch.zeros((), dtype=torch.int64, device=x.device)
+    flips = torch.zeros((), dtype=torch.float64, device=x.device)
     with autocast(x.device):
         for start in range(0, len(x), chunk):
-            logits, logits_prime = (
-                model(x[start : start + chunk]).float(),
-                model(x_prime[start : start + chunk]).float(),
-            )
-            gap += (logits - logits_prime).abs().sum()  # sum_i |Theta(x_i) - Theta(x'_i)|_1
-            flips += (logits.argmax(1) != logits_prime.argmax(1)).sum()
-    return float(gap) / len(x), int(flips) / len(x)
+            logits, logits_prime = model(x[start : start + chunk]), model(x_prime[start : start + chunk])
+            gap += pair_bias(logits, logits_prime, "logits")  # sum_i |Theta(x_i) - Theta(x'_i)|_1
+            flips += pair_bias(logits, logits_prime, "decisions")  # sum_i 1[argmax differs]
+    return float(gap) / len(x), float(flips) / len(x)
 
 
 def held_out_audit(

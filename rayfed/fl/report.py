@@ -308,6 +308,23 @@ def held_out_sentence(config: Config, audit_rows: Sequence[dict[str, Any]]) -> s
     )
 
 
+def scoring_sentence(config: Config) -> str | None:
+    """How Fed-AuditGAN scored its clients, when that is not the specification's softmax(gamma * S) over logit
+    distances (None when it is, or when no fedauditgan run is in the config)."""
+    a = config.audit
+    if "fedauditgan" not in config.fl.methods or (a.score == "logits" and not a.normalize_scores):
+        return None
+    measure = (
+        f"B (its Bias column, B_base) is the share of the round's {a.n_probes} probe pairs whose predicted class "
+        "differs, and S_i = B_base - B_i the share of them client i's update stops flipping (`audit.score: "
+        "decisions`)"
+        if a.score == "decisions"
+        else "B is the specification's logit distance (`audit.score: logits`)"
+    )
+    weights = "softmax(gamma * S / std(S)) (`audit.normalize_scores`)" if a.normalize_scores else "softmax(gamma * S)"
+    return f"Fed-AuditGAN's scores: {measure}; weights {weights}."
+
+
 def unheld_classes_sentence(config: Config, unheld: list[int], held_test_percent: float) -> str | None:
     """What it means for the figures that some classes are in no client's training data (None when all are)."""
     if not unheld:
@@ -349,6 +366,9 @@ def summary_markdown(
     ]
     if audit_rows:
         parts.insert(2, held_out_sentence(config, audit_rows) + "\n")
+    scoring = scoring_sentence(config)
+    if scoring:
+        parts.insert(2, scoring + "\n")
     sections = (
         ("Paired differences against the reference (same seed, same partition)", paired_differences),
         ("The audit against the controls (same seed, same partition)", control_differences),
@@ -359,13 +379,18 @@ def summary_markdown(
             parts += [f"## {heading}\n", format_table(paired)]
             parts += [f"- {sentence}\n" for sentence in verdict_sentences(paired, config.metrics.correction)]
     parts += [f"- {note}\n" for note in notes]
+    remedy = (
+        "standardised scores leave the weights uniform only where every client scored the same, so the audit "
+        "told the clients apart in no round"
+        if config.audit.normalize_scores
+        else "raise gamma (or set `audit.normalize_scores`)"
+    )
     for run, deviation in uniform_weight_runs(client_rows).items():
         parts.append(
             f"- {run.title} {run.label}: in every round its weights stayed within "
             f"{100 * UNIFORM_TOLERANCE:g}% of uniform (largest |alpha_i K - 1| = {100 * deviation:.2f}%): "
             "it averaged the clients without size weights, so its difference from FedAvg is uniform "
-            "against size weighting, not the audit. Compare it with `uniform`, or raise gamma "
-            "(or set `audit.normalize_scores`).\n"
+            f"against size weighting, not the audit. Compare it with `uniform`; {remedy}.\n"
         )
     return "\n".join(parts)
 

@@ -46,10 +46,13 @@ class FedAuditGan(Strategy):
     parameter_key = "audit.gamma"
     normalize: bool = field(default=False, compare=False)
     """audit.normalize_scores: softmax(gamma * S / std(S)) instead of softmax(gamma * S)."""
+    score: str = field(default="logits", compare=False)
+    """audit.score: what B counts over the probe pairs, logit distances or changed decisions (`pair_bias`)."""
 
     @classmethod
     def runs(cls, config: Config) -> list[Strategy]:
-        return [cls(run.value, config.audit.normalize_scores) for run in super().runs(config)]
+        audit = config.audit
+        return [cls(run.value, audit.normalize_scores, audit.score) for run in super().runs(config)]
 
     def aggregate(
         self,
@@ -62,7 +65,9 @@ class FedAuditGan(Strategy):
             raise ValueError("fedauditgan needs this round's audit (probes and scoring template)")
         deltas = [u.delta for u in updates]
         # Phase 3: B_base for Theta_old, B_i for each Theta_old + dw_i.
-        base, biases = hypothetical_biases(audit.evaluator, state, deltas, audit.x, audit.x_prime, audit.chunk)
+        base, biases = hypothetical_biases(
+            audit.evaluator, state, deltas, audit.x, audit.x_prime, audit.chunk, self.score
+        )
         scores = fairness_scores(base, biases)  # S_i = B_base - B_i
         alphas = softmax_weights(standardised(scores) if self.normalize else scores, self.value)  # softmax(gamma S)
         # Phase 4: Theta_new = Theta_old + sum alpha_i dw_i
