@@ -136,6 +136,9 @@ def test_folded_scoring_in_reduced_precision_matches_fp32():
     reference = compute_bias(model.cpu().float(), x, x_prime)
     assert base == pytest.approx(reference, rel=2e-2)
     assert len(biases) == 3
+    # audit.score=decisions counts whole pairs: bf16 rounding may reorder a pair's two nearest logits, no more
+    decisions = evaluator.bias({k: v.to(cuda) for k, v in state.items()}, x.to(cuda), x_prime.to(cuda), 64, "decisions")
+    assert decisions == pytest.approx(compute_bias(model, x, x_prime, score="decisions"), abs=2 / 128)
 
 
 def test_compiled_gan_step_with_cuda_graphs_follows_the_eager_step():
