@@ -263,6 +263,20 @@ def test_uniform_weight_note_only_for_adaptive_runs_within_one_percent():
     assert found[FedAuditGan(2.0)] == pytest.approx(0.002)  # |0.334 * 3 - 1|
 
 
+def test_uniform_weight_note_names_equal_scores_or_a_gamma_too_small():
+    from rayfed.fl.report import uniform_weight_note
+
+    def scored(scores, rnd=1):
+        return [_client("fedauditgan", 2.0, 1, rnd, 1 / 3) | {"score": s} for s in scores]
+
+    equal = scored([0.0, 0.0, 0.0]) + scored([0.25, 0.25, 0.25], rnd=2)  # equal within each round
+    note = uniform_weight_note(FedAuditGan(2.0), 0.0, equal, normalized=True)
+    assert "every client scored the same in every round, so no gamma" in note and "raise gamma" not in note
+    close = equal + scored([0.001, 0.0, -0.001], rnd=3)  # one round told them apart, by too little for gamma 2
+    assert uniform_weight_note(FedAuditGan(2.0), 0.002, close, normalized=True).endswith("`uniform`; raise gamma.")
+    assert "(or set `audit.normalize_scores`)" in uniform_weight_note(FedAuditGan(2.0), 0.002, close, normalized=False)
+
+
 def test_standardised_scores_make_gamma_scale_free():
     scores = [1.0, 2.0, 3.0]  # std = sqrt(2/3)
     assert standardised(scores) == pytest.approx([s / math.sqrt(2 / 3) for s in scores])

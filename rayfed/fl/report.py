@@ -316,8 +316,8 @@ def scoring_sentence(config: Config) -> str | None:
         return None
     measure = (
         f"B (its Bias column, B_base) is the share of the round's {a.n_probes} probe pairs whose predicted class "
-        "differs, and S_i = B_base - B_i the share of them client i's update stops flipping (`audit.score: "
-        "decisions`)"
+        "differs, and S_i = B_base - B_i the share of them client i's update stops flipping, net of those it "
+        "starts flipping (`audit.score: decisions`)"
         if a.score == "decisions"
         else "B is the specification's logit distance (`audit.score: logits`)"
     )
@@ -379,20 +379,29 @@ def summary_markdown(
             parts += [f"## {heading}\n", format_table(paired)]
             parts += [f"- {sentence}\n" for sentence in verdict_sentences(paired, config.metrics.correction)]
     parts += [f"- {note}\n" for note in notes]
-    remedy = (
-        "standardised scores leave the weights uniform only where every client scored the same, so the audit "
-        "told the clients apart in no round"
-        if config.audit.normalize_scores
-        else "raise gamma (or set `audit.normalize_scores`)"
-    )
     for run, deviation in uniform_weight_runs(client_rows).items():
-        parts.append(
-            f"- {run.title} {run.label}: in every round its weights stayed within "
-            f"{100 * UNIFORM_TOLERANCE:g}% of uniform (largest |alpha_i K - 1| = {100 * deviation:.2f}%): "
-            "it averaged the clients without size weights, so its difference from FedAvg is uniform "
-            f"against size weighting, not the audit. Compare it with `uniform`; {remedy}.\n"
-        )
+        parts.append(f"- {uniform_weight_note(run, deviation, client_rows, config.audit.normalize_scores)}\n")
     return "\n".join(parts)
+
+
+def uniform_weight_note(run: Strategy, deviation: float, client_rows: list[dict[str, Any]], normalized: bool) -> str:
+    """What it means that `run`'s weights stayed within UNIFORM_TOLERANCE of 1/K (`uniform_weight_runs`), and
+    what would change that: nothing where every client of every round got the same score (no gamma moves
+    equal scores), a larger gamma (or standardised scores, when they were off) where the scores differed."""
+    scores: dict[tuple[int, int], set[float]] = defaultdict(set)
+    for c in client_rows:
+        if c["participated"] and c.get("score") is not None and _run_of(c) == run:
+            scores[(c["seed"], c["round"])].add(c["score"])
+    if scores and all(len(round_scores) == 1 for round_scores in scores.values()):
+        remedy = "every client scored the same in every round, so no gamma would have moved its weights"
+    else:
+        remedy = "raise gamma" + ("" if normalized else " (or set `audit.normalize_scores`)")
+    return (
+        f"{run.title} {run.label}: in every round its weights stayed within {100 * UNIFORM_TOLERANCE:g}% of "
+        f"uniform (largest |alpha_i K - 1| = {100 * deviation:.2f}%): it averaged the clients without size "
+        "weights, so its difference from FedAvg is uniform against size weighting, not the audit. Compare it "
+        f"with `uniform`; {remedy}."
+    )
 
 
 def write_outputs(
