@@ -2,7 +2,7 @@
 (one ShardActor per shard on a local Ray, a checkpoint after every slice), in this process, one after the other,
 --repeats times. Both train the same layout (rayfed's seeded shards and slices), the same model, schedule
 (default: the notebook's `union`, e epochs on every union of slices), batch size and learning rate.
-Timings exclude Ray and actor start-up (ShardPool waits for its actors before returning). Last line:
+Timings exclude Ray and actor start-up (ShardWorkers waits for its actors, ShardPool for their data). Last line:
 `speedup: X.Xx` (rayfed vs notebook).
 
     python benchmarks/bench_sisa_train.py                                   # digits, S=5, R=5, 5 epochs, CPU
@@ -107,14 +107,15 @@ def main() -> None:
             times["notebook"].append(time.perf_counter() - start)
             print(f"[{rep + 1}] notebook sisa_training: {times['notebook'][-1]:.2f} s")
         if "rayfed" not in args.skip:
-            from rayfed.engine.shard import ShardPool
+            from rayfed.engine.shard import ShardPool, ShardWorkers
 
             with tempfile.TemporaryDirectory(prefix="bench_sisa_") as tmp:
-                pool = ShardPool(layout, data.train_x, data.train_y, settings, Path(tmp), config.resources)
+                workers = ShardWorkers(s.shards, config.resources)
                 try:
+                    pool = ShardPool(workers, layout, data.train_x, data.train_y, settings, Path(tmp))
                     _, seconds = pool.run(range(s.shards), [], "train")
                 finally:
-                    pool.close()
+                    workers.close()
             times["rayfed"].append(seconds)
             print(f"[{rep + 1}] rayfed ShardPool:       {seconds:.2f} s")
     if started:

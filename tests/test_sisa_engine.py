@@ -12,75 +12,67 @@ from rayfed.config import ResourcesConfig, build_config, load_config
 from rayfed.data.datasets import load_dataset
 from rayfed.results import RunDirectory
 from rayfed.sisa.plan import make_layout
+from rayfed.sisa.schedule import stage_samples
 from rayfed.sisa.train import TrainSettings
 
 
-def test_a_shard_killed_mid_training_restarts_from_its_checkpoint_with_the_same_result(ray_session, tmp_path):
-    from rayfed.engine.shard import ShardPool
-
-    data = load_dataset("digits")
-    x, y = data.train_x[:240], data.train_y[:240]
-    layout = make_layout(len(y), shards=2, slices=3, seed=0)
-    settings = TrainSettings(
+def _settings(epochs: tuple[int, ...]) -> TrainSettings:
+    return TrainSettings(
         model="cnn",
-        input_shape=data.shape,
+        input_shape=load_dataset("digits").shape,
         num_classes=10,
-        epochs=(1, 1, 8),
+        epochs=epochs,
         lr=0.05,
         momentum=0.9,
         batch_size=32,
         seed=3,
     )
-    resources = ResourcesConfig(torch_threads=1)
 
-    pool = ShardPool(layout, x, y, settings, tmp_path / "killed", resources)
-    refs = [actor.run.remote([]) for actor in pool.actors]
+
+def test_a_shard_killed_mid_training_restarts_from_its_checkpoint_with_the_same_result(ray_session, tmp_path):
+    from rayfed.engine.shard import ShardPool, ShardWorkers
+
+    data = load_dataset("digits")
+    x, y = data.train_x[:240], data.train_y[:240]
+    layout = make_layout(len(y), shards=2, slices=3, seed=0)
+    settings = _settings((1, 1, 8))
+    workers = ShardWorkers(2, ResourcesConfig(torch_threads=1))
+
+    pool = ShardPool(workers, layout, x, y, settings, tmp_path / "killed")
+    refs = list(pool.submit(range(2), []))
     checkpoint = tmp_path / "killed" / "shard0" / "slice2.pt"
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline:
         time.sleep(0.02)
     assert checkpoint.exists()
-    ray_session.kill(pool.actors[0], no_restart=False)  # dies during the long last stage
+    ray_session.kill(workers.actors[0], no_restart=False)  # dies during the long last stage
     stats = ray_session.get(refs)
     killed = pool.states()
-    pool.close()
     assert stats[0].first_stage == 2  # the retried call resumed after checkpoint 2, not from scratch
 
-    clean = ShardPool(layout, x, y, settings, tmp_path / "clean", resources)
-    clean.run(range(2), [], "clean")
+    # the same actors (one of them restarted) train a second ensemble of the same data from scratch
+    clean = ShardPool(workers, layout, x, y, settings, tmp_path / "clean")
+    clean_stats, _ = clean.run(range(2), [], "clean")
     reference = clean.states()
-    clean.close()
+    workers.close()
+    assert [st.first_stage for st in clean_stats] == [0, 0]
+    assert [st.samples for st in clean_stats] == [
+        stage_samples(sizes, (1, 1, 8)) for sizes in layout.kept_slice_sizes([])
+    ]
     for a, b in zip(killed, reference):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_shard_actors_run_deterministic_kernels_and_a_stalled_step_fails_naming_its_shards(ray_session, tmp_path):
-    from rayfed.engine.shard import ShardPool, run_in_worker
+    from rayfed.engine.shard import ShardPool, ShardWorkers
     from rayfed.errors import RunStalled
     from rayfed.sisa.train import kernel_settings
 
     data = load_dataset("digits")
     layout = make_layout(120, shards=1, slices=2, seed=0)
-    settings = TrainSettings(
-        model="cnn",
-        input_shape=data.shape,
-        num_classes=10,
-        epochs=(1, 400),
-        lr=0.05,
-        momentum=0.9,
-        batch_size=32,
-        seed=3,
-    )
-    pool = ShardPool(
-        layout,
-        data.train_x[:120],
-        data.train_y[:120],
-        settings,
-        tmp_path,
-        ResourcesConfig(torch_threads=1, stall_timeout=1.5),
-        deterministic=True,
-    )
-    assert pool.kernel_settings() == {
+    workers = ShardWorkers(1, ResourcesConfig(torch_threads=1, stall_timeout=1.5), deterministic=True)
+    pool = ShardPool(workers, layout, data.train_x[:120], data.train_y[:120], _settings((1, 400)), tmp_path)
+    on = {
         "device": "cpu",
         "torch_version": torch.__version__,
         "deterministic": True,
@@ -88,6 +80,8 @@ def test_shard_actors_run_deterministic_kernels_and_a_stalled_step_fails_naming_
         "cudnn_deterministic": True,
         "cublas_workspace_config": ":4096:8",
     }
+    assert workers.kernel_settings() == on
+    assert ray_session.get(workers.call(lambda device: kernel_settings())) == on  # where the baselines run
     # stage 0 (1 epoch) finishes, then stage 1 (400 epochs) runs far past the 1.5 s without a checkpoint
     with pytest.raises(
         RunStalled,
@@ -96,9 +90,11 @@ def test_shard_actors_run_deterministic_kernels_and_a_stalled_step_fails_naming_
     ):
         pool.run([0], [], "sisa: slow")
     assert (tmp_path / "shard0" / "slice1.pt").exists() and not (tmp_path / "shard0" / "slice2.pt").exists()
-    pool.close()
-    off = ray_session.get(run_in_worker.remote(lambda device: kernel_settings(), 1, False))
-    assert off["deterministic"] is False and off["cudnn_deterministic"] is False
+    workers.close()
+    off = ShardWorkers(1, ResourcesConfig(torch_threads=1), deterministic=False)
+    assert ray_session.get(off.call(lambda device: kernel_settings()))["deterministic"] is False
+    assert off.kernel_settings()["cudnn_deterministic"] is False
+    off.close()
 
 
 @pytest.mark.slow

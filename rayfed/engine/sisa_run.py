@@ -33,7 +33,7 @@ from rayfed.audits.membership import membership_row
 from rayfed.config import Config, build_config, first_difference, read_yaml_mapping
 from rayfed.data.datasets import ImageData, black_level, load_dataset
 from rayfed.engine.runtime import init_ray, log
-from rayfed.engine.shard import ShardPool, run_in_worker, worker_options
+from rayfed.engine.shard import ShardPool, ShardWorkers
 from rayfed.errors import UserError
 from rayfed.plots.sisa import plot_seed_differences, plot_sisa
 from rayfed.results import RunDirectory, Tracker
@@ -208,12 +208,16 @@ def run_sisa(config: Config, run_dir: RunDirectory) -> None:
     if len(seeds) > 1:
         run_dir.write_config(config)
     started = init_ray(config.resources.address)
+    workers = None
     try:
+        workers = ShardWorkers(config.sisa.shards, config.resources, config.sisa.deterministic)
         if len(seeds) == 1:
-            print(_run_seed(first, run_dir, setup, run_dir))
+            print(_run_seed(first, run_dir, setup, run_dir, workers))
         else:
-            _run_seeds(config, run_dir, seeds, setup)
+            _run_seeds(config, run_dir, seeds, setup, workers)
     finally:
+        if workers is not None:
+            workers.close()
         if started:
             ray.shutdown()
     if len(seeds) > 1:
@@ -221,8 +225,11 @@ def run_sisa(config: Config, run_dir: RunDirectory) -> None:
     log.info("sisa: done")
 
 
-def _run_seeds(config: Config, run_dir: RunDirectory, seeds: list[int], first_setup: SisaSetup) -> None:
-    """Each seed's run in seed<k>/, one after another; a seed whose directory holds its summary.md is kept."""
+def _run_seeds(
+    config: Config, run_dir: RunDirectory, seeds: list[int], first_setup: SisaSetup, workers: ShardWorkers
+) -> None:
+    """Each seed's run in seed<k>/, one after another on the same shard actors; a seed whose directory holds its
+    summary.md is kept."""
     for number, seed in enumerate(seeds, 1):
         directory = seed_dir(run_dir, seed)
         if directory.file(SUMMARY).is_file():
@@ -230,7 +237,7 @@ def _run_seeds(config: Config, run_dir: RunDirectory, seeds: list[int], first_se
         directory.path.mkdir(exist_ok=True)
         log.info("sisa: seed %d (%d of %d)", seed, number, len(seeds))
         one = single_seed(config, seed)
-        _run_seed(one, directory, first_setup if number == 1 else make_setup(one), run_dir)
+        _run_seed(one, directory, first_setup if number == 1 else make_setup(one), run_dir, workers)
 
 
 def _summarise_seeds(config: Config, run_dir: RunDirectory, seeds: list[int]) -> str:
@@ -253,13 +260,13 @@ def single_seed(config: Config, seed: int) -> Config:
     return build_config([config.to_dict(), {"seed": seed, "seeds": 1}])
 
 
-def _run_seed(config: Config, run_dir: RunDirectory, setup: SisaSetup, top: RunDirectory) -> str:
-    """One seed's whole run into run_dir (inside a running Ray), tracked under the top run directory `top`;
+def _run_seed(config: Config, run_dir: RunDirectory, setup: SisaSetup, top: RunDirectory, workers: ShardWorkers) -> str:
+    """One seed's whole run into run_dir on the shard actors, tracked under the top run directory `top`;
     summary.md is written last, so a directory that holds it is finished. Returns the summary."""
     run_dir.write_config(config)
     run_dir.write_table("layout.parquet", setup.layout.rows())
     run_dir.write_text("forget.txt", "".join(f"{i}\n" for i in setup.forget))
-    experiment = SisaExperiment(config, run_dir, setup)
+    experiment = SisaExperiment(config, run_dir, setup, workers)
     tables = experiment.run()
     figures = plot_sisa(run_dir.path, **tables)
     seed_figures = partial(run_figures, run_dir, config.sisa.aggregation[0])
@@ -319,8 +326,8 @@ class SisaExperiment:
 
     TABLES = ("metrics", "unlearning", "unlearning_points", "exactness", "membership", "backdoor", "baselines")
 
-    def __init__(self, config: Config, run_dir: RunDirectory, setup: SisaSetup):
-        self.config, self.run_dir, self.setup = config, run_dir, setup
+    def __init__(self, config: Config, run_dir: RunDirectory, setup: SisaSetup, workers: ShardWorkers):
+        self.config, self.run_dir, self.setup, self.workers = config, run_dir, setup, workers
         self.aggregations = config.sisa.aggregation
         self.checkpoints = run_dir.file("checkpoints")
         self.tables: dict[str, list[dict]] = {k: [] for k in self.TABLES}
@@ -341,13 +348,10 @@ class SisaExperiment:
         self.train()
         if self.setup.forget:
             self.unlearn()
-            self.pool.close()  # frees its resources for the reference ensemble's actors
             if self.config.unlearn.verify:
                 self.retrain_reference()
             self.train_unsharded()
             self.membership()
-        else:
-            self.pool.close()
         self.backdoor()
         self.compare_baselines()
         self.report()
@@ -365,10 +369,8 @@ class SisaExperiment:
         """Train the ensemble on every training point; draw the membership samples."""
         data, layout, config = self.setup.data, self.setup.layout, self.config
         x, y = data.train_x, data.train_y
-        self.pool = ShardPool(
-            layout, x, y, self.setup.settings, self.checkpoints / "main", config.resources, config.sisa.deterministic
-        )
-        self.kernels = self.pool.kernel_settings()
+        self.pool = ShardPool(self.workers, layout, x, y, self.setup.settings, self.checkpoints / "main")
+        self.kernels = self.workers.kernel_settings()
         self.trained_stats, self.trained_seconds = self.pool.run(range(layout.num_shards), (), "sisa: train")
         forget, size = self.setup.forget, config.unlearn.membership_size
         test_rows = _sample(len(data.test_y), size, stream_seed(config.seed, Stream.SISA_MEMBERSHIP, 1))
@@ -450,20 +452,13 @@ class SisaExperiment:
         """Train a fresh ensemble from scratch without the forget set and compare it with the unlearned one."""
         setup, directory = self.setup, self.checkpoints / "retrained"
         retrained = ShardPool(
-            setup.layout,
-            setup.data.train_x,
-            setup.data.train_y,
-            setup.settings,
-            directory,
-            self.config.resources,
-            self.config.sisa.deterministic,
+            self.workers, setup.layout, setup.data.train_x, setup.data.train_y, setup.settings, directory
         )
         stats, wall = retrained.run(range(setup.layout.num_shards), setup.forget, "sisa: retrain from scratch")
         self.reference_cost = (sum(st.seconds for st in stats), wall)
         reference = ShardEnsemble(
             setup.settings, retrained.states(), self.config.data.eval_batch_size, self.ensembles["unlearned"].members
         )
-        retrained.close()
         shutil.rmtree(directory, ignore_errors=True)
         self._predict("retrained", reference)
         self.tables["exactness"] = _exactness_rows(
@@ -479,31 +474,24 @@ class SisaExperiment:
         self, x: torch.Tensor, y: torch.Tensor, forget: list[int] | np.ndarray, with_baselines: bool
     ) -> dict[str, dict[str, Any]]:
         """The unsharded model retrained on (x, y) minus `forget` and, with baselines, trained on all of (x, y)
-        and unlearned approximately: {method: {"state", "samples", "seconds"}}, computed in Ray workers."""
-        config, settings, epochs = self.config, self.setup.settings, self.config.sisa.epochs
-        u, threads, det = config.unlearn, config.resources.torch_threads, config.sisa.deterministic
-        options = worker_options(config.resources, self.setup.layout.num_shards, det)  # fits a shard's share
+        and unlearned approximately: {method: {"state", "samples", "seconds"}}, computed on the shard actors."""
+        settings, epochs, u = self.setup.settings, self.config.sisa.epochs, self.config.unlearn
         keep = torch.from_numpy(np.setdiff1d(np.arange(len(y)), np.asarray(forget, dtype=np.int64)))
         lost = torch.from_numpy(np.asarray(forget, dtype=np.int64))
         x_r, y_r, x_f, y_f = ray.put(x[keep]), ray.put(y[keep]), ray.put(x[lost]), ray.put(y[lost])
-        refs = {
-            "retrained": run_in_worker.options(**options).remote(
-                timed, threads, det, train_unsharded, settings, epochs, x_r, y_r
-            )
-        }
+        jobs = {"retrained": (train_unsharded, settings, epochs, x_r, y_r)}
         if with_baselines:
-            trained = run_in_worker.options(**options).remote(
-                timed, threads, det, train_unsharded, settings, epochs, ray.put(x), ray.put(y)
-            )
-            refs["trained"] = trained
-            state = _state_of.remote(trained)
+            jobs["trained"] = (train_unsharded, settings, epochs, ray.put(x), ray.put(y))
+        refs = {method: self.workers.call(timed, *job, num_returns=2) for method, job in jobs.items()}
+        if with_baselines:
+            state = refs["trained"][0]  # the baselines start from it without a trip to the driver
             jobs = {
                 "finetune": (finetune, settings, u.baseline_epochs, state, x_r, y_r),
                 "neggrad": (neggrad_plus, settings, u.baseline_epochs, u.neggrad_alpha, state, x_r, y_r, x_f, y_f),
             }
             for method in u.baselines:
-                refs[method] = run_in_worker.options(**options).remote(timed, threads, det, *jobs[method])
-        return dict(zip(refs, ray.get(list(refs.values()))))
+                refs[method] = self.workers.call(timed, *jobs[method], num_returns=2)
+        return {method: {"state": ray.get(state), **ray.get(cost)} for method, (state, cost) in refs.items()}
 
     def train_unsharded(self) -> None:
         """One unsharded model retrained on the retained data for e epochs (the cost baseline's model, whose
@@ -572,9 +560,7 @@ class SisaExperiment:
 
         self.tables["backdoor"] += rows("clean", self.ensembles["trained"], None, None)
         directory = self.checkpoints / "backdoor"
-        pool = ShardPool(
-            setup.layout, x, y, setup.settings, directory, self.config.resources, self.config.sisa.deterministic
-        )
+        pool = ShardPool(self.workers, setup.layout, x, y, setup.settings, directory)
         for stage, shards, removed in (
             ("trained", range(setup.layout.num_shards), ()),
             ("unlearned", list(affected_shards(setup.layout, setup.poison)), [int(i) for i in setup.poison]),
@@ -584,7 +570,6 @@ class SisaExperiment:
                 setup.settings, pool.states(), self.config.data.eval_batch_size, _members(setup.layout, list(removed))
             )
             self.tables["backdoor"] += rows(stage, ensemble, len(stats), sum(st.samples for st in stats))
-        pool.close()
         shutil.rmtree(directory, ignore_errors=True)
         if self.config.unlearn.baselines:
             self.unsharded_backdoor = self._unsharded_jobs(x, y, setup.poison, True)
@@ -664,17 +649,11 @@ class SisaExperiment:
         self.summary = summary_text(self.config, self.setup, self.tables, self.reference_cost, self.warnings)
 
 
-@ray.remote(num_cpus=0)
-def _state_of(result: dict[str, Any]) -> dict[str, Any]:
-    """The state dict of a `timed` result (so that baselines start from it without a trip to the driver)."""
-    return result["state"]
-
-
-def timed(job, *args: Any, device: torch.device) -> dict[str, Any]:
-    """{"state", "samples", "seconds"} of job(*args, device) (a function of rayfed.sisa.approximate)."""
+def timed(job, *args: Any, device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
+    """(state, {"samples", "seconds"}) of job(*args, device) (a function of rayfed.sisa.approximate)."""
     start = time.perf_counter()
     state, samples = job(*args, device=device)
-    return {"state": state, "samples": samples, "seconds": time.perf_counter() - start}
+    return state, {"samples": samples, "seconds": time.perf_counter() - start}
 
 
 def ensemble_losses(

@@ -90,7 +90,7 @@ def plan_trial(run: str, config: Config, budget: TrialBudget) -> TrialPlan:
         servers = r.server_count(audited, budget.cpus, budget.gpus)
         actors = clients + servers
     else:
-        actors = config.sisa.shards  # one pool at a time: run_sisa closes each before the next starts
+        actors = config.sisa.shards  # run_sisa's shard actors train every ensemble and run the baselines
     most = (_floor(budget.cpus / (actors + 1)), min(1.0, _floor(budget.gpus / actors)))  # one GPU at most
     if most[0] <= 0:
         raise UserError(f"trial_resources.cpus={budget.cpus:g} is too small for {actors} actors and a driver")
