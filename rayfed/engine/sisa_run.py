@@ -16,7 +16,6 @@ the seeds.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -38,7 +37,7 @@ from rayfed.errors import UserError
 from rayfed.plots.sisa import plot_seed_differences, plot_sisa
 from rayfed.results import RunDirectory, Tracker
 from rayfed.seeds import Stream, stream_seed
-from rayfed.sisa.approximate import finetune, neggrad_plus, train_unsharded
+from rayfed.sisa.approximate import finetune, neggrad_plus, timed, train_unsharded
 from rayfed.sisa.ensemble import classification_metrics, combine_shards, ensemble_loss, shard_probs, vote_ties
 from rayfed.sisa.findings import sisa_findings
 from rayfed.sisa.plan import Layout, affected_shards, make_layout, resolve_forget
@@ -647,13 +646,6 @@ class SisaExperiment:
             if rows:
                 self.run_dir.write_table(f"{name}.parquet", rows)
         self.summary = summary_text(self.config, self.setup, self.tables, self.reference_cost, self.warnings)
-
-
-def timed(job, *args: Any, device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
-    """(state, {"samples", "seconds"}) of job(*args, device) (a function of rayfed.sisa.approximate)."""
-    start = time.perf_counter()
-    state, samples = job(*args, device=device)
-    return state, {"samples": samples, "seconds": time.perf_counter() - start}
 
 
 def ensemble_losses(

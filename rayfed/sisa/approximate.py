@@ -12,6 +12,8 @@ Each returns the new state dict (on the CPU) and the samples processed (both min
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -120,3 +122,10 @@ def neggrad_plus(
             scaler.update()
             samples += len(batch) + len(forget)
     return _cpu_state(model), samples
+
+
+def timed(job: Callable, *args: Any, device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
+    """(state, {"samples", "seconds"}) of job(*args, device=device), a function of this module."""
+    start = time.perf_counter()
+    state, samples = job(*args, device=device)
+    return state, {"samples": samples, "seconds": time.perf_counter() - start}
