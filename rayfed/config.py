@@ -153,8 +153,11 @@ class QFFLConfig:
     q: float | list[float] = field(default_factory=lambda: [1.0])
     """q-FedAvg's fairness exponent (0 = uniform averaging; larger = more weight on high-loss clients); a list
     runs qffl once per value."""
-    lipschitz: float | None = None
-    """L of q-FedAvg's step (dW_k = L (w^t - w_k)); null = 1 / fl.lr, the paper's choice."""
+    lipschitz: float | str | None = "auto"
+    """L of q-FedAvg's step (dW_k = L (w^t - w_k)): `auto` = 1 / (fl.lr * mean_k m(tau_k)), the L at which dW_k
+    is client k's gradient when it holds through its tau_k local steps of momentum SGD (m: how far they move the
+    weights per unit of gradient; `rayfed.fl.strategies.qffl`); null = 1 / fl.lr, the paper's choice, which is
+    that L for one local step of plain SGD; or a number."""
 
 
 @dataclass
@@ -571,9 +574,10 @@ def validate(c: Config) -> None:
     _require(len(qs) >= 1, "qffl.q: needs at least one value")
     for q in qs:
         _require(math.isfinite(q) and q >= 0, f"qffl.q: must be finite and >= 0, got {q}")
+    lipschitz = c.qffl.lipschitz
     _require(
-        c.qffl.lipschitz is None or (math.isfinite(c.qffl.lipschitz) and c.qffl.lipschitz > 0),
-        f"qffl.lipschitz: must be > 0, got {c.qffl.lipschitz}",
+        lipschitz in (None, "auto") or (not isinstance(lipschitz, str) and math.isfinite(lipschitz) and lipschitz > 0),
+        f"qffl.lipschitz: must be auto, null or a number > 0, got {lipschitz!r}",
     )
     _require(a.lambda1 >= 0, f"audit.lambda1: must be >= 0, got {a.lambda1}")
     _require(a.lambda2 >= 0, f"audit.lambda2: must be >= 0, got {a.lambda2}")

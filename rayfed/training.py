@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable
 
 import torch
@@ -58,12 +59,19 @@ def sgd(
 
 
 def minibatches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
-    """A seeded shuffle of range(n) cut into batches; a last batch of one sample joins the one before it
-    (BatchNorm cannot train on a single sample once the feature map is 1x1)."""
+    """A seeded shuffle of range(n) cut into `steps_per_epoch(n, batch_size)` batches; a last batch of one
+    sample joins the one before it (BatchNorm cannot train on a single sample once the feature map is 1x1)."""
     batches = list(torch.randperm(n, generator=generator, device=generator.device).to(device).split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2:] = [torch.cat(batches[-2:])]
     return batches
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """How many optimizer steps one epoch of `sgd_epochs` takes on n samples (the batches of `minibatches`)."""
+    batches = math.ceil(n / batch_size)
+    last = n - (batches - 1) * batch_size
+    return batches - 1 if batches > 1 and last == 1 else batches
 
 
 def sgd_epochs(

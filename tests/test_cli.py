@@ -55,6 +55,8 @@ BAD_SETS = [
     (["--set", "metrics.audit_batch_size=1"], "metrics.audit_batch_size"),
     (["--set", "metrics.held_out_audit=sometimes"], "metrics.held_out_audit"),
     (["--set", "data.client_test_size=most"], "data.client_test_size"),
+    (["--set", "qffl.lipschitz=fast"], "qffl.lipschitz"),
+    (["--set", "qffl.lipschitz=0"], "qffl.lipschitz"),
 ]
 
 

@@ -355,6 +355,50 @@ def test_qffl_two_client_hand_case():
     assert decision.weights == pytest.approx([0.8, 0.2])
 
 
+def test_auto_lipschitz_turns_a_constant_gradient_s_local_steps_back_into_that_gradient():
+    """qffl.lipschitz: auto is the L at which L (w^t - w_k) is the client's gradient when it holds through its
+    local steps: on a linear loss g.w (a constant gradient) torch's momentum SGD, `sgd_epochs`' optimizer, runs
+    tau steps and L (w_0 - w_tau) gives g back; at one step of plain SGD L is the paper's 1/lr."""
+    from rayfed.fl.strategies.qffl import GradientMatchingLipschitz, heavy_ball_displacement
+    from rayfed.training import sgd
+
+    assert heavy_ball_displacement(3, 0.5) == pytest.approx(1 + 1.5 + 1.75)  # v_t = 1, 1.5, 1.75
+    assert heavy_ball_displacement(4, 0.0) == 4.0
+    g = torch.tensor([0.3, -1.2, 2.0])
+    for epochs, samples, momentum in [(3, 46, 0.9), (2, 17, 0.5), (1, 16, 0.0)]:
+        w = torch.zeros(3, requires_grad=True)
+        optimizer = sgd([w], torch.device("cpu"), lr=0.01, momentum=momentum)
+        steps = epochs * (samples // 16 + (samples % 16 > 1))  # a last batch of one joins the one before
+        for _ in range(steps):
+            optimizer.zero_grad()
+            (g * w).sum().backward()
+            optimizer.step()
+        lipschitz = GradientMatchingLipschitz(lr=0.01, momentum=momentum, epochs=epochs, batch_size=16)([samples])
+        torch.testing.assert_close(lipschitz * (0 - w.detach()), g, rtol=1e-5, atol=1e-6)
+    assert GradientMatchingLipschitz(lr=0.01, momentum=0.0, epochs=1, batch_size=16)([16]) == pytest.approx(100.0)
+
+
+def test_auto_lipschitz_hand_case_and_the_step_it_gives():
+    """Clients of 24 and 46 samples, batch 16, 3 epochs: tau = 6 and 9 steps; at momentum 0.9
+    m(6) = 1 + 1.9 + 2.71 + 3.439 + 4.0951 + 4.68559 = 17.82969, m(9) = m(6) + 5.217031 + 5.6953279 + 6.12579511
+    = 34.86784401; L = 1 / (0.01 (m(6) + m(9)) / 2) = 3.795244. The strategy steps with that L, its config default."""
+    from rayfed.config import load_config
+    from rayfed.fl.strategies.qffl import GradientMatchingLipschitz, QFedAvg, qffl_step
+
+    config = load_config(None, ["fl.methods=[qffl]"])
+    [run] = QFedAvg.runs(config)
+    assert run.lipschitz == GradientMatchingLipschitz(lr=0.01, momentum=0.9, epochs=3, batch_size=16)
+    assert run.lipschitz([24, 46]) == pytest.approx(1 / (0.01 * (17.82969 + 34.86784401) / 2), rel=1e-9)
+    assert run.lipschitz([24, 46]) == pytest.approx(3.795244, rel=1e-6)
+    state = {"w": torch.tensor([1.0, -1.0])}
+    deltas = [{"w": torch.tensor([-0.1, 0.3])}, {"w": torch.tensor([0.2, 0.1])}]
+    updates = [LocalResult(0, 24, deltas[0], 2.0), LocalResult(1, 46, deltas[1], 1.0)]
+    expected = qffl_step(state, deltas, [2.0, 1.0], q=1.0, lipschitz=3.795244, parameters=["w"])
+    torch.testing.assert_close(run.aggregate(state, updates, None).state["w"], expected["w"], rtol=1e-6, atol=0)
+    paper = QFedAvg.runs(load_config(None, ["fl.methods=[qffl]", "qffl.lipschitz=null"]))[0]
+    assert paper.lipschitz == pytest.approx(100.0)
+
+
 def test_qffl_with_q_0_is_the_uniform_average_of_the_models():
     from rayfed.fl.strategies.qffl import QFedAvg
 

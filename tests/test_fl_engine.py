@@ -327,7 +327,9 @@ def test_qffl_reports_losses_before_training_and_weights_by_their_shares(ray_ses
     local training would be far lower), its weight F_k^q / sum F^q."""
     from rayfed.fl.round import training_loss
     from rayfed.fl.setup import initial_model_state
+    from rayfed.fl.strategies.qffl import heavy_ball_displacement
     from rayfed.models import build_classifier
+    from rayfed.training import steps_per_epoch
 
     extra = ["fl.rounds=1", "fl.methods=[uniform,qffl]", "qffl.q=[2.0]", "metrics.held_out_audit=false"]
     path = small_run(tmp_path, "qffl", extra)
@@ -347,6 +349,10 @@ def test_qffl_reports_losses_before_training_and_weights_by_their_shares(ray_ses
     assert rounds.loc["qffl", "q"] == 2.0 and rounds["gamma"].isna().all() and rounds["bias"].isna().all()
     assert rounds.loc["uniform", "effective_clients"] == pytest.approx(3.0)
     assert rounds.loc["qffl", "effective_clients"] == pytest.approx(1 / sum((s / sum(shares)) ** 2 for s in shares))
+    # the summary states the L it stepped with: auto's, over these clients' local steps (1 epoch, batch 16)
+    displacements = [heavy_ball_displacement(steps_per_epoch(len(c.y), 16), 0.9) for c in federation.clients]
+    lipschitz = 1 / (0.01 * sum(displacements) / len(displacements))
+    assert f"q-FFL's L = {lipschitz:.4g} (`qffl.lipschitz: auto`" in (path / "summary.md").read_text()
 
 
 def test_compiled_gan_step_on_the_audit_server_matches_the_eager_run(two_runs, tmp_path, cpu_compiler):

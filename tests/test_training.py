@@ -12,7 +12,7 @@ from rayfed.data import black_level
 from rayfed.fl.metrics import accuracy
 from rayfed.fl.round import training_loss
 from rayfed.models import build_classifier
-from rayfed.training import on_device, sgd, sgd_epochs
+from rayfed.training import minibatches, on_device, sgd, sgd_epochs, steps_per_epoch
 
 SHAPE = (3, 16, 16)
 CPU = torch.device("cpu")
@@ -37,7 +37,8 @@ def _trained(data, *, channels_last: bool, fused: bool) -> tuple[dict[str, torch
 
 def test_gpu_layout_on_the_cpu_trains_what_the_plain_step_trains(data):
     """What `on_device` and `sgd` choose on a GPU, run on the CPU from the same weights and draws against NCHW
-    weights with torch's default SGD: fused SGD alone within 1e-7 of it (the same arithmetic), and with
+    weights with torch's default SGD: fused SGD alone within float32 rounding of it (bit-equal on one thread;
+    on two, its updates round differently: 2.4e-7 on a running variance of 3.7 after two epochs), and with
     channels-last weights every tensor within 0.2% of how far training moved it (the convolutions sum in
     another order), the 4-D weights really channels-last."""
     initial, plain = _trained(data, channels_last=False, fused=False)
@@ -47,7 +48,7 @@ def test_gpu_layout_on_the_cpu_trains_what_the_plain_step_trains(data):
     assert conv_weights and all(fast[k].is_contiguous(memory_format=torch.channels_last) for k in conv_weights)
     assert not plain[conv_weights[0]].is_contiguous(memory_format=torch.channels_last)
     for key, value in plain.items():
-        torch.testing.assert_close(fused[key], value, rtol=0, atol=1e-7, msg=key)
+        torch.testing.assert_close(fused[key], value, rtol=1e-6, atol=1e-7, msg=key)
         if value.is_floating_point():
             moved = float((value - initial[key]).norm())
             assert moved > 0 and float((fast[key] - value).norm()) < 2e-3 * moved, key
@@ -65,3 +66,13 @@ def test_loss_and_accuracy_summed_on_the_device_equal_the_per_batch_host_sums(da
     hits = [int((out.argmax(1) == y[s : s + 16]).sum()) for out, s in zip(logits, range(0, 70, 16))]
     assert training_loss(model, x, y, batch_size=16) == sum(losses) / 70
     assert accuracy(model, x, y, batch_size=16) == 100.0 * sum(hits) / 70
+
+
+def test_steps_per_epoch_counts_the_batches_of_an_epoch():
+    """q-FFL's automatic L counts the local steps without training: it must agree with `minibatches`, which
+    joins a last batch of one sample to the one before it."""
+    generator = torch.Generator().manual_seed(0)
+    for batch_size in (1, 2, 5, 16):
+        for n in range(1, 40):
+            assert steps_per_epoch(n, batch_size) == len(minibatches(n, batch_size, generator, CPU)), (n, batch_size)
+    assert [steps_per_epoch(n, 16) for n in (16, 17, 18, 33)] == [1, 1, 2, 2]

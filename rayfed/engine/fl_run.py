@@ -23,6 +23,7 @@ from rayfed.fl.rows import HELD_OUT_FIGURES, AuditRow, ClientRow, RoundRow, sche
 from rayfed.fl.setup import build_federation, initial_model_state
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
 from rayfed.fl.strategies import Strategy, seeded_runs
+from rayfed.fl.strategies.qffl import lipschitz_sentence
 from rayfed.results import RunDirectory, Tracker, read_table
 
 log = logging.getLogger("rayfed")
@@ -197,9 +198,8 @@ def execute(
         engine.shutdown()
         if started_ray:
             ray.shutdown()
-    return write_outputs(
-        config, run_dir, progress.round_rows, progress.client_rows, audit_rows, [unheld] if unheld else []
-    )
+    notes = [note for note in (unheld, lipschitz_sentence(config, federation.num_samples)) if note]
+    return write_outputs(config, run_dir, progress.round_rows, progress.client_rows, audit_rows, notes)
 
 
 def run_fl(config: Config, run_dir: RunDirectory, on_round: RoundCallback | None = None) -> list[dict[str, Any]]:
