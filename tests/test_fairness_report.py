@@ -14,6 +14,7 @@ from rayfed.fl.report import (
     control_differences,
     paired_differences,
     summary_table,
+    unfair_baseline_notes,
     uniform_weight_runs,
     verdict_sentences,
 )
@@ -228,6 +229,27 @@ def test_the_audit_is_paired_with_each_control_on_the_same_seeds():
     (_, first, _) = verdict_sentences([uniform, qffl])
     assert first.startswith("gamma=2 vs Uniform (2 paired seeds): **fairer** on worst client +6.00 ± 0.00")
     assert control_differences([r for r in rows if r["method"] != "fedauditgan"], runs) == []
+
+
+def test_a_fair_baseline_less_fair_than_fedavg_on_the_worst_client_is_flagged():
+    """q-FFL exists to raise the worst client; when it comes out significantly below FedAvg there, the summary
+    says so and what to try. Worst clients FedAvg 80, 82, 84, q-FFL 50, 54, 52: differences -30, -28, -32, mean
+    -30, s = 2, half-width t(0.975, 2) 2 / sqrt(3) = 4.97. Uniform, no fairness method, is not flagged; nor is
+    q-FFL where its difference is not significant (-1, +1, 0)."""
+    fedavg = [_round("fedavg", None, seed, 2, 75.0, 0.99, worst, 15.0) for seed, worst in zip((1, 2, 3), (80, 82, 84))]
+    uniform = [_round("uniform", None, seed, 2, 70.0, 0.9, worst, 40.0) for seed, worst in zip((1, 2, 3), (50, 54, 52))]
+
+    def qffl(worsts):
+        return [{**_round("qffl", None, seed, 2, 60.0, 0.9, w, 40.0), "q": 1.0} for seed, w in zip((1, 2, 3), worsts)]
+
+    runs = [FedAvg(), Uniform(), QFedAvg(1.0, 3.795)]
+    for correction in ("holm", "none"):
+        [note] = unfair_baseline_notes(
+            paired_differences(fedavg + uniform + qffl((50, 54, 52)), runs), runs, correction
+        )
+        assert note.startswith("q=1 is less fair than FedAvg on the worst client (-30.00 ± 4.97, p 0.00")
+        assert "try a smaller `qffl.lipschitz`" in note
+    assert unfair_baseline_notes(paired_differences(fedavg + uniform + qffl((79, 83, 84)), runs), runs, "none") == []
 
 
 def test_weight_figures_hand_case():

@@ -245,6 +245,24 @@ def verdict_sentences(paired: list[dict[str, Any]], correction: str = "holm") ->
     return sentences
 
 
+def unfair_baseline_notes(paired: list[dict[str, Any]], runs: list[Strategy], correction: str) -> list[str]:
+    """For each method built for fairness (`Strategy.unfair_hint`) that the paired table finds less fair than the
+    reference on the worst client (its p-value, adjusted as the verdicts' are, below 0.05): that this is the
+    opposite of its purpose, what to try, and that verdicts against it mean little until then."""
+    hints = {run.label: run.unfair_hint for run in runs if run.unfair_hint}
+    notes = []
+    for row, p_values in zip(paired, adjusted_p_values(paired, correction), strict=True):
+        worst, p = row["Δ Worst client"], p_values.get("Worst client", 1.0)
+        if row["Method"] in hints and p < SIGNIFICANCE and worst < 0:
+            notes.append(
+                f"{row['Method']} is less fair than {row['vs']} on the worst client "
+                f"({signed_interval(worst, row['Δ Worst client ±'])}, {p_text(p)}), the opposite of what it is "
+                f"for: {hints[row['Method']]}. A verdict of another method against it says little until it does "
+                "what it is for."
+            )
+    return notes
+
+
 def uniform_weight_runs(client_rows: list[dict[str, Any]]) -> dict[Strategy, float]:
     """Runs of adaptive strategies (weights that respond to the updates) whose weights stayed within
     UNIFORM_TOLERANCE of 1/K in every round and seed: run -> the largest |alpha_i K - 1| seen."""
@@ -346,8 +364,8 @@ def summary_markdown(
     notes: Sequence[str] = (),
 ) -> str:
     """summary.md: the summary table, the paired differences with each method's verdict against the reference
-    and each audited run's against the controls (`verdict_sentences`), and the notes (`notes`: sentences about
-    the federation itself, listed first)."""
+    and each audited run's against the controls (`verdict_sentences`), and the notes: fair baselines found less
+    fair than the reference (`unfair_baseline_notes`), then `notes` (sentences about the federation itself)."""
     runs = strategy_runs(config)
     seeds = config.seed_list
     round_rows = with_held_out(round_rows, list(audit_rows))
@@ -369,15 +387,16 @@ def summary_markdown(
     scoring = scoring_sentence(config)
     if scoring:
         parts.insert(2, scoring + "\n")
+    against_reference = paired_differences(round_rows, runs)
     sections = (
-        ("Paired differences against the reference (same seed, same partition)", paired_differences),
-        ("The audit against the controls (same seed, same partition)", control_differences),
+        ("Paired differences against the reference (same seed, same partition)", against_reference),
+        ("The audit against the controls (same seed, same partition)", control_differences(round_rows, runs)),
     )
-    for heading, differences in sections:
-        paired = differences(round_rows, runs)
+    for heading, paired in sections:
         if paired:
             parts += [f"## {heading}\n", format_table(paired)]
             parts += [f"- {sentence}\n" for sentence in verdict_sentences(paired, config.metrics.correction)]
+    notes = [*unfair_baseline_notes(against_reference, runs, config.metrics.correction), *notes]
     parts += [f"- {note}\n" for note in notes]
     for run, deviation in uniform_weight_runs(client_rows).items():
         parts.append(f"- {uniform_weight_note(run, deviation, client_rows, config.audit.normalize_scores)}\n")

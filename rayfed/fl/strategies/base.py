@@ -78,6 +78,9 @@ class Strategy:
     """Its weights respond to the updates (audit scores, losses), so the summary notes when they stayed uniform."""
     reference: ClassVar[bool] = False
     """The baseline other methods are compared with (paired differences, Tune's reference metrics)."""
+    unfair_hint: ClassVar[str | None] = None
+    """For a method built for fairness: what to try when the summary finds it less fair than the reference on the
+    worst client, the opposite of its purpose; None for the others."""
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

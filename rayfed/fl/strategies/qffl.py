@@ -119,6 +119,10 @@ class QFedAvg(Strategy):
     adaptive = True
     parameter = "q"
     parameter_key = "qffl.q"
+    unfair_hint = (
+        "its step may be too short for these rounds (too large an L): try a smaller `qffl.lipschitz` (README, "
+        '"q-FFL\'s step")'
+    )
     lipschitz: float | GradientMatchingLipschitz = field(default=1.0, compare=False)
     """L in dW_k = L (w^t - w_k), or the rule that sets it each round (`lipschitz_setting`)."""
 
