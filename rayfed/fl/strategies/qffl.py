@@ -67,6 +67,11 @@ class GradientMatchingLipschitz:
     epochs: int
     batch_size: int
 
+    @classmethod
+    def of(cls, config: Config) -> GradientMatchingLipschitz:
+        """The rule for the local training `config` sets (fl.lr, fl.momentum, fl.local_epochs, data.batch_size)."""
+        return cls(config.fl.lr, config.fl.momentum, config.fl.local_epochs, config.data.batch_size)
+
     def __call__(self, num_samples: Sequence[int]) -> float:
         """L for a round whose clients hold `num_samples` training samples each."""
         displacements = [
@@ -79,8 +84,7 @@ class GradientMatchingLipschitz:
 def lipschitz_setting(config: Config) -> float | GradientMatchingLipschitz:
     """q-FedAvg's L as `qffl.lipschitz` sets it: a number, null = 1 / fl.lr (the paper's), or `auto`."""
     if config.qffl.lipschitz == "auto":
-        fl = config.fl
-        return GradientMatchingLipschitz(fl.lr, fl.momentum, fl.local_epochs, config.data.batch_size)
+        return GradientMatchingLipschitz.of(config)
     return config.qffl.lipschitz if config.qffl.lipschitz is not None else 1.0 / config.fl.lr
 
 
@@ -90,7 +94,7 @@ def lipschitz_sentence(config: Config, num_samples: Sequence[int]) -> str | None
     if "qffl" not in config.fl.methods:
         return None
     fl = config.fl
-    auto = GradientMatchingLipschitz(fl.lr, fl.momentum, fl.local_epochs, config.data.batch_size)
+    auto = GradientMatchingLipschitz.of(config)
     steps = sorted({fl.local_epochs * steps_per_epoch(n, config.data.batch_size) for n in num_samples})
     step_range = f"{steps[0]}" if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
     meaning = (
