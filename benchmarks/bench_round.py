@@ -108,6 +108,7 @@ from rayfed.fl.gan_audit import FoldedEvaluator  # noqa: E402
 from rayfed.fl.metrics import accuracy  # noqa: E402
 from rayfed.fl.round import (  # noqa: E402
     LocalTraining,
+    SharedImages,
     audit_evidence,
     client_update,
     draw_probes,  # noqa: E402
@@ -200,7 +201,7 @@ class RayfedInProcess:
         audit = federation.split.audit
         self.audit_x, self.audit_y = d.train_x[audit].to(device), d.train_y[audit].to(device)
         self.test_x, self.test_y = d.test_x.to(device), d.test_y.to(device)
-        self.test_rows = np.arange(len(d.test_y))
+        self.test_images = SharedImages(self.test_x, self.test_y, np.arange(len(d.test_y)))
         self.pad = None if federation.augment_pad is None else federation.augment_pad.to(device)
         self.gan = None  # as the audit server: one pair, re-initialised in place each round
 
@@ -264,9 +265,7 @@ class RayfedInProcess:
                 self.model,
                 to_torch(new_state, dev),
                 self.clients,
-                self.test_x,
-                self.test_y,
-                self.test_rows,
+                self.test_images,
                 eval_batch_size=c.data.eval_batch_size,
                 augment_pad=self.pad,
                 run_seed=seed,

@@ -58,6 +58,11 @@ class DataConfig:
     """`shards`: label-sorted shards per client (McMahan et al. 2017)."""
     audit_fraction: float = 0.1
     """Share of the training set held by the server for the audit GAN, disjoint from every client."""
+    validation_fraction: float = 0.0
+    """Share of the training set held out for choosing settings (`fl`), disjoint from the audit split and every
+    client; each client's validation subset is drawn from it with the client's label mix (size as
+    client_test_size), and rounds.parquet gains the `val_*` figures a sweep can select on while the test
+    figures stay unseen by the choice. 0 = no validation split (the clients keep those images)."""
     client_test_size: int | str = "max"
     """Held-out test samples per client, drawn from the test set with the client's label mix: a count, or
     `max` = the largest subset with that mix the test set holds without repeating an image."""
@@ -540,6 +545,13 @@ def validate(c: Config) -> None:
     _require(d.dirichlet_alpha > 0, f"data.dirichlet_alpha: must be > 0, got {d.dirichlet_alpha}")
     _require(d.shards_per_client >= 1, f"data.shards_per_client: must be >= 1, got {d.shards_per_client}")
     _require(0 < d.audit_fraction < 1, f"data.audit_fraction: must be in (0, 1), got {d.audit_fraction}")
+    _require(
+        0 <= d.validation_fraction < 1, f"data.validation_fraction: must be in [0, 1), got {d.validation_fraction}"
+    )
+    _require(
+        d.audit_fraction + d.validation_fraction < 1,
+        f"data.validation_fraction: with data.audit_fraction {d.audit_fraction} it leaves no images for the clients",
+    )
     _count_or_word("data.client_test_size", d.client_test_size, "max")
     _require(d.batch_size >= 1, f"data.batch_size: must be >= 1, got {d.batch_size}")
     _require(d.eval_batch_size >= 1, f"data.eval_batch_size: must be >= 1, got {d.eval_batch_size}")

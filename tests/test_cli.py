@@ -55,6 +55,9 @@ BAD_SETS = [
     (["--set", "metrics.audit_batch_size=1"], "metrics.audit_batch_size"),
     (["--set", "metrics.held_out_audit=sometimes"], "metrics.held_out_audit"),
     (["--set", "data.client_test_size=most"], "data.client_test_size"),
+    (["--set", "data.validation_fraction=1"], "data.validation_fraction: must be in [0, 1), got 1"),
+    (["--set", "data.validation_fraction=0.9"], "data.validation_fraction: with data.audit_fraction 0.1"),
+    (["--set", "data.validation_fraction=0.005"], "data.validation_fraction=0.005: 7 validation images"),
     (["--set", "qffl.lipschitz=fast"], "qffl.lipschitz"),
     (["--set", "qffl.lipschitz=0"], "qffl.lipschitz"),
 ]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rayfed.data import augment_batch, black_level, client_test_indices, load_dataset, split_federated
-from rayfed.data.partition import partition_extreme
+from rayfed.data.partition import partition_clients, partition_extreme
 from rayfed.errors import UserError
 from rayfed.models import CNN
 
@@ -85,6 +85,45 @@ def test_too_many_clients_is_a_user_error(digits):
     y = digits.train_y.numpy()
     with pytest.raises(UserError, match="data.num_clients"):
         split_federated(y[:20], digits.test_y.numpy(), 10, 50, "iid", 0.1, 5, seed=0)
+
+
+@pytest.mark.parametrize("partition", PARTITIONS)
+def test_validation_split_is_apart_from_the_audit_split_and_every_client(digits, partition):
+    """validation_fraction carves its images out of the training set before the clients are dealt theirs; each
+    client's validation subset (positions in the split) has its label mix, as its test subset has."""
+    y = digits.train_y.numpy()
+    split = split_federated(y, digits.test_y.numpy(), 10, 8, partition, 0.1, 30, seed=3, validation_fraction=0.2)
+    validation = set(split.validation.tolist())
+    assert len(validation) == round(0.2 * len(y)) and not validation & set(split.audit.tolist())
+    assert np.array_equal(split.validation, np.sort(split.validation))
+    for idx, held in zip(split.clients, split.client_validation):
+        assert not validation & set(idx.tolist())
+        assert len(held) == 30 and held.max() < len(split.validation)
+        mix = np.bincount(y[idx], minlength=10) / len(idx) * 30
+        assert np.abs(np.bincount(y[split.validation[held]], minlength=10) - mix).max() < 1  # largest remainder
+
+
+def test_no_validation_split_leaves_every_draw_as_it_was(digits):
+    """Without validation_fraction the audit split, the partition and the test subsets are those of a split
+    that never heard of validation: the draws of split_federated's seed, in its order, re-done by hand."""
+    y, ty = digits.train_y.numpy(), digits.test_y.numpy()
+    split = split_federated(y, ty, 10, 5, "dirichlet", 0.1, 20, seed=7)
+    rng = np.random.RandomState(7)
+    order = rng.permutation(len(y))
+    n_audit = round(0.1 * len(y))
+    clients = partition_clients("dirichlet", y, np.sort(order[n_audit:]), 5, 10, rng)
+    assert np.array_equal(split.audit, np.sort(order[:n_audit])) and len(split.validation) == 0
+    assert split.client_validation is None
+    for ours, theirs in zip(split.clients, clients):
+        assert np.array_equal(ours, theirs)
+    for ours, idx in zip(split.client_test, clients):
+        assert np.array_equal(ours, client_test_indices(y[idx], ty, 20, 10, rng))
+
+
+def test_a_validation_split_too_small_for_the_classes_is_a_user_error(digits):
+    y = digits.train_y.numpy()
+    with pytest.raises(UserError, match=r"data.validation_fraction=0.005: 7 validation images for 10 classes"):
+        split_federated(y, digits.test_y.numpy(), 10, 5, "iid", 0.1, 20, seed=0, validation_fraction=0.005)
 
 
 def test_augmentation_crops_and_flips_with_black_padding():

@@ -77,6 +77,10 @@ def test_run_directory_holds_the_contract(two_runs):
         "max_accuracy",
         "mean_accuracy",
         "gap",
+        "val_accuracy",
+        "val_jfi",
+        "val_min_accuracy",
+        "val_gap",
         "fairness_basis",
         "participants",
         "effective_clients",
@@ -86,6 +90,7 @@ def test_run_directory_holds_the_contract(two_runs):
     ]
     assert list(rounds.columns) == contract
     assert len(rounds) == 4 and set(rounds["round"]) == {1, 2}
+    assert rounds.filter(like="val_").isna().all().all()  # no validation split in this run
     fedavg, audit = rounds[rounds.method == "fedavg"], rounds[rounds.method == "fedauditgan"]
     assert fedavg["gamma"].isna().all() and fedavg["bias"].isna().all()
     assert (audit["gamma"] == 2.0).all() and (audit["bias"] > 0).all()

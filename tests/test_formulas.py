@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from rayfed.fl.gan_audit import compute_bias
-from rayfed.fl.metrics import fairness_summary, jain_index, max_min_fairness
+from rayfed.fl.metrics import FAIRNESS_FIGURES, fairness_summary, jain_index, max_min_fairness
 from rayfed.fl.state import apply_weighted_updates, state_delta, update_problem, weighted_sum
 from rayfed.fl.strategies import fairness_scores, fedavg_weights, softmax_weights
 
@@ -129,5 +129,6 @@ def test_fairness_metrics_hand_case():
     s = fairness_summary(p)
     assert s["variance"] == pytest.approx(625.0)
     assert (s["min_accuracy"], s["max_accuracy"], s["mean_accuracy"], s["gap"]) == (50.0, 100.0, 75.0, 50.0)
+    assert tuple(s) == FAIRNESS_FIGURES  # the names sweeps and reports look the figures up by
     assert jain_index([0.0, 0.0]) == 1.0 and max_min_fairness([0.0, 0.0]) == 0.0
     assert jain_index([7.0, 7.0, 7.0]) == pytest.approx(1.0)

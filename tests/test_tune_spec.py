@@ -51,6 +51,9 @@ def test_notebook_settings_of_the_full_sweeps():
     assert (c.data.num_clients, c.fl.rounds, c.fl.local_epochs, c.data.batch_size, c.fl.lr) == (20, 50, 3, 512, 0.01)
     assert (c.audit.gan_epochs, c.audit.n_probes, c.data.partition, c.model.name) == (20, 2000, "extreme", "cnn")
     assert gamma.params[0].values == [0.5, 1, 2, 4, 8, 16] and c.fl.methods == ["fedavg", "fedauditgan"]
+    for name in ("fedaudit_gamma", "fedaudit_lambda", "qffl_q"):  # chosen on validation, reported on test
+        for sweep in (load_sweep(ROOT / "tune_configs" / f"{name}{twin}.yaml") for twin in ("", "_smoke")):
+            assert sweep.metric.startswith("val_") and sweep.base_config.data.validation_fraction == 0.1
     qffl = load_sweep(ROOT / "tune_configs" / "qffl_q.yaml")
     assert qffl.params[0].key == "qffl.q" and qffl.params[0].values == [0, 0.1, 1, 5]
     assert qffl.base_config.fl.methods[-1] == "qffl" and qffl.base_config.seed_list == [42, 43, 44]
@@ -100,6 +103,7 @@ BAD = [
     ({"param_space": {"fl.rounds": {"randint": [1, 2.5]}}}, "fl.rounds"),
     ({"tune_config": {"metrc": "jfi"}}, "tune_config.metrc"),
     ({"tune_config": {"metric": "f1"}}, "tune_config.metric"),
+    ({"tune_config": {"metric": "val_jfi"}}, "tune_config.metric: val_jfi is measured on the validation split"),
     ({"tune_config": {"mode": "up"}}, "tune_config.mode"),
     ({"tune_config": {"num_samples": 0}}, "tune_config.num_samples"),
     ({"tune_config": {"scheduler": {"type": "pbt"}}}, "tune_config.scheduler"),
@@ -117,6 +121,13 @@ def test_bad_sweep_files_name_the_key(tmp_path, change, needle):
     with pytest.raises(UserError, match=needle.replace(".", r"\.")) as info:
         load_sweep(path)
     assert "sweep.yaml" in str(info.value)
+
+
+def test_an_fl_sweep_with_a_validation_split_selects_on_validation_unless_told_otherwise(tmp_path):
+    path = write_sweep(tmp_path, MINIMAL)
+    assert load_sweep(path).metric == "jfi"
+    assert load_sweep(path, ["base.data.validation_fraction=0.1"]).metric == "val_jfi"
+    assert load_sweep(path, ["base.data.validation_fraction=0.1", "tune_config.metric=accuracy"]).metric == "accuracy"
 
 
 def test_unknown_override_is_refused(tmp_path):

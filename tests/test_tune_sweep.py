@@ -41,7 +41,7 @@ def test_one_row_per_trial_with_params_metrics_and_status(sweep):
     stored = pd.read_parquet(out / "sweep.parquet")
     assert len(stored) == 3 and sorted(stored["audit.gamma"]) == [0.5, 4, 16]
     assert set(stored["status"]) <= {"TERMINATED", "EARLY_STOPPED"}, stored[["status", "error"]]
-    assert stored["trial_id"].is_unique and stored["jfi"].between(0, 1).all()
+    assert stored["trial_id"].is_unique and stored["jfi"].between(0, 1).all() and stored["val_jfi"].between(0, 1).all()
     assert (stored.loc[stored["status"] == "TERMINATED", "round"] == 1).all()
     assert list(table["trial_id"]) == list(stored["trial_id"])
     for _, row in stored.iterrows():  # the last round's report carries the final model's held-out audit
@@ -81,7 +81,7 @@ def test_figures_and_best_config(sweep):
     assert (out / "fl_audit.gamma.png").stat().st_size > 10_000
     best = build_config([yaml.safe_load((out / "best_config.yaml").read_text())])
     table = pd.read_parquet(out / "sweep.parquet")
-    assert best.audit.gamma == table.loc[table["jfi"].idxmax(), "audit.gamma"]
+    assert best.audit.gamma == table.loc[table["val_jfi"].idxmax(), "audit.gamma"]  # chosen on validation
 
 
 @pytest.mark.slow
@@ -161,6 +161,55 @@ def test_ranking_sentence_says_whether_the_sweep_separates_best_from_runner_up()
     assert ranking_sentence(apart.iloc[:1], "jfi", "max", ["audit.gamma"]) is None
 
 
+def test_selection_sentence_says_what_the_chosen_figure_is_worth():
+    """Chosen on val_jfi, trial b (0.93 against a's 0.91) is named with its test jfi 0.88 ± 0.03, the unbiased
+    figure; chosen on the test jfi, the sentence warns that b's 0.9 is the best of 2 draws and names the
+    validation twin; a sisa test figure has no twin; bias (the audit split's, not the test set's), train-basis
+    fairness figures and a single trial make no sentence."""
+    from rayfed.tune.findings import selection_sentence
+
+    columns = ["trial_id", "status", "seeds", "jfi", "jfi_ci", "val_jfi", "val_jfi_ci", "bias", "fairness_basis"]
+    rows = [
+        ("a", "TERMINATED", 3, 0.85, 0.02, 0.91, 0.01, 0.2, "test"),
+        ("b", "TERMINATED", 3, 0.9, 0.03, 0.93, 0.01, 0.1, "test"),
+    ]
+    table = pd.DataFrame([dict(zip(columns, row)) for row in rows])
+    table.loc[1, "jfi"] = 0.88
+    assert selection_sentence("fl", table, "val_jfi", "max") == (
+        "Chosen on the validation split (val_jfi 0.93 ± 0.01): the test images took no part in the choice, so "
+        "the best trial's test jfi, 0.88 ± 0.03, is the unbiased figure to report for it."
+    )
+    table.loc[1, "jfi"] = 0.9
+    assert selection_sentence("fl", table, "jfi", "max") == (
+        "Chosen on the test set: the best trial's jfi, 0.9 ± 0.03, is the best of 2 trials' draws on the same test "
+        "images, so it overstates what its settings give on new images; choose on validation instead (base "
+        "`data.validation_fraction: 0.1`, `tune_config.metric: val_jfi`) and report the chosen trial's test figure."
+    )
+    assert selection_sentence("sisa", table.rename(columns={"jfi": "accuracy"}), "accuracy", "max").endswith(
+        "confirm it on images the sweep did not see before reporting it."
+    )
+    assert selection_sentence("fl", table, "bias", "min") is None
+    assert selection_sentence("fl", table.assign(fairness_basis="train"), "jfi", "max") is None
+    assert selection_sentence("fl", table.iloc[:1], "jfi", "max") is None
+
+
+def test_a_key_swept_over_words_and_numbers_is_a_text_column_of_the_sweep_table(tmp_path):
+    """`qffl.lipschitz: {grid_search: [auto, 1]}` (qffl_q.yaml's suggestion) gave a column Parquet could not
+    hold, and the sweep died writing sweep.parquet after its trials had run; numbers alone stay numbers."""
+    from rayfed.tune.sweep import _as_one_type
+
+    rows = [
+        {"trial_id": "a", "qffl.lipschitz": "auto", "qffl.q": 1, "jfi": 0.9},
+        {"trial_id": "b", "qffl.lipschitz": 1, "qffl.q": 5, "jfi": 0.8},
+        {"trial_id": "c", "qffl.lipschitz": None, "qffl.q": 0.5, "jfi": 0.7},
+    ]
+    _as_one_type(rows, ["qffl.lipschitz", "qffl.q"])
+    RunDirectory(tmp_path).write_table("sweep.parquet", rows)
+    stored = pd.read_parquet(tmp_path / "sweep.parquet")
+    assert stored["qffl.lipschitz"].tolist()[:2] == ["auto", "1"] and pd.isna(stored["qffl.lipschitz"][2])
+    assert stored["qffl.q"].tolist() == [1.0, 5.0, 0.5]
+
+
 def _sisa_trials(*rows):
     columns = ["trial_id", "status", "sisa.shards", "sisa.slices", "unlearned_accuracy", "speedup_samples"]
     columns += ["exact", "max_probability_difference"]
@@ -234,17 +283,20 @@ def test_sisa_sweep_says_whether_every_trial_forgot_exactly():
 @pytest.mark.slow
 def test_qffl_q_smoke_sweep_reports_q_ffl_beside_its_controls_over_seeds(ray_session, tmp_path, capsys):
     """qffl.q swept: each trial's metrics are q-FFL's, means over its 2 seeds with 95% half-widths, beside
-    FedAvg's and uniform's; at q = 0 q-FFL is the uniform average, so its figures are uniform's. The sweep
-    prints whether its intervals separate the best trial from the runner-up, from its own table."""
+    FedAvg's and uniform's; at q = 0 q-FFL is the uniform average, so its figures are uniform's. The sweep ranks
+    on the validation split and prints, from its own table, whether its intervals separate the best trial from
+    the runner-up, and the best trial's test figure to report."""
     from rayfed.tune.sweep import run_sweep_file
 
     table = run_sweep_file(str(ROOT / "tune_configs" / "qffl_q_smoke.yaml"), [], str(tmp_path / "out"))
-    ranked = table.sort_values("min_accuracy", ascending=False, kind="stable")
+    ranked = table.sort_values("val_min_accuracy", ascending=False, kind="stable")
     best, second = ranked.iloc[0], ranked.iloc[1]
     printed = capsys.readouterr().out
-    stated = f"{best['min_accuracy']:.4g} ± {best['min_accuracy_ci']:.2g}"
-    assert f"By min_accuracy, the best trial {best['trial_id']}'s {stated}" in printed
-    assert f"runner-up {second['trial_id']} (qffl.q={second['qffl.q']})'s {second['min_accuracy']:.4g}" in printed
+    stated = f"{best['val_min_accuracy']:.4g} ± {best['val_min_accuracy_ci']:.2g}"
+    assert f"By val_min_accuracy, the best trial {best['trial_id']}'s {stated}" in printed
+    assert f"runner-up {second['trial_id']} (qffl.q={second['qffl.q']})'s {second['val_min_accuracy']:.4g}" in printed
+    test = f"{best['min_accuracy']:.4g} ± {best['min_accuracy_ci']:.2g}"
+    assert f"the best trial's test min_accuracy, {test}, is the unbiased figure to report" in printed
     table = table.set_index("qffl.q")
     assert sorted(table.index) == [0, 1, 5] and (table["status"] == "TERMINATED").all(), table["error"]
     assert (table["seeds"] == 2).all() and (table["min_accuracy_ci"] >= 0).all()

@@ -6,7 +6,7 @@ All functions take and return index arrays into the training set, and draw from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +23,12 @@ class FederatedSplit:
     """Training indices of each client (may overlap among clients under `extreme`)."""
     client_test: list[np.ndarray]
     """Held-out test indices of each client, with the client's label mix."""
+    validation: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """The validation split (training-set indices, sorted), disjoint from the audit split and every client;
+    empty without `data.validation_fraction`."""
+    client_validation: list[np.ndarray] | None = None
+    """Validation indices of each client (positions in `validation`), with the client's label mix; None
+    without a validation split."""
 
 
 def partition_extreme(labels: np.ndarray, pool: np.ndarray, num_clients: int, num_classes: int,
@@ -142,14 +148,37 @@ def client_test_indices(client_labels: np.ndarray, test_labels: np.ndarray, size
 def split_federated(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: int, num_clients: int,
                     partition: str, audit_fraction: float, client_test_size: int | str, seed: int,
                     classes_per_client: int = 2, dirichlet_alpha: float = 0.5,
-                    shards_per_client: int = 2) -> FederatedSplit:
-    """Carve the server's audit split, partition the rest among clients, and draw each client's test subset."""
+                    shards_per_client: int = 2, validation_fraction: float = 0.0) -> FederatedSplit:
+    """Carve the server's audit split and the validation split, partition the rest among clients, and draw
+    each client's test subset (and validation subset, with the same size rule, from the validation split).
+    Without a validation split every draw is what it was before validation splits existed."""
     rng = np.random.RandomState(seed)
     order = rng.permutation(len(train_labels))
     n_audit = max(1, int(round(audit_fraction * len(train_labels))))
-    audit, pool = np.sort(order[:n_audit]), np.sort(order[n_audit:])
+    n_validation = int(round(validation_fraction * len(train_labels))) if validation_fraction > 0 else 0
+    if validation_fraction > 0 and n_validation < num_classes:
+        raise UserError(
+            f"data.validation_fraction={validation_fraction}: {n_validation} validation images for "
+            f"{num_classes} classes; raise it"
+        )
+    audit = np.sort(order[:n_audit])
+    validation = np.sort(order[n_audit : n_audit + n_validation])
+    pool = np.sort(order[n_audit + n_validation :])
     clients = partition_clients(partition, train_labels, pool, num_clients, num_classes, rng,
                                 classes_per_client, dirichlet_alpha, shards_per_client)
     client_test = [client_test_indices(train_labels[idx], test_labels, client_test_size, num_classes, rng)
                    for idx in clients]
-    return FederatedSplit(audit=audit.astype(np.int64), clients=clients, client_test=client_test)
+    client_validation = None
+    if n_validation:
+        client_validation = [
+            client_test_indices(train_labels[idx], train_labels[validation], client_test_size, num_classes, rng)
+            for idx in clients
+        ]
+        empty = [cid for cid, index in enumerate(client_validation) if len(index) == 0]
+        if empty:
+            raise UserError(
+                f"data.validation_fraction={validation_fraction}: the validation split holds none of client "
+                f"{empty[0]}'s classes; raise it"
+            )
+    return FederatedSplit(audit.astype(np.int64), clients, client_test, validation.astype(np.int64),
+                          client_validation)

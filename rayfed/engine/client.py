@@ -7,12 +7,11 @@ import os
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import ray
 import torch
 
 from rayfed.engine.runtime import setup_worker
-from rayfed.fl.round import ClientEvaluation, LocalTraining, client_update, evaluate_clients
+from rayfed.fl.round import ClientEvaluation, LocalTraining, SharedImages, client_update, evaluate_clients
 from rayfed.fl.setup import ClientData
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
 from rayfed.fl.strategies import LocalResult
@@ -45,7 +44,13 @@ class UpdateReceipt:
 class ClientActor:
     """Holds its clients' data on its device for the whole run (placed in the object store once by the driver)."""
 
-    def __init__(self, settings: ClientSettings, client_refs: list[ray.ObjectRef], test_ref: list[ray.ObjectRef]):
+    def __init__(
+        self,
+        settings: ClientSettings,
+        client_refs: list[ray.ObjectRef],
+        test_ref: list[ray.ObjectRef],
+        validation_ref: list[ray.ObjectRef | None],
+    ):
         self.settings = settings
         self.device = setup_worker(settings.threads)
         self.model = on_device(build_classifier(settings.model_name, settings.shape, settings.num_classes), self.device)
@@ -53,12 +58,20 @@ class ClientActor:
         self.clients: dict[int, ClientData] = {}
         for client in ray.get(client_refs):
             self.clients[client.client_id] = ClientData(
-                client.client_id, client.x.to(self.device), client.y.to(self.device), client.test_index
+                client.client_id,
+                client.x.to(self.device),
+                client.y.to(self.device),
+                client.test_index,
+                client.validation_index,
             )
-        # the test images its clients are scored on, once for all of them (clients' subsets overlap)
-        test_x, test_y = ray.get(test_ref[0])
-        self.test_rows = np.unique(np.concatenate([c.test_index for c in self.clients.values()]))
-        self.test_x, self.test_y = test_x[self.test_rows].to(self.device), test_y[self.test_rows].to(self.device)
+        # the test (and validation) images its clients are scored on, once for all of them
+        hosted = list(self.clients.values())
+        self.test = SharedImages.of(ray.get(test_ref[0]), [c.test_index for c in hosted], self.device)
+        self.validation = (
+            None
+            if validation_ref[0] is None
+            else SharedImages.of(ray.get(validation_ref[0]), [c.validation_index for c in hosted], self.device)
+        )
         with warnings.catch_warnings():  # Ray's own property calls a deprecated accessor
             warnings.simplefilter("ignore", DeprecationWarning)
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -92,14 +105,13 @@ class ClientActor:
     # and the call may reach it while it restarts. An actor out of restarts still raises.
     @ray.method(max_task_retries=-1)
     def evaluate(self, round_index: int, run_seed: int, global_state: NumpyState) -> list[ClientEvaluation]:
-        """Both accuracies of every hosted client under Theta (see `evaluate_clients`)."""
+        """The accuracies of every hosted client under Theta (see `evaluate_clients`)."""
         return evaluate_clients(
             self.model,
             to_torch(global_state, self.device),
-            self.clients.values(),
-            self.test_x,
-            self.test_y,
-            self.test_rows,
+            list(self.clients.values()),
+            self.test,
+            self.validation,
             eval_batch_size=self.settings.training.eval_batch_size,
             augment_pad=self.pad,
             run_seed=run_seed,

@@ -22,7 +22,7 @@ from rayfed.engine.server import AuditServer
 from rayfed.errors import RunStalled
 from rayfed.fl.metrics import fairness_summary
 from rayfed.fl.round import LocalTraining, RoundOutcome
-from rayfed.fl.rows import AuditRow, ClientRow, RoundRow, as_dict
+from rayfed.fl.rows import AuditRow, ClientRow, RoundRow, as_dict, validation_figures
 from rayfed.fl.setup import Federation, select_clients
 from rayfed.fl.strategies import Strategy, seeded_runs
 
@@ -98,14 +98,16 @@ class FederatedEngine:
         # Each partition enters the object store once; the engine keeps the refs so restarted actors find them.
         self.client_refs = [ray.put(c) for c in federation.clients]
         self.test_ref = ray.put((d.test_x, d.test_y))
+        validation = federation.validation
+        self.validation_ref = None if validation is None else ray.put(validation)
         self.actors = [
             ClientActor.options(
                 num_cpus=cpus, num_gpus=gpus, max_restarts=retries, max_task_retries=task_retries
-            ).remote(settings, [self.client_refs[cid] for cid in group], [self.test_ref])
+            ).remote(settings, [self.client_refs[cid] for cid in group], [self.test_ref], [self.validation_ref])
             for group in self.groups
         ]
         split = federation.split
-        self.server_data = ray.put((d.train_x[split.audit], d.train_y[split.audit], d.test_x, d.test_y))
+        self.server_data = ray.put((d.train_x[split.audit], d.train_y[split.audit], d.test_x, d.test_y, validation))
         self.servers = [
             AuditServer.options(
                 num_cpus=cpus if r.server_cpus == "auto" else r.server_cpus,
@@ -219,6 +221,10 @@ class FederatedEngine:
             fairness_basis=basis,
             participants=sum(r["participated"] for r in client_rows),
             **weight_figures(outcome.weights, outcome.scores),
+            **validation_figures(
+                outcome.validation_accuracy,
+                [evaluations[c.client_id].validation_accuracy for c in self.federation.clients],
+            ),
             seconds=time.perf_counter() - p.started,
         )
         gan_state = None if p.gan_ref is None else self._wait(p.gan_ref, "the audit GAN's state", p)
@@ -243,6 +249,8 @@ class FederatedEngine:
                         loss=None if i is None else outcome.losses[i],
                         accuracy=evaluations[cid].train_accuracy,
                         test_accuracy=evaluations[cid].test_accuracy,
+                        validation_samples=0 if client.validation_index is None else len(client.validation_index),
+                        validation_accuracy=evaluations[cid].validation_accuracy,
                         bias=None if i is None else outcome.biases[i],
                         score=None if i is None else outcome.scores[i],
                         weight=0.0 if i is None else outcome.weights[i],

@@ -18,7 +18,7 @@ from rayfed.config import Config, build_config, first_difference, read_yaml_mapp
 from rayfed.engine.fl_engine import FederatedEngine
 from rayfed.engine.runtime import init_ray
 from rayfed.errors import UserError
-from rayfed.fl.report import unheld_classes_sentence, write_outputs
+from rayfed.fl.report import unheld_classes_sentence, validation_sentence, write_outputs
 from rayfed.fl.rows import HELD_OUT_FIGURES, AuditRow, ClientRow, RoundRow, schema, with_held_out
 from rayfed.fl.setup import build_federation, initial_model_state
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
@@ -198,7 +198,9 @@ def execute(
         engine.shutdown()
         if started_ray:
             ray.shutdown()
-    notes = [note for note in (unheld, lipschitz_sentence(config, federation.num_samples)) if note]
+    split = federation.split
+    validation = validation_sentence(config, len(split.validation), [len(i) for i in split.client_validation or []])
+    notes = [note for note in (unheld, lipschitz_sentence(config, federation.num_samples), validation) if note]
     return write_outputs(config, run_dir, progress.round_rows, progress.client_rows, audit_rows, notes)
 
 

@@ -37,8 +37,8 @@ def to_cpu(value: Any) -> Any:
 
 @ray.remote
 class AuditServer:
-    """Holds the audit split (never any client's data) and the global test set. One of `servers` audit servers:
-    without `threads`, it takes its share of the node's cores."""
+    """Holds the audit split (never any client's data), the global test set and the validation split, if any.
+    One of `servers` audit servers: without `threads`, it takes its share of the node's cores."""
 
     def __init__(
         self,
@@ -53,8 +53,11 @@ class AuditServer:
         servers: int = 1,
     ):
         self.device = setup_worker(threads or max(1, (os.cpu_count() or 1) // servers))
-        audit_x, audit_y, test_x, test_y = (t.to(self.device) for t in ray.get(data_ref[0]))
-        self.audit_x, self.audit_y, self.test_x, self.test_y = audit_x, audit_y, test_x, test_y
+        audit_x, audit_y, test_x, test_y, validation = ray.get(data_ref[0])
+        self.audit_x, self.audit_y, self.test_x, self.test_y = (
+            t.to(self.device) for t in (audit_x, audit_y, test_x, test_y)
+        )
+        self.validation = None if validation is None else tuple(t.to(self.device) for t in validation)
         self.model = on_device(build_classifier(model_name, shape, num_classes), self.device)
         self.evaluator = FoldedEvaluator(self.model)
         self.buffers = frozenset(name for name, _ in self.model.named_buffers())
@@ -99,8 +102,8 @@ class AuditServer:
         probes: Probes | None = None,
     ) -> tuple[RoundOutcome, NumpyState]:
         """Check the updates, weight them by `strategy` (with this round's `probes` from `audit` if it needs
-        them), apply them, evaluate Theta_new on the test set. Returns the outcome (with the test accuracy; its
-        `state` emptied, as Theta_new travels separately as the second result)."""
+        them), apply them, evaluate Theta_new on the test set (and the validation split). Returns the outcome (with
+        those accuracies; its `state` emptied, as Theta_new travels separately as the second result)."""
         state = to_torch(global_state, self.device)
         results = [u for batch in ray.get(update_refs) for u in batch]
         for r in results:
@@ -115,6 +118,8 @@ class AuditServer:
         outcome = score_and_aggregate(strategy, state, results, evidence, self.buffers)
         self.model.load_state_dict(outcome.state)
         outcome.test_accuracy = accuracy(self.model, self.test_x, self.test_y, self.eval_batch_size)
+        if self.validation is not None:
+            outcome.validation_accuracy = accuracy(self.model, *self.validation, self.eval_batch_size)
         new_state = to_numpy(outcome.state)
         outcome.state = {}
         return outcome, new_state

@@ -25,6 +25,10 @@ def max_min_fairness(p: Sequence[float]) -> float:
     return 0.0 if np.max(p) == 0 else float(np.min(p) / np.max(p))
 
 
+FAIRNESS_FIGURES = ("jfi", "max_min", "variance", "min_accuracy", "max_accuracy", "mean_accuracy", "gap")
+"""The names `fairness_summary` gives its figures, in its order."""
+
+
 def fairness_summary(p: Sequence[float]) -> dict[str, float]:
     """The notebook's fairness figures over per-client accuracies (percent)."""
     arr = np.asarray(p, dtype=np.float64)

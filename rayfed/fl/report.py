@@ -356,6 +356,19 @@ def unheld_classes_sentence(config: Config, unheld: list[int], held_test_percent
     )
 
 
+def validation_sentence(config: Config, images: int, client_sizes: Sequence[int]) -> str | None:
+    """What the validation split is and is for (None without one)."""
+    if not images:
+        return None
+    return (
+        f"A validation split of {images} training images (`data.validation_fraction: "
+        f"{config.data.validation_fraction:g}`, held by no client nor the audit; {min(client_sizes)}-"
+        f"{max(client_sizes)} per client, with its label mix) gives rounds.parquet's `val_*` columns, to choose "
+        "settings on (a sweep's `val_*` metric); every figure above is on the test set, which such a choice "
+        "does not see."
+    )
+
+
 def summary_markdown(
     config: Config,
     round_rows: list[dict[str, Any]],

@@ -4,7 +4,8 @@ the object store); the round benchmark and its equality test call them directly.
     Phase 1  client_update        dw_i = w_after - w_before, and F_i(Theta_old)
     Phase 2  train_audit + draw_probes   G, D against the frozen Theta_old; the probe set P
     Phase 3-4 score_and_aggregate  the strategy's weights (S_i = B_base - B_i, alpha = softmax(gamma S), ...)
-    then     evaluate_clients      each client's accuracy on its training images and on its held-out test subset
+    then     evaluate_clients      each client's accuracy on its training images, its held-out test subset (and
+                                   its validation subset)
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ class RoundOutcome:
     scores: list[float | None] = field(default_factory=list)
     test_accuracy: float | None = None
     """Theta_new's accuracy on the global test set (percent), filled by whoever evaluates it."""
+    validation_accuracy: float | None = None
+    """Theta_new's accuracy on the validation split (percent), when the run has one."""
 
 
 def result_problem(result: LocalResult, reference: StateDict) -> str | None:
@@ -206,41 +209,73 @@ def audit_evidence(evaluator: FoldedEvaluator, probes: Probes, device: torch.dev
 
 
 @dataclass
+class SharedImages:
+    """The rows `rows` (sorted) of a held-out pool (the test set, the validation split) that several clients'
+    subsets use (they overlap): classified once per evaluation, each client's figure read off its rows."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    rows: np.ndarray
+
+    @classmethod
+    def of(
+        cls, pool: tuple[torch.Tensor, torch.Tensor], subsets: Iterable[np.ndarray], device: torch.device
+    ) -> SharedImages:
+        """The rows of `pool` (images, labels) in any of `subsets`, on `device`."""
+        rows = np.unique(np.concatenate([np.zeros(0, dtype=np.int64), *subsets]))
+        return cls(pool[0][rows].to(device), pool[1][rows].to(device), rows)
+
+    def client_accuracies(self, model: nn.Module, subsets: Iterable[np.ndarray], batch_size: int) -> list[float]:
+        """Percent of each subset (indices into the pool) that `model` classifies right."""
+        correct = (predictions(model, self.x, batch_size) == self.y).cpu().numpy()
+        return [100.0 * float(correct[np.searchsorted(self.rows, subset)].mean()) for subset in subsets]
+
+
+@dataclass
 class ClientEvaluation:
     client_id: int
     train_accuracy: float
     """Percent of its own training images (through the training transform: the notebook's figure)."""
     test_accuracy: float
     """Percent of its held-out test subset (the client's label mix, no augmentation)."""
+    validation_accuracy: float | None = None
+    """Percent of its validation subset (the client's label mix, no augmentation); None without one."""
 
 
 def evaluate_clients(
     model: nn.Module,
     global_state: StateDict,
-    clients: Iterable[ClientData],
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
-    test_rows: np.ndarray,
+    clients: Sequence[ClientData],
+    test: SharedImages,
+    validation: SharedImages | None = None,
     *,
     eval_batch_size: int,
     augment_pad: torch.Tensor | None,
     run_seed: int,
     round_index: int,
 ) -> list[ClientEvaluation]:
-    """Each client's two accuracies under Theta. `test_x`, `test_y` hold the test-set rows `test_rows` (sorted)
-    that these clients' subsets use: they are classified once, and each client's figure is read off its rows."""
+    """Each client's accuracies under Theta: on its training images, its test subset and (with `validation`,
+    the validation rows its clients use) its validation subset."""
     model.load_state_dict(global_state)
-    correct = (predictions(model, test_x, eval_batch_size) == test_y).cpu().numpy()
-    results = []
-    for c in clients:
-        own = accuracy(
-            model,
-            c.x,
-            c.y,
-            eval_batch_size,
-            augment_pad,
-            stream_seed(run_seed, Stream.CLIENT_EVALUATION, round_index, c.client_id),
+    tests = test.client_accuracies(model, [c.test_index for c in clients], eval_batch_size)
+    validations: list[float | None] = (
+        [None] * len(clients)
+        if validation is None
+        else validation.client_accuracies(model, [c.validation_index for c in clients], eval_batch_size)
+    )
+    return [
+        ClientEvaluation(
+            c.client_id,
+            accuracy(
+                model,
+                c.x,
+                c.y,
+                eval_batch_size,
+                augment_pad,
+                stream_seed(run_seed, Stream.CLIENT_EVALUATION, round_index, c.client_id),
+            ),
+            tested,
+            validated,
         )
-        test = 100.0 * float(correct[np.searchsorted(test_rows, c.test_index)].mean())
-        results.append(ClientEvaluation(c.client_id, own, test))
-    return results
+        for c, tested, validated in zip(clients, tests, validations)
+    ]

@@ -13,6 +13,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import pyarrow as pa
 
+from rayfed.fl.metrics import fairness_summary
 from rayfed.fl.strategies import Strategy, parameter_columns, strategy_for
 
 
@@ -36,6 +37,16 @@ class RoundRow:
     max_accuracy: float
     mean_accuracy: float
     gap: float
+    val_accuracy: float | None
+    """Global validation accuracy of Theta_new, percent (null without `data.validation_fraction`). The `val_*`
+    figures are what settings are chosen on (a sweep's metric), so that the test figures stay unseen by the
+    choice and estimate the chosen setting without its selection bias."""
+    val_jfi: float | None
+    """Jain's index over the clients' validation accuracies (null without a validation split)."""
+    val_min_accuracy: float | None
+    """The worst client's validation accuracy, percent (null without a validation split)."""
+    val_gap: float | None
+    """Best minus worst client validation accuracy, points (null without a validation split)."""
     fairness_basis: str
     """What the fairness figures above are computed over: `test` (each client's held-out subset) or `train`
     (its own training images, the notebook's figure)."""
@@ -65,6 +76,10 @@ class ClientRow:
     """On its own training images through the training transform (the notebook's per-client figure)."""
     test_accuracy: float
     """On its held-out test subset (its label mix, no augmentation)."""
+    validation_samples: int
+    """Size of the client's validation subset (0 without a validation split)."""
+    validation_accuracy: float | None
+    """On its validation subset (its label mix, no augmentation; null without a validation split)."""
     bias: float | None
     """B_i of Theta_old + dw_i (null without the audit)."""
     score: float | None
@@ -92,6 +107,19 @@ class AuditRow:
     images: int
     """Held-out (test) images the auditor trained on and measured."""
     seconds: float
+
+
+VALIDATION_FIGURES = ("val_accuracy", "val_jfi", "val_min_accuracy", "val_gap")
+"""A round row's validation figures: `val_<figure>` is `<figure>` measured on the validation split."""
+
+
+def validation_figures(global_accuracy: float | None, client_accuracies: list[float | None]) -> dict[str, Any]:
+    """A round's `val_*` figures from the global validation accuracy and each client's (all None without a
+    validation split)."""
+    if global_accuracy is None:
+        return dict.fromkeys(VALIDATION_FIGURES)
+    summary = fairness_summary(client_accuracies)
+    return {"val_accuracy": global_accuracy, **{name: summary[name[4:]] for name in VALIDATION_FIGURES[1:]}}
 
 
 HELD_OUT_FIGURES = {"held_out_bias": "bias", "flip_rate": "flip_rate"}

@@ -25,6 +25,8 @@ class ClientData:
     y: torch.Tensor
     test_index: np.ndarray
     """The client's held-out test images: indices into the (shared) test set."""
+    validation_index: np.ndarray | None = None
+    """The client's validation images: indices into the (shared) validation split; None without one."""
 
 
 @dataclass
@@ -36,6 +38,14 @@ class Federation:
     @property
     def space(self) -> PixelSpace:
         return PixelSpace(self.data.mean, self.data.std)
+
+    @property
+    def validation(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The validation split's images and labels (carved from the training set), or None without one."""
+        if self.split.client_validation is None:
+            return None
+        index = torch.from_numpy(self.split.validation)
+        return self.data.train_x[index], self.data.train_y[index]
 
     @property
     def augment_pad(self) -> torch.Tensor | None:
@@ -86,10 +96,12 @@ def build_federation(config: Config) -> Federation:
         d.classes_per_client,
         d.dirichlet_alpha,
         d.shards_per_client,
+        d.validation_fraction,
     )
+    validation = split.client_validation or [None] * len(split.clients)
     clients = [
-        ClientData(cid, data.train_x[idx], data.train_y[idx], test)
-        for cid, (idx, test) in enumerate(zip(split.clients, split.client_test))
+        ClientData(cid, data.train_x[idx], data.train_y[idx], test, val)
+        for cid, (idx, test, val) in enumerate(zip(split.clients, split.client_test, validation))
     ]
     return Federation(data, split, clients)
 

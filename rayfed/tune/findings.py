@@ -1,7 +1,9 @@
 """What a sweep shows, in sentences printed after its best trial: each reads the sweep table (one row per
 trial, as in sweep.parquet) and says what the trials' figures support.
 
-- both: whether the best trial is separated from the runner-up by their 95% intervals over seeds.
+- both: whether the best trial is separated from the runner-up by their 95% intervals over seeds, and what
+  its chosen-on figure is worth: chosen on the validation split, its test figure is the unbiased one to
+  report; chosen on a test figure, that figure is optimistic (the best of several draws on the same images).
 - sisa sweeps: whether every trial forgot exactly, and the trade-off between accuracy after unlearning and the
   unlearning speedup: the trials no other trial beats on both (the Pareto front of the grid).
 """
@@ -9,6 +11,9 @@ trial, as in sweep.parquet) and says what the trials' figures support.
 from __future__ import annotations
 
 import pandas as pd
+
+from rayfed.fl.metrics import FAIRNESS_FIGURES
+from rayfed.fl.rows import HELD_OUT_FIGURES, VALIDATION_FIGURES
 
 FRONT_METRICS = ("unlearned_accuracy", "speedup_samples")
 """The two figures a SISA configuration trades: accuracy after unlearning (%) and samples saved (x), both up."""
@@ -49,6 +54,56 @@ def ranking_sentence(table: pd.DataFrame, metric: str, mode: str, params: list[s
             if apart
             else "the intervals overlap, so the sweep does not separate them; more seeds might."
         )
+    )
+
+
+TEST_FIGURES = {
+    "fl": ("accuracy", *FAIRNESS_FIGURES, *HELD_OUT_FIGURES),
+    "sisa": ("accuracy", "f1", "auroc", "unlearned_accuracy", "retrained_accuracy", "unsharded_accuracy"),
+}
+"""The figures each run measures on the test set (fl's fairness figures when `fairness_basis` is test)."""
+
+
+def _test_basis(table: pd.DataFrame, metric: str) -> bool:
+    """Whether `metric` is read off the test images in these trials."""
+    if metric in ("accuracy", *HELD_OUT_FIGURES) or "fairness_basis" not in table:
+        return True
+    return bool((table["fairness_basis"] == "test").all())
+
+
+def selection_sentence(run: str, table: pd.DataFrame, metric: str, mode: str) -> str | None:
+    """What the best trial's figure is worth as a report. Chosen on a `val_*` figure: its test twin, which the
+    choice never saw, is the one to report. Chosen on a test figure: that figure is optimistic, the best of
+    the trials' draws on the same images, and the sentence says how to choose on validation instead. None
+    with fewer than two trials that reported `metric` (no choice made), or for a metric off the test set."""
+    ranked = _reported(table, [metric]).sort_values(metric, ascending=mode == "min", kind="stable")
+    if len(ranked) < 2:
+        return None
+    best = ranked.iloc[0]
+
+    def figure(name: str) -> str:
+        ci = best.get(f"{name}_ci")
+        return f"{best[name]:.4g}" + ("" if ci is None or pd.isna(ci) else f" ± {ci:.2g}")
+
+    if metric in VALIDATION_FIGURES:
+        twin = metric.removeprefix("val_")
+        if twin not in best or pd.isna(best[twin]):
+            return None
+        return (
+            f"Chosen on the validation split ({metric} {figure(metric)}): the test images took no part in the "
+            f"choice, so the best trial's test {twin}, {figure(twin)}, is the unbiased figure to report for it."
+        )
+    if metric not in TEST_FIGURES[run] or not _test_basis(ranked, metric):
+        return None
+    advice = (
+        f"choose on validation instead (base `data.validation_fraction: 0.1`, `tune_config.metric: val_{metric}`) "
+        "and report the chosen trial's test figure"
+        if run == "fl" and f"val_{metric}" in VALIDATION_FIGURES
+        else "confirm it on images the sweep did not see before reporting it"
+    )
+    return (
+        f"Chosen on the test set: the best trial's {metric}, {figure(metric)}, is the best of {len(ranked)} trials' "
+        f"draws on the same test images, so it overstates what its settings give on new images; {advice}."
     )
 
 
@@ -122,11 +177,11 @@ def tradeoff_sentence(table: pd.DataFrame, params: list[str]) -> str | None:
 
 
 def sweep_findings(run: str, table: pd.DataFrame, metric: str, mode: str, params: list[str]) -> list[str]:
-    """The sentences printed after a sweep's best trial: fl, the ranking's separation; sisa, exactness, the
-    ranking's separation and the accuracy-speedup trade-off."""
+    """The sentences printed after a sweep's best trial: fl, the ranking's separation and what the chosen
+    figure is worth; sisa, exactness, the same two and the accuracy-speedup trade-off."""
     if run == "fl":
-        found = [ranking_sentence(table, metric, mode, params)]
+        found = [ranking_sentence(table, metric, mode, params), selection_sentence(run, table, metric, mode)]
     else:
         found = [exactness_sentence(table, params), ranking_sentence(table, metric, mode, params)]
-        found.append(tradeoff_sentence(table, params))
+        found += [selection_sentence(run, table, metric, mode), tradeoff_sentence(table, params)]
     return [sentence for sentence in found if sentence]

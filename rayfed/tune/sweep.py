@@ -141,7 +141,19 @@ def sweep_rows(results: tune.ResultGrid, spec: SweepSpec, setup: TrialSetup) -> 
         row["run_dir"] = str(Path(setup.trials_dir) / trial.trial_id)
         row["error"] = None if result.error is None else str(result.error).strip().splitlines()[-1][:300]
         rows.append(row)
+    _as_one_type(rows, [p.key for p in spec.params])
     return rows
+
+
+def _as_one_type(rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """A swept key whose values mix numbers and words (`qffl.lipschitz: [auto, 1]`) becomes a text column of
+    sweep.parquet (one Parquet column holds one type); numbers alone, or words alone, are kept as they are."""
+    for key in keys:
+        values = [row[key] for row in rows if row.get(key) is not None]
+        numeric = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in values]
+        if any(numeric) and not all(numeric):
+            for row in rows:
+                row[key] = None if row.get(key) is None else str(row[key])
 
 
 def best_config(results: tune.ResultGrid, spec: SweepSpec) -> dict[str, Any] | None:

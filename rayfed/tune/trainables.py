@@ -6,7 +6,8 @@ fractions of its placement group (rayfed.tune.resources), writes a normal run di
 
 - fl: once per round, the figures of the round's last method run (with `fl.methods: [fedavg, fedauditgan]`,
   Fed-AuditGAN at the trial's gamma), every method run's accuracy/jfi/gap/bias under `<method label>/...`
-  (at the last round also the held-out audit's `flip_rate` and `held_out_bias`),
+  (at the last round also the held-out audit's `flip_rate` and `held_out_bias`; with a validation split
+  the `val_*` figures too, with their intervals over seeds),
   and a checkpoint (the files `rayfed fl --resume` needs, on disk when run_fl calls `on_round`), so ASHA can
   stop a trial between rounds and Tuner.restore continues a trial from its last round.
 - sisa: once, at the end, its final figures read from the run's tables (over several seeds: their means, with
@@ -30,7 +31,7 @@ from ray import tune
 from rayfed.config import Config, build_config, nest
 from rayfed.engine.fl_run import CHECKPOINT, Progress, execute, load_progress, run_fl
 from rayfed.engine.sisa_run import run_sisa
-from rayfed.fl.rows import HELD_OUT_FIGURES, ROUND_METRICS
+from rayfed.fl.rows import HELD_OUT_FIGURES, ROUND_METRICS, VALIDATION_FIGURES
 from rayfed.fl.strategies import Strategy, strategy_for
 from rayfed.results import RunDirectory
 from rayfed.sisa.seeds import figures_over_seeds, run_figures, seed_rows
@@ -39,7 +40,7 @@ from rayfed.tune.resources import TrialBudget, TrialPlan, plan_trial
 
 FL_RESUME_FILES = ("config.yaml", "rounds.parquet", "clients.parquet", CHECKPOINT)
 """What an fl trial's Tune checkpoint holds: enough for the run to continue after its last round."""
-PER_METHOD_METRICS = ("accuracy", "jfi", "gap", "min_accuracy", "bias", *HELD_OUT_FIGURES)
+PER_METHOD_METRICS = ("accuracy", "jfi", "gap", "min_accuracy", "bias", *HELD_OUT_FIGURES, *VALIDATION_FIGURES)
 
 
 @dataclass(frozen=True)
