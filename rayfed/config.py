@@ -59,10 +59,11 @@ class DataConfig:
     audit_fraction: float = 0.1
     """Share of the training set held by the server for the audit GAN, disjoint from every client."""
     validation_fraction: float = 0.0
-    """Share of the training set held out for choosing settings (`fl`), disjoint from the audit split and every
-    client; each client's validation subset is drawn from it with the client's label mix (size as
-    client_test_size), and rounds.parquet gains the `val_*` figures a sweep can select on while the test
-    figures stay unseen by the choice. 0 = no validation split (the clients keep those images)."""
+    """Share of the training set held out to choose settings on, so that the test figures stay unseen by the
+    choice. fl: carved before the clients are dealt theirs (apart from the audit split), each client a
+    validation subset with its label mix (sized as client_test_size); rounds.parquet gains `val_*`. sisa: drawn
+    per seed and held out of every shard (forget indices then count the remaining images); validation.parquet
+    and the `val_*accuracy` figures. A sweep's `val_*` metric needs it. 0 = none (every draw as without it)."""
     client_test_size: int | str = "max"
     """Held-out test samples per client, drawn from the test set with the client's label mix: a count, or
     `max` = the largest subset with that mix the test set holds without repeating an image."""

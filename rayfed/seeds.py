@@ -49,6 +49,8 @@ class Stream(IntEnum):
     HELD_OUT_AUDIT = 16
     """(part,): the held-out audit of a final fl model: 0 its G's and D's initial weights, 1 noise, labels and batch
     order of their training, 2 the perturbations drawn for the held-out images."""
+    SISA_VALIDATION = 17
+    """(): the training images a sisa run holds out as its validation split (`data.validation_fraction`)."""
 
 
 ARITY = {
@@ -68,6 +70,7 @@ ARITY = {
     Stream.UNSHARDED_INIT: 0,
     Stream.UNSHARDED_TRAINING: 1,
     Stream.HELD_OUT_AUDIT: 1,
+    Stream.SISA_VALIDATION: 0,
 }
 """How many indices select one draw of each stream."""
 

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from rayfed.data import augment_batch, black_level, client_test_indices, load_dataset, split_federated
+from rayfed.data import (
+    ImageData,
+    augment_batch,
+    black_level,
+    client_test_indices,
+    hold_out_validation,
+    load_dataset,
+    split_federated,
+)
 from rayfed.data.partition import partition_clients, partition_extreme
 from rayfed.errors import UserError
 from rayfed.models import CNN
@@ -124,6 +132,23 @@ def test_a_validation_split_too_small_for_the_classes_is_a_user_error(digits):
     y = digits.train_y.numpy()
     with pytest.raises(UserError, match=r"data.validation_fraction=0.005: 7 validation images for 10 classes"):
         split_federated(y, digits.test_y.numpy(), 10, 5, "iid", 0.1, 20, seed=0, validation_fraction=0.005)
+
+
+def test_hold_out_validation_takes_its_images_out_of_the_training_set_only():
+    """Images numbered by their row: the split and the rest partition the training rows, the test set is kept,
+    the same seed draws the same split, and fraction 0 changes nothing."""
+    train = torch.arange(40.0).reshape(40, 1, 1, 1)
+    data = ImageData(
+        "toy", train, torch.arange(40) % 4, -train, torch.zeros(5, dtype=torch.int64), (0.0,), (1.0,), 4, False
+    )
+    rest, (x, y) = hold_out_validation(data, 0.25, seed=9)
+    held, kept = x.flatten().long().tolist(), rest.train_x.flatten().long().tolist()
+    assert len(held) == 10 and sorted(held + kept) == list(range(40)) and kept == sorted(kept)
+    assert y.tolist() == [i % 4 for i in held] and rest.train_y.tolist() == [i % 4 for i in kept]
+    assert rest.test_x is data.test_x and hold_out_validation(data, 0.25, seed=9)[1][0].equal(x)
+    assert hold_out_validation(data, 0.0, seed=9) == (data, None)
+    with pytest.raises(UserError, match="data.validation_fraction=0.05: 2 validation images for 4 classes"):
+        hold_out_validation(data, 0.05, seed=9)
 
 
 def test_augmentation_crops_and_flips_with_black_padding():

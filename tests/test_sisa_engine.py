@@ -305,6 +305,55 @@ def test_a_forget_set_that_empties_a_shard_takes_it_out_of_the_ensemble(ray_sess
     assert "empties shard(s) [0]: they leave the ensemble" in (run / "summary.md").read_text()
 
 
+@pytest.mark.slow
+def test_a_validation_split_is_held_out_of_every_shard_and_measures_each_stage(ray_session, tmp_path):
+    """data.validation_fraction: the shards train on the rest (the layout covers exactly it), validation.parquet
+    holds each stage's ensemble on the held-out images (the unlearned one recomputed here from the final
+    checkpoints), the run's val_* figures come from it, and the test metrics are still on the test set."""
+    from rayfed.engine.sisa_run import ShardEnsemble, make_setup, run_sisa
+    from rayfed.sisa.ensemble import classification_metrics, combine_shards
+    from rayfed.sisa.seeds import run_figures
+
+    config = build_config(
+        [
+            {
+                "data": {"validation_fraction": 0.2},
+                "sisa": {"shards": 2, "slices": 1, "epochs": 1},
+                "unlearn": {"forget": 3},
+                "backdoor": {"enabled": False},
+                "resources": {"torch_threads": 1},
+            }
+        ]
+    )
+    setup = make_setup(config)
+    full = len(load_dataset("digits").train_y)
+    validation_x, validation_y = setup.validation
+    assert len(validation_y) == round(0.2 * full) and len(setup.data.train_y) == full - len(validation_y)
+    assert sorted(i for s in range(2) for i in setup.layout.shard_indices(s)) == list(range(len(setup.data.train_y)))
+    run_sisa(config, RunDirectory(tmp_path))
+
+    validation = pd.read_parquet(tmp_path / "validation.parquet").set_index(["stage", "aggregation"])
+    assert set(validation.index.get_level_values("stage")) == {"trained", "unlearned", "retrained"}
+    states = [
+        torch.load(tmp_path / "checkpoints" / "main" / f"shard{s}" / "slice1.pt", weights_only=True)["model"]
+        for s in range(2)
+    ]
+    probs = ShardEnsemble(setup.settings, states, 256).probs(validation_x)
+    unlearned = classification_metrics(validation_y, *combine_shards(probs, "mean"))["accuracy"]
+    assert validation.loc[("unlearned", "mean"), "accuracy"] == pytest.approx(unlearned)
+    figures = run_figures(RunDirectory(tmp_path), "mean")
+    assert figures["val_unlearned_accuracy"] == pytest.approx(unlearned)
+    assert figures["val_accuracy"] == validation.loc[("trained", "mean"), "accuracy"]
+    test = (
+        pd.read_parquet(tmp_path / "metrics.parquet").query("model == 'ensemble'").set_index(["stage", "aggregation"])
+    )
+    on_test = ShardEnsemble(setup.settings, states, 256).probs(setup.data.test_x)
+    expected = classification_metrics(setup.data.test_y, *combine_shards(on_test, "mean"))["accuracy"]
+    assert test.loc[("unlearned", "mean"), "accuracy"] == pytest.approx(expected)
+    assert expected != pytest.approx(unlearned)  # two image sets, two figures
+    assert "## Validation metrics" in (tmp_path / "summary.md").read_text()
+
+
 @pytest.mark.parametrize(
     "overrides, key",
     [
@@ -319,6 +368,7 @@ def test_a_forget_set_that_empties_a_shard_takes_it_out_of_the_ensemble(ray_sess
         (["sisa.slices=20", "sisa.epochs=5"], "sisa.epochs"),  # the distributed schedule never trains slice 19
         (["unlearn.baselines=[retrain]"], "unlearn.baselines"),
         (["unlearn.requests=21"], "unlearn.requests"),
+        (["data.validation_fraction=0.005"], "data.validation_fraction=0.005: 7 validation images"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_error_line_and_no_run_dir(rayfed_cli, tmp_path, overrides, key):

@@ -51,7 +51,7 @@ def test_notebook_settings_of_the_full_sweeps():
     assert (c.data.num_clients, c.fl.rounds, c.fl.local_epochs, c.data.batch_size, c.fl.lr) == (20, 50, 3, 512, 0.01)
     assert (c.audit.gan_epochs, c.audit.n_probes, c.data.partition, c.model.name) == (20, 2000, "extreme", "cnn")
     assert gamma.params[0].values == [0.5, 1, 2, 4, 8, 16] and c.fl.methods == ["fedavg", "fedauditgan"]
-    for name in ("fedaudit_gamma", "fedaudit_lambda", "qffl_q"):  # chosen on validation, reported on test
+    for name in ("fedaudit_gamma", "fedaudit_lambda", "qffl_q", "sisa_grid"):  # chosen on validation, reported on test
         for sweep in (load_sweep(ROOT / "tune_configs" / f"{name}{twin}.yaml") for twin in ("", "_smoke")):
             assert sweep.metric.startswith("val_") and sweep.base_config.data.validation_fraction == 0.1
     qffl = load_sweep(ROOT / "tune_configs" / "qffl_q.yaml")
@@ -128,6 +128,10 @@ def test_an_fl_sweep_with_a_validation_split_selects_on_validation_unless_told_o
     assert load_sweep(path).metric == "jfi"
     assert load_sweep(path, ["base.data.validation_fraction=0.1"]).metric == "val_jfi"
     assert load_sweep(path, ["base.data.validation_fraction=0.1", "tune_config.metric=accuracy"]).metric == "accuracy"
+    sisa = write_sweep(tmp_path, {**MINIMAL, "run": "sisa", "param_space": {"sisa.shards": {"grid_search": [1, 2]}}})
+    assert load_sweep(sisa, ["base.data.validation_fraction=0.1"]).metric == "val_accuracy"
+    with pytest.raises(UserError, match="val_unlearned_accuracy is measured on the validation split"):
+        load_sweep(sisa, ["tune_config.metric=val_unlearned_accuracy"])
 
 
 def test_unknown_override_is_refused(tmp_path):

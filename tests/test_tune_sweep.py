@@ -164,7 +164,7 @@ def test_ranking_sentence_says_whether_the_sweep_separates_best_from_runner_up()
 def test_selection_sentence_says_what_the_chosen_figure_is_worth():
     """Chosen on val_jfi, trial b (0.93 against a's 0.91) is named with its test jfi 0.88 ± 0.03, the unbiased
     figure; chosen on the test jfi, the sentence warns that b's 0.9 is the best of 2 draws and names the
-    validation twin; a sisa test figure has no twin; bias (the audit split's, not the test set's), train-basis
+    validation twin (sisa's accuracy too, its f1 has none); bias (the audit split's, not the test set's), train-basis
     fairness figures and a single trial make no sentence."""
     from rayfed.tune.findings import selection_sentence
 
@@ -185,7 +185,9 @@ def test_selection_sentence_says_what_the_chosen_figure_is_worth():
         "images, so it overstates what its settings give on new images; choose on validation instead (base "
         "`data.validation_fraction: 0.1`, `tune_config.metric: val_jfi`) and report the chosen trial's test figure."
     )
-    assert selection_sentence("sisa", table.rename(columns={"jfi": "accuracy"}), "accuracy", "max").endswith(
+    sisa = table.rename(columns={"jfi": "accuracy"})
+    assert "`tune_config.metric: val_accuracy`" in selection_sentence("sisa", sisa, "accuracy", "max")
+    assert selection_sentence("sisa", sisa.rename(columns={"accuracy": "f1"}), "f1", "max").endswith(
         "confirm it on images the sweep did not see before reporting it."
     )
     assert selection_sentence("fl", table, "bias", "min") is None

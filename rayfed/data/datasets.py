@@ -6,12 +6,13 @@ classes, downloaded into `data.root` when allowed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rayfed.data.partition import validation_size
 from rayfed.errors import UserError
 
 # Per-channel mean/std of the classifier's input normalisation (CIFAR-10's as in the notebook).
@@ -147,6 +148,20 @@ def augment_batch(x: torch.Tensor, pad_value: torch.Tensor, generator: torch.Gen
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
     channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
     return padded[batch, channel, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+def hold_out_validation(
+    data: ImageData, fraction: float, seed: int
+) -> tuple[ImageData, tuple[torch.Tensor, torch.Tensor] | None]:
+    """`data` without a seeded validation split of `fraction` of its training images, and that split's images
+    and labels; `data` itself and None when fraction is 0. The test set is untouched."""
+    size = validation_size(fraction, len(data.train_y), data.num_classes)
+    if not size:
+        return data, None
+    order = torch.from_numpy(np.random.RandomState(seed).permutation(len(data.train_y)))
+    validation, kept = order[:size].sort().values, order[size:].sort().values
+    rest = replace(data, train_x=data.train_x[kept], train_y=data.train_y[kept])
+    return rest, (data.train_x[validation], data.train_y[validation])
 
 
 def black_level(mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -145,6 +145,15 @@ def client_test_indices(client_labels: np.ndarray, test_labels: np.ndarray, size
     return np.concatenate(picked).astype(np.int64) if picked else np.zeros(0, dtype=np.int64)
 
 
+def validation_size(fraction: float, n: int, num_classes: int) -> int:
+    """Images in a validation split of `fraction` of n training images (0 without one); a UserError when it
+    could not hold an image of every class."""
+    size = int(round(fraction * n)) if fraction > 0 else 0
+    if fraction > 0 and size < num_classes:
+        raise UserError(f"data.validation_fraction={fraction}: {size} validation images for {num_classes} classes; raise it")
+    return size
+
+
 def split_federated(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: int, num_clients: int,
                     partition: str, audit_fraction: float, client_test_size: int | str, seed: int,
                     classes_per_client: int = 2, dirichlet_alpha: float = 0.5,
@@ -155,12 +164,7 @@ def split_federated(train_labels: np.ndarray, test_labels: np.ndarray, num_class
     rng = np.random.RandomState(seed)
     order = rng.permutation(len(train_labels))
     n_audit = max(1, int(round(audit_fraction * len(train_labels))))
-    n_validation = int(round(validation_fraction * len(train_labels))) if validation_fraction > 0 else 0
-    if validation_fraction > 0 and n_validation < num_classes:
-        raise UserError(
-            f"data.validation_fraction={validation_fraction}: {n_validation} validation images for "
-            f"{num_classes} classes; raise it"
-        )
+    n_validation = validation_size(validation_fraction, len(train_labels), num_classes)
     audit = np.sort(order[:n_audit])
     validation = np.sort(order[n_audit : n_audit + n_validation])
     pool = np.sort(order[n_audit + n_validation :])

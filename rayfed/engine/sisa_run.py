@@ -3,7 +3,8 @@ exactness against an ensemble retrained from scratch, price the unlearning again
 one unsharded model, audit with membership inference and a backdoor, and (`unlearn.baselines`) compare with
 approximate unlearning of one unsharded model.
 
-Run directory: config.yaml, layout.parquet, forget.txt, metrics.parquet, unlearning.parquet (one row per
+Run directory: config.yaml, layout.parquet, forget.txt, metrics.parquet, validation.parquet (the ensembles on
+the validation split, with `data.validation_fraction`), unlearning.parquet (one row per
 request), unlearning_points.parquet (one row per forgotten point), exactness.parquet, membership.parquet,
 backdoor.parquet, baselines.parquet (with unlearn.baselines), summary.md, the PNG figures of rayfed.plots.sisa,
 and checkpoints/main/shard{s}/slice{k}.pt (the trained-then-unlearned ensemble, what later unlearning starts
@@ -30,7 +31,7 @@ import torch
 from rayfed.audits.backdoor import attack_success_rate, choose_poison, poison_data, stamp
 from rayfed.audits.membership import membership_row
 from rayfed.config import Config, build_config, first_difference, read_yaml_mapping
-from rayfed.data.datasets import ImageData, black_level, load_dataset
+from rayfed.data.datasets import ImageData, black_level, hold_out_validation, load_dataset
 from rayfed.engine.runtime import init_ray, log
 from rayfed.engine.shard import ShardPool, ShardWorkers
 from rayfed.errors import UserError
@@ -66,12 +67,18 @@ class SisaSetup:
     """The forget set cut, in order, into the `unlearn.requests` requests served one after another."""
     poison: np.ndarray | None
     settings: TrainSettings
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None
+    """The held-out validation images and labels (`data.validation_fraction`), not in `data`'s training set."""
 
 
 def make_setup(config: Config) -> SisaSetup:
     """Load the data and check every input (UserError naming the key) before anything runs."""
     d, s, b = config.data, config.sisa, config.backdoor
-    data = load_dataset(d.dataset, d.root, d.download, d.augment)
+    data, validation = hold_out_validation(
+        load_dataset(d.dataset, d.root, d.download, d.augment),
+        d.validation_fraction,
+        stream_seed(config.seed, Stream.SISA_VALIDATION),
+    )
     n = len(data.train_y)
     layout = make_layout(n, s.shards, s.slices, config.seed)
     forget = resolve_forget(config.unlearn.forget, n, config.seed)
@@ -117,7 +124,7 @@ def make_setup(config: Config) -> SisaSetup:
         if forget
         else []
     )
-    return SisaSetup(data, layout, forget, requests, poison, settings)
+    return SisaSetup(data, layout, forget, requests, poison, settings, validation)
 
 
 class ShardEnsemble:
@@ -323,7 +330,16 @@ class SisaExperiment:
     `compare_baselines`, `report`. Each step adds rows to `tables`; metrics and exactness come with the step
     whose model they measure."""
 
-    TABLES = ("metrics", "unlearning", "unlearning_points", "exactness", "membership", "backdoor", "baselines")
+    TABLES = (
+        "metrics",
+        "validation",
+        "unlearning",
+        "unlearning_points",
+        "exactness",
+        "membership",
+        "backdoor",
+        "baselines",
+    )
 
     def __init__(self, config: Config, run_dir: RunDirectory, setup: SisaSetup, workers: ShardWorkers):
         self.config, self.run_dir, self.setup, self.workers = config, run_dir, setup, workers
@@ -357,12 +373,16 @@ class SisaExperiment:
         return self.tables
 
     def _predict(self, stage: str, ensemble: ShardEnsemble) -> None:
-        """Probabilities of every probe set and the test metrics of one stage's ensemble."""
+        """Probabilities of every probe set and the test metrics of one stage's ensemble (and its validation
+        metrics, with a validation split)."""
         self.ensembles[stage] = ensemble
         self.probs[stage] = {k: ensemble.probs(px) for k, (px, _) in self.probes.items()}
         self.tables["metrics"] += _metric_rows(
             stage, self.probs[stage]["test"], self.setup.data.test_y, self.aggregations
         )
+        if self.setup.validation is not None:
+            x, y = self.setup.validation
+            self.tables["validation"] += _metric_rows(stage, ensemble.probs(x), y, self.aggregations)
 
     def train(self) -> None:
         """Train the ensemble on every training point; draw the membership samples."""
@@ -722,6 +742,8 @@ def summary_text(
         lines += ["## Warnings", "", *[f"- {w}" for w in warnings], ""]
     titles = {
         "metrics": "Test metrics",
+        "validation": "Validation metrics (`data.validation_fraction`: training images held out of every shard, "
+        "to choose settings on)",
         "exactness": "Exactness (unlearned vs retrained from scratch)",
         "membership": "Membership inference (n points a side; 95% bootstrap interval of the AUC)",
         "backdoor": "Backdoor (`clean`: the ensemble trained without poison, the floor)",

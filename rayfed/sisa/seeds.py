@@ -72,7 +72,8 @@ BASELINE_FIGURES = ("accuracy", "forget_accuracy", "asr_after", "samples_process
 def run_figures(run_dir: RunDirectory, aggregation: str) -> dict[str, float]:
     """One `rayfed sisa` run's final figures from its tables (ensemble figures of `aggregation`): accuracy
     trained, unlearned, retrained and of the unsharded reference, speedups, exactness, membership AUCs, attack
-    success, and `<method>/<figure>` of each unsharded method with `unlearn.baselines`."""
+    success, `val_accuracy`, `val_unlearned_accuracy`, `val_retrained_accuracy` with a validation split, and
+    `<method>/<figure>` of each unsharded method with `unlearn.baselines`."""
 
     def table(name: str) -> list[dict[str, Any]]:
         path = run_dir.file(f"{name}.parquet")
@@ -88,6 +89,9 @@ def run_figures(run_dir: RunDirectory, aggregation: str) -> dict[str, float]:
                 figures.update(f1=row["f1"], auroc=row["auroc"])
         elif row["model"] == "unsharded" and row["stage"] == "retrained":
             figures["unsharded_accuracy"] = row["accuracy"]
+    for row in table("validation"):
+        if row["aggregation"] == aggregation:
+            figures[f"val_{prefixes[row['stage']]}accuracy"] = row["accuracy"]
     unlearning = table("unlearning")
     if unlearning:  # over all requests: samples of retraining after each one / samples of unlearning
         samples = max(1, sum(r["samples_processed"] for r in unlearning))

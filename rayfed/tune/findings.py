@@ -13,7 +13,8 @@ from __future__ import annotations
 import pandas as pd
 
 from rayfed.fl.metrics import FAIRNESS_FIGURES
-from rayfed.fl.rows import HELD_OUT_FIGURES, VALIDATION_FIGURES
+from rayfed.fl.rows import HELD_OUT_FIGURES
+from rayfed.tune.spec import RUN_METRICS
 
 FRONT_METRICS = ("unlearned_accuracy", "speedup_samples")
 """The two figures a SISA configuration trades: accuracy after unlearning (%) and samples saved (x), both up."""
@@ -85,7 +86,7 @@ def selection_sentence(run: str, table: pd.DataFrame, metric: str, mode: str) ->
         ci = best.get(f"{name}_ci")
         return f"{best[name]:.4g}" + ("" if ci is None or pd.isna(ci) else f" ± {ci:.2g}")
 
-    if metric in VALIDATION_FIGURES:
+    if metric.startswith("val_"):
         twin = metric.removeprefix("val_")
         if twin not in best or pd.isna(best[twin]):
             return None
@@ -98,7 +99,7 @@ def selection_sentence(run: str, table: pd.DataFrame, metric: str, mode: str) ->
     advice = (
         f"choose on validation instead (base `data.validation_fraction: 0.1`, `tune_config.metric: val_{metric}`) "
         "and report the chosen trial's test figure"
-        if run == "fl" and f"val_{metric}" in VALIDATION_FIGURES
+        if f"val_{metric}" in RUN_METRICS[run]
         else "confirm it on images the sweep did not see before reporting it"
     )
     return (

@@ -26,7 +26,7 @@ from typing import Any
 
 from rayfed.config import Config, build_config, config_keys, nest, parse_override, read_yaml_mapping
 from rayfed.errors import UserError
-from rayfed.fl.rows import ROUND_METRICS, VALIDATION_FIGURES
+from rayfed.fl.rows import ROUND_METRICS
 
 RUNS = ("fl", "sisa")
 SWEEP_KEYS = ("run", "base", "param_space", "tune_config", "run_config", "trial_resources")
@@ -41,6 +41,8 @@ FL_METRICS = ROUND_METRICS
 averaged over its seeds (rayfed.fl.rows.RoundRow's numeric fields)."""
 SISA_METRICS = (
     "accuracy",
+    "val_accuracy",
+    "val_unlearned_accuracy",
     "f1",
     "auroc",
     "unlearned_accuracy",
@@ -63,8 +65,8 @@ SISA_METRICS = (
 approximate baselines come along, and over several seeds `<figure>_ci` and `seeds`)."""
 RUN_METRICS = {"fl": FL_METRICS, "sisa": SISA_METRICS}
 DEFAULT_METRIC = {"fl": ("jfi", "max"), "sisa": ("accuracy", "max")}
-"""tune_config.metric and mode when the sweep file names none; an fl base config with a validation split
-selects on the metric's validation twin (`val_jfi`)."""
+"""tune_config.metric and mode when the sweep file names none; a base config with a validation split selects
+on the metric's validation twin (`val_jfi`, `val_accuracy`)."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,7 @@ def load_sweep(path: str | Path, overrides: list[str] = (), config_file: str | P
 
     tune_config = _mapping(document, "tune_config", TUNE_CONFIG_KEYS, file)
     default_metric, default_mode = DEFAULT_METRIC[run]
-    if run == "fl" and base_config.data.validation_fraction > 0:
+    if base_config.data.validation_fraction > 0:
         default_metric = f"val_{default_metric}"  # choose where the choice does not touch the test set
     metric = tune_config.get("metric", default_metric)
     if metric not in RUN_METRICS[run]:
@@ -264,7 +266,7 @@ def load_sweep(path: str | Path, overrides: list[str] = (), config_file: str | P
             f"{_where(file, 'tune_config.metric')}: {metric!r} is not reported by {run} trials "
             f"(choose from {', '.join(RUN_METRICS[run])})"
         )
-    if metric in VALIDATION_FIGURES and base_config.data.validation_fraction == 0:
+    if metric.startswith("val_") and base_config.data.validation_fraction == 0:
         raise UserError(
             f"{_where(file, 'tune_config.metric')}: {metric} is measured on the validation split, which the base "
             "config does not hold: set data.validation_fraction (e.g. 0.1) in base"
