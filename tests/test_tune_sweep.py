@@ -165,7 +165,7 @@ def test_selection_sentence_says_what_the_chosen_figure_is_worth():
     """Chosen on val_jfi, trial b (0.93 against a's 0.91) is named with its test jfi 0.88 ± 0.03, the unbiased
     figure; chosen on the test jfi, the sentence warns that b's 0.9 is the best of 2 draws and names the
     validation twin (sisa's accuracy too, its f1 has none); bias (the audit split's, not the test set's), train-basis
-    fairness figures and a single trial make no sentence."""
+    fairness figures (chosen on, or as the twin of val_jfi) and a single trial make no sentence."""
     from rayfed.tune.findings import selection_sentence
 
     columns = ["trial_id", "status", "seeds", "jfi", "jfi_ci", "val_jfi", "val_jfi_ci", "bias", "fairness_basis"]
@@ -192,6 +192,7 @@ def test_selection_sentence_says_what_the_chosen_figure_is_worth():
     )
     assert selection_sentence("fl", table, "bias", "min") is None
     assert selection_sentence("fl", table.assign(fairness_basis="train"), "jfi", "max") is None
+    assert selection_sentence("fl", table.assign(fairness_basis="train"), "val_jfi", "max") is None  # no test twin
     assert selection_sentence("fl", table.iloc[:1], "jfi", "max") is None
 
 

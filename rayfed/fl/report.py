@@ -364,8 +364,7 @@ def validation_sentence(config: Config, images: int, client_sizes: Sequence[int]
         f"A validation split of {images} training images (`data.validation_fraction: "
         f"{config.data.validation_fraction:g}`, held by no client nor the audit; {min(client_sizes)}-"
         f"{max(client_sizes)} per client, with its label mix) gives rounds.parquet's `val_*` columns, to choose "
-        "settings on (a sweep's `val_*` metric); every figure above is on the test set, which such a choice "
-        "does not see."
+        "settings on (a sweep's `val_*` metric); none of the figures above is measured on it."
     )
 
 

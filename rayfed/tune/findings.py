@@ -76,7 +76,8 @@ def selection_sentence(run: str, table: pd.DataFrame, metric: str, mode: str) ->
     """What the best trial's figure is worth as a report. Chosen on a `val_*` figure: its test twin, which the
     choice never saw, is the one to report. Chosen on a test figure: that figure is optimistic, the best of
     the trials' draws on the same images, and the sentence says how to choose on validation instead. None
-    with fewer than two trials that reported `metric` (no choice made), or for a metric off the test set."""
+    with fewer than two trials that reported `metric` (no choice made), for a metric off the test set, or for a
+    `val_*` metric whose twin is not measured on the test set."""
     ranked = _reported(table, [metric]).sort_values(metric, ascending=mode == "min", kind="stable")
     if len(ranked) < 2:
         return None
@@ -88,8 +89,8 @@ def selection_sentence(run: str, table: pd.DataFrame, metric: str, mode: str) ->
 
     if metric.startswith("val_"):
         twin = metric.removeprefix("val_")
-        if twin not in best or pd.isna(best[twin]):
-            return None
+        if twin not in best or pd.isna(best[twin]) or not _test_basis(ranked, twin):
+            return None  # no test twin to name (train-basis fairness figures are not one)
         return (
             f"Chosen on the validation split ({metric} {figure(metric)}): the test images took no part in the "
             f"choice, so the best trial's test {twin}, {figure(twin)}, is the unbiased figure to report for it."
