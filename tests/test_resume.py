@@ -1,6 +1,7 @@
 """A run killed between rounds resumes from its last round with the same final numbers; bad resumes exit 2."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from rayfed.config import load_config
-from rayfed.engine.fl_run import run_fl
+from rayfed.engine.fl_run import resume_fl, run_fl
 from rayfed.results import RunDirectory
 
 pytestmark = pytest.mark.slow
@@ -86,19 +87,10 @@ def test_resumed_run_equals_uninterrupted_run(resumed_and_reference, assert_same
 
 
 def test_resume_can_extend_fl_rounds(resumed_and_reference, tmp_path):
-    import shutil
-
     victim, _ = resumed_and_reference
     longer = tmp_path / "longer"
     shutil.copytree(victim, longer)
-    result = subprocess.run(
-        [sys.executable, "-m", "rayfed", "fl", "--resume", str(longer), "--set", "fl.rounds=4"],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    resume_fl(str(longer), None, ["fl.rounds=4"])  # in process: the fixture resumed through the CLI
     rounds = pd.read_parquet(longer / "rounds.parquet")
     assert sorted(set(rounds["round"])) == [1, 2, 3, 4] and len(rounds) == 8
     assert pd.read_parquet(longer / "audit.parquet")["round"].tolist() == [4, 4]  # the extended models audited
@@ -109,10 +101,6 @@ def test_a_run_killed_after_its_last_round_resumes_with_the_held_out_audit(
 ):
     """Killed after the last round's checkpoint, before the held-out audit and the outputs: --resume trains no
     round, audits the checkpointed final models and writes what the uninterrupted run wrote."""
-    import shutil
-
-    from rayfed.engine.fl_run import resume_fl
-
     _, reference = resumed_and_reference
     late = tmp_path / "late"
     shutil.copytree(reference, late)
@@ -125,14 +113,11 @@ def test_a_run_killed_after_its_last_round_resumes_with_the_held_out_audit(
 def test_a_run_killed_in_its_first_round_resumes_from_round_1(resumed_and_reference, tmp_path, assert_same_run):
     """Killed before its first checkpoint, a run directory holds only config.yaml (and maybe half a round's
     wandb files): --resume starts it again from round 1 and ends with the uninterrupted run's numbers."""
-    import shutil
-
     victim, reference = resumed_and_reference
     early = tmp_path / "early"
     early.mkdir()
     shutil.copy(victim / "config.yaml", early / "config.yaml")
-    result = _resume(early)
-    assert result.returncode == 0, result.stderr[-2000:]
+    resume_fl(str(early), None, [])
     assert_same_run(early, reference)
 
 
@@ -144,16 +129,6 @@ def _assert_user_error(result, needle):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
-
-
-def _resume(path):
-    return subprocess.run(
-        [sys.executable, "-m", "rayfed", "fl", "--resume", str(path)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,  # a whole 3-round run from round 1 (test_a_run_killed_in_its_first_round...) on a slow CPU
-    )
 
 
 @pytest.mark.parametrize(
@@ -170,8 +145,6 @@ def _resume(path):
 def test_bad_resume_exits_2_and_leaves_the_directory_as_it_was(
     rayfed_cli, resumed_and_reference, tmp_path, damage, needle
 ):
-    import shutil
-
     victim, _ = resumed_and_reference
     target = tmp_path / "run"
     shutil.copytree(victim, target)
