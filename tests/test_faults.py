@@ -57,7 +57,7 @@ def _round_while_killing(engine, run, state_ref, pid, delay):
 
 @pytest.mark.parametrize("policy", ["retry", "drop"])
 def test_client_killed_mid_training(ray_session, policy, caplog):
-    engine, state_ref = _engine(["fl.local_epochs=25", f"fl.on_client_failure={policy}"])
+    engine, state_ref = _engine(["fl.local_epochs=10", f"fl.on_client_failure={policy}"])  # ~3 s of training
     run = FedAvg()
     try:
         reference = engine.round(1, run, SEED, state_ref)
@@ -157,7 +157,7 @@ def test_partial_participation_and_many_clients_per_actor(ray_session, tmp_path)
         "audit.gan_epochs=1",
         "data.client_test_size=10",
         "seed=11",
-        "metrics.audit_epochs=1",
+        "metrics.held_out_audit=false",  # the test compares clients.parquet; the audit is tested elsewhere
     ]
     tables = []
     for per_actor in (1, 2):
