@@ -12,6 +12,7 @@ from rayfed.data.partition import client_test_indices, largest_test_size
 from rayfed.engine.fl_engine import weight_figures
 from rayfed.fl.report import (
     control_differences,
+    never_served_note,
     paired_differences,
     summary_table,
     unfair_baseline_notes,
@@ -252,6 +253,34 @@ def test_a_fair_baseline_less_fair_than_fedavg_on_the_worst_client_is_flagged():
         assert note.startswith(f"q=1 is less fair than FedAvg on the worst client (-30.00 ± 4.97, p {p}), the opposite")
         assert "try a smaller `qffl.lipschitz`" in note
     assert unfair_baseline_notes(paired_differences(fedavg + uniform + qffl((79, 83, 84)), runs), runs, "none") == []
+
+
+def test_a_client_a_run_never_served_is_named_and_what_it_does_to_the_worst_client_said():
+    """Client 0 is at 0% on its test images at the last round of both seeds under FedAvg and gamma=2 (their
+    worst client is 0 throughout, so their difference in it is 0 by construction); uniform reached it in one
+    seed, and uniform's 0s at round 1 are not its last round: neither is named. On the train basis nobody is."""
+
+    def rows(method, gamma, test_accuracy):  # (seed, round, client) -> test accuracy
+        return [
+            {"method": method, "gamma": gamma, "q": None, "seed": seed, "round": rnd, "client": client}
+            | {"test_accuracy": acc, "accuracy": 100.0}
+            for (seed, rnd, client), acc in test_accuracy.items()
+        ]
+
+    served_late = {(s, 1, c): 0.0 for s in (1, 2) for c in (0, 1)} | {(1, 2, 0): 0.0, (1, 2, 1): 90.0}
+    client_rows = (
+        rows("fedavg", None, {(1, 2, 0): 0.0, (1, 2, 1): 80.0, (2, 2, 0): 0.0, (2, 2, 1): 70.0, (1, 1, 0): 50.0})
+        + rows("uniform", None, served_late | {(2, 2, 0): 40.0, (2, 2, 1): 60.0})
+        + rows("fedauditgan", 2.0, {(1, 2, 0): 0.0, (1, 2, 1): 100.0, (2, 2, 0): 0.0, (2, 2, 1): 90.0})
+    )
+    runs = [FedAvg(), Uniform(), FedAuditGan(2.0)]
+    note = never_served_note(client_rows, runs, "test")
+    assert note.startswith("Client 0 got none of its held-out test images right at the last round in every seed ")
+    assert "under FedAvg and gamma=2: the worst client is then 0 in every seed" in note
+    assert "between two of them Δ Worst client is 0 by construction" in note and "Uniform" not in note
+    only_fedavg = never_served_note(client_rows[:5], runs, "test")
+    assert "under FedAvg: " in only_fedavg and "so its worst client shows only that" in only_fedavg
+    assert never_served_note(client_rows, runs, "train") is None
 
 
 def test_weight_figures_hand_case():

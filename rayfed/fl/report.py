@@ -263,6 +263,56 @@ def unfair_baseline_notes(paired: list[dict[str, Any]], runs: list[Strategy], co
     return notes
 
 
+def never_served_note(client_rows: list[dict[str, Any]], runs: list[Strategy], basis: str) -> str | None:
+    """The clients some method runs got none of right at their last round in every seed (accuracy on the
+    fairness basis `basis`): those runs' worst client is 0 in every seed, so a difference in it between two of
+    them is 0 by construction, not a sign of equal fairness (None when no run left a client at 0 throughout)."""
+    column = "test_accuracy" if basis == "test" else "accuracy"
+    last: dict[tuple[Strategy, int], int] = {}
+    for c in client_rows:
+        key = (_run_of(c), c["seed"])
+        last[key] = max(last.get(key, 0), c["round"])
+    unserved: dict[Strategy, set[int]] = {}
+    for run in runs:
+        finals = [c for c in client_rows if _run_of(c) == run and c["round"] == last.get((run, c["seed"]))]
+        by_client: dict[int, list[float]] = defaultdict(list)
+        for c in finals:
+            by_client[c["client"]].append(c[column])
+        zero = {client for client, values in by_client.items() if all(v == 0 for v in values)}
+        if zero:
+            unserved[run] = zero
+    if not unserved:
+        return None
+    clients = sorted(set().union(*unserved.values()))
+    named = f"Client {clients[0]}" if len(clients) == 1 else f"Clients {', '.join(map(str, clients))}"
+    groups: dict[frozenset[int], list[str]] = defaultdict(list)
+    for run, ids in unserved.items():
+        groups[frozenset(ids)].append(run.label)
+    if len(groups) == 1:
+        listed = _and(next(iter(groups.values())))
+    else:
+        listed = "; ".join(
+            f"{_and(labels)} (client {', '.join(map(str, sorted(ids)))})" for ids, labels in groups.items()
+        )
+    images = "held-out test" if basis == "test" else "training"
+    consequence = (
+        "so between two of them Δ Worst client is 0 by construction, not a sign of equal fairness; JFI and "
+        "Variance still compare them."
+        if len(unserved) > 1
+        else "so its worst client shows only that; JFI and Variance compare it with the others."
+    )
+    return (
+        f"{named} got none of {'its' if len(clients) == 1 else 'their'} {images} images right at the last round "
+        f"in every seed under {listed}: the worst client is then 0 in every seed and the gap the best client's "
+        f"accuracy, {consequence}"
+    )
+
+
+def _and(words: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def uniform_weight_runs(client_rows: list[dict[str, Any]]) -> dict[Strategy, float]:
     """Runs of adaptive strategies (weights that respond to the updates) whose weights stayed within
     UNIFORM_TOLERANCE of 1/K in every round and seed: run -> the largest |alpha_i K - 1| seen."""
@@ -377,7 +427,8 @@ def summary_markdown(
 ) -> str:
     """summary.md: the summary table, the paired differences with each method's verdict against the reference
     and each audited run's against the controls (`verdict_sentences`), and the notes: fair baselines found less
-    fair than the reference (`unfair_baseline_notes`), then `notes` (sentences about the federation itself)."""
+    fair than the reference (`unfair_baseline_notes`), clients a run never served (`never_served_note`), then
+    `notes` (sentences about the federation itself)."""
     runs = strategy_runs(config)
     seeds = config.seed_list
     round_rows = with_held_out(round_rows, list(audit_rows))
@@ -408,7 +459,12 @@ def summary_markdown(
         if paired:
             parts += [f"## {heading}\n", format_table(paired)]
             parts += [f"- {sentence}\n" for sentence in verdict_sentences(paired, config.metrics.correction)]
-    notes = [*unfair_baseline_notes(against_reference, runs, config.metrics.correction), *notes]
+    never_served = never_served_note(client_rows, runs, config.metrics.client_accuracy)
+    notes = [
+        *unfair_baseline_notes(against_reference, runs, config.metrics.correction),
+        *([never_served] if never_served else []),
+        *notes,
+    ]
     parts += [f"- {note}\n" for note in notes]
     for run, deviation in uniform_weight_runs(client_rows).items():
         parts.append(f"- {uniform_weight_note(run, deviation, client_rows, config.audit.normalize_scores)}\n")
