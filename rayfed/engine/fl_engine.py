@@ -22,7 +22,7 @@ from rayfed.engine.server import AuditServer
 from rayfed.errors import RunStalled
 from rayfed.fl.metrics import fairness_summary
 from rayfed.fl.round import LocalTraining, RoundOutcome
-from rayfed.fl.rows import AuditRow, ClientRow, RoundRow, as_dict, validation_figures
+from rayfed.fl.rows import AuditRow, ClientRow, RoundRow, as_dict, client_accuracy_column, validation_figures
 from rayfed.fl.setup import Federation, select_clients
 from rayfed.fl.strategies import Strategy, seeded_runs
 
@@ -210,7 +210,8 @@ class FederatedEngine:
             log.warning("round %d: update of client %d rejected: %s", p.round_index, cid, why)
         client_rows = self._client_rows(p, outcome, evaluations, retries)
         basis = config.metrics.client_accuracy
-        per_client = [r["test_accuracy" if basis == "test" else "accuracy"] for r in client_rows]
+        column = client_accuracy_column(basis)
+        per_client = [r[column] for r in client_rows]
         row = RoundRow(
             method=p.run.name,
             seed=p.seed,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from rayfed.config import Config
-from rayfed.fl.rows import with_held_out
+from rayfed.fl.rows import client_accuracy_column, with_held_out
 from rayfed.fl.strategies import Strategy, strategy_for, strategy_runs
 from rayfed.plots.fl import plot_fairness
 from rayfed.results import RunDirectory, Tracker
@@ -267,18 +267,22 @@ def never_served_note(client_rows: list[dict[str, Any]], runs: list[Strategy], b
     """The clients some method runs got none of right at their last round in every seed (accuracy on the
     fairness basis `basis`): those runs' worst client is 0 in every seed, so a difference in it between two of
     them is 0 by construction, not a sign of equal fairness (None when no run left a client at 0 throughout)."""
-    column = "test_accuracy" if basis == "test" else "accuracy"
+    column = client_accuracy_column(basis)
     last: dict[tuple[Strategy, int], int] = {}
+    finals: dict[tuple[Strategy, int], list[dict[str, Any]]] = defaultdict(list)  # (run, seed) -> last round's rows
     for c in client_rows:
         key = (_run_of(c), c["seed"])
-        last[key] = max(last.get(key, 0), c["round"])
+        if c["round"] > last.get(key, 0):
+            last[key], finals[key] = c["round"], []
+        if c["round"] == last[key]:
+            finals[key].append(c)
+    accuracies: dict[Strategy, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (run, _), rows in finals.items():
+        for c in rows:
+            accuracies[run][c["client"]].append(c[column])
     unserved: dict[Strategy, set[int]] = {}
     for run in runs:
-        finals = [c for c in client_rows if _run_of(c) == run and c["round"] == last.get((run, c["seed"]))]
-        by_client: dict[int, list[float]] = defaultdict(list)
-        for c in finals:
-            by_client[c["client"]].append(c[column])
-        zero = {client for client, values in by_client.items() if all(v == 0 for v in values)}
+        zero = {client for client, values in accuracies[run].items() if all(v == 0 for v in values)}
         if zero:
             unserved[run] = zero
     if not unserved:

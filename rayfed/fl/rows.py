@@ -92,6 +92,11 @@ class ClientRow:
     """Why its update was not aggregated, or null."""
 
 
+def client_accuracy_column(basis: str) -> str:
+    """The ClientRow field the fairness figures are computed over for `metrics.client_accuracy` = basis."""
+    return "test_accuracy" if basis == "test" else "accuracy"
+
+
 @dataclass
 class AuditRow:
     """The held-out audit of one method run's final model (`rayfed.fl.held_out_audit`)."""

@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from rayfed.fl.rows import client_accuracy_column  # noqa: E402
+
 PANELS = [
     ("accuracy", "Accuracy (%)", "Global Test Accuracy"),
     ("jfi", "JFI", "Jain's Fairness Index (higher=fairer)"),
@@ -68,7 +70,7 @@ def plot_fairness(
     ax = axes[1, 2]
     last_round = max((r["round"] for r in round_rows), default=0)
     width = 0.8 / max(1, len(runs))
-    column = "test_accuracy" if basis == "test" else "accuracy"
+    column = client_accuracy_column(basis)
     for i, (run, colour) in enumerate(zip(runs, colours)):
         by_client: dict[int, list[float]] = defaultdict(list)
         for c in client_rows:
