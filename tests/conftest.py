@@ -70,10 +70,45 @@ def _kill_session(process) -> None:
     process.wait()
 
 
+class SessionKiller:
+    """A thread that kills a `rayfed` subprocess the hard way (the driver and the local Ray it started) once
+    `ready()` holds, so the test can do other work (its reference run) while the victim runs up to that point."""
+
+    def __init__(self, process, ready, timeout: float = 600) -> None:
+        import threading
+
+        self.process, self.ready, self.timeout = process, ready, timeout
+        self.outcome = "running"
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import time
+
+        deadline = time.time() + self.timeout
+        while not self.ready():
+            if self.process.poll() is not None:
+                self.outcome = "the run ended before it could be killed"
+                return
+            if time.time() > deadline:
+                self.outcome = f"the run did not reach the kill point in {self.timeout:.0f} s"
+                _kill_session(self.process)
+                return
+            time.sleep(0.05)
+        _kill_session(self.process)
+        self.outcome = "killed"
+
+    def join(self) -> None:
+        """Wait for the kill; fail the test if the run ended or stalled before its kill point."""
+        self._thread.join()
+        assert self.outcome == "killed", self.outcome
+
+
 @pytest.fixture(scope="session")
-def kill_session():
-    """Kill a `rayfed` subprocess the hard way: the driver and the local Ray it started."""
-    return _kill_session
+def kill_session_when():
+    """`kill_session_when(process, ready)`: a SessionKiller watching a subprocess started with
+    start_new_session=True; `.join()` waits until it has been killed."""
+    return SessionKiller
 
 
 @pytest.fixture(scope="session")

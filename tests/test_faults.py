@@ -177,39 +177,18 @@ def test_partial_participation_and_many_clients_per_actor(ray_session, tmp_path)
     pd.testing.assert_frame_equal(tables[0], tables[1])
 
 
-def test_a_stalled_round_stops_with_an_error_naming_what_it_waited_for(tmp_path):
+def test_a_stalled_round_stops_with_an_error_naming_what_it_waited_for(rayfed_cli, tmp_path):
     """resources.stall_timeout: a wait that outlasts it ends the run with exit status 3 and one `error:` line
     naming the wait (here the audit server's scoring, behind a 5-epoch GAN), and the run directory stays."""
-    import subprocess
-    import sys
-
     out = tmp_path / "stalled"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rayfed",
-            "fl",
-            "--out",
-            str(out),
-            *[
-                a
-                for s in BASE
-                + [
-                    "fl.rounds=1",
-                    "fl.methods=[fedauditgan]",
-                    "audit.gan_epochs=5",
-                    "fl.local_epochs=1",
-                    "resources.stall_timeout=0.01",
-                ]
-                for a in ("--set", s)
-            ],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "WANDB_MODE": "disabled"},
-    )
+    sets = BASE + [
+        "fl.rounds=1",
+        "fl.methods=[fedauditgan]",
+        "audit.gan_epochs=5",
+        "fl.local_epochs=1",
+        "resources.stall_timeout=0.01",
+    ]
+    result = rayfed_cli.run("fl", "--out", str(out), *[a for s in sets for a in ("--set", s)], timeout=600)
     assert result.returncode == 3, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "waiting for" in errors[0] and "resources.stall_timeout" in errors[0], errors

@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -32,15 +31,14 @@ SETS = [
 ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
 
 
-def rayfed(*args, **kwargs):
+def rayfed(*args):
+    """`python -m rayfed *args` in its own session (so that it and its Ray can be killed together)."""
     return subprocess.Popen(
         [sys.executable, "-m", "rayfed", *args],
         env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
-        **kwargs,
     )
 
 
@@ -56,28 +54,18 @@ def _checkpointed_round(path):
 
 
 @pytest.fixture(scope="module")
-def resumed_and_reference(tmp_path_factory, ray_session, kill_session):
+def resumed_and_reference(tmp_path_factory, ray_session, kill_session_when, rayfed_cli):
+    """A run killed (driver and its Ray, SIGKILL) after its first or second round's checkpoint and resumed through
+    the CLI, beside the same run uninterrupted (in process, after the kill: two Rays training at once on two
+    cores take longer than one after the other)."""
     tmp = tmp_path_factory.mktemp("resume")
+    victim = tmp / "victim"
+    kill_session_when(rayfed("fl", *_sets(), "--out", str(victim)), lambda: _checkpointed_round(victim) >= 1).join()
+    assert _checkpointed_round(victim) < 3
     reference = RunDirectory(tmp / "reference")
     reference.path.mkdir()
     run_fl(load_config(None, SETS), reference)
-
-    victim = tmp / "victim"
-    process = rayfed("fl", *_sets(), "--out", str(victim))
-    deadline = time.time() + 600
-    while _checkpointed_round(victim) < 1:
-        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.2)
-    kill_session(process)
-    killed_after = _checkpointed_round(victim)
-    assert killed_after < 3
-    resumed = subprocess.run(
-        [sys.executable, "-m", "rayfed", "fl", "--resume", str(victim)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    resumed = rayfed_cli.run("fl", "--resume", str(victim), timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     return victim, reference.path
 

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -28,11 +27,7 @@ ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
 RESULTS = ("metrics.parquet", "exactness.parquet", "membership.parquet", "backdoor.parquet", "layout.parquet")
 
 
-def test_killed_sisa_run_resumes_to_the_same_results(tmp_path, ray_session, kill_session):
-    reference = RunDirectory(tmp_path / "reference")
-    reference.path.mkdir()
-    run_sisa(load_config(None, SETS), reference)
-
+def test_killed_sisa_run_resumes_to_the_same_results(tmp_path, ray_session, kill_session_when):
     victim = tmp_path / "victim"
     args = [arg for s in SETS for arg in ("--set", s)]
     process = subprocess.Popen(
@@ -43,11 +38,11 @@ def test_killed_sisa_run_resumes_to_the_same_results(tmp_path, ray_session, kill
         start_new_session=True,
     )
     first_checkpoint = victim / "checkpoints" / "main" / "shard0" / "slice1.pt"
-    deadline = time.time() + 600
-    while not first_checkpoint.exists():
-        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    kill_session(process)
+    killer = kill_session_when(process, first_checkpoint.exists)
+    reference = RunDirectory(tmp_path / "reference")  # uninterrupted, in process, while the victim runs
+    reference.path.mkdir()
+    run_sisa(load_config(None, SETS), reference)
+    killer.join()
     assert not (victim / "metrics.parquet").exists()  # killed mid-training
 
     resume_sisa(str(victim), None, [])  # in process, on the session's Ray
