@@ -48,7 +48,8 @@ class Stream(IntEnum):
     """(part,): minibatch order of the unsharded model's 0 training (and retraining), 1 fine-tuning, 2 NegGrad+."""
     HELD_OUT_AUDIT = 16
     """(part,): the held-out audit of a final fl model: 0 its G's and D's initial weights, 1 noise, labels and batch
-    order of their training, 2 the perturbations drawn for the held-out images."""
+    order of their training, 2 the perturbations drawn for the held-out images; 3, 4, 5 the same for the auditor
+    of the validation split."""
     SISA_VALIDATION = 17
     """(): the training images a sisa run holds out as its validation split (`data.validation_fraction`)."""
 

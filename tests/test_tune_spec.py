@@ -104,6 +104,14 @@ BAD = [
     ({"tune_config": {"metrc": "jfi"}}, "tune_config.metrc"),
     ({"tune_config": {"metric": "f1"}}, "tune_config.metric"),
     ({"tune_config": {"metric": "val_jfi"}}, "tune_config.metric: val_jfi is measured on the validation split"),
+    (
+        {"tune_config": {"metric": "flip_rate", "scheduler": {"type": "asha"}}},
+        "tune_config.scheduler: flip_rate is measured once, after a trial's last round",
+    ),
+    (
+        {"base": {"metrics": {"held_out_audit": False}}, "tune_config": {"metric": "flip_rate"}},
+        "tune_config.metric: flip_rate is the held-out audit's, which the base config turns off",
+    ),
     ({"tune_config": {"mode": "up"}}, "tune_config.mode"),
     ({"tune_config": {"num_samples": 0}}, "tune_config.num_samples"),
     ({"tune_config": {"scheduler": {"type": "pbt"}}}, "tune_config.scheduler"),
@@ -128,6 +136,8 @@ def test_an_fl_sweep_with_a_validation_split_selects_on_validation_unless_told_o
     assert load_sweep(path).metric == "jfi"
     assert load_sweep(path, ["base.data.validation_fraction=0.1"]).metric == "val_jfi"
     assert load_sweep(path, ["base.data.validation_fraction=0.1", "tune_config.metric=accuracy"]).metric == "accuracy"
+    chosen = load_sweep(path, ["base.data.validation_fraction=0.1", "tune_config.metric=val_flip_rate"])
+    assert (chosen.metric, chosen.scheduler["type"]) == ("val_flip_rate", "fifo")  # the held-out audit's twin
     sisa = write_sweep(tmp_path, {**MINIMAL, "run": "sisa", "param_space": {"sisa.shards": {"grid_search": [1, 2]}}})
     assert load_sweep(sisa, ["base.data.validation_fraction=0.1"]).metric == "val_accuracy"
     with pytest.raises(UserError, match="val_unlearned_accuracy is measured on the validation split"):

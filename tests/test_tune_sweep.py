@@ -2,13 +2,14 @@
 directories, the sweep table, figures, best config, resources that fit two trials at a time, a resumable
 checkpoint. The lambda and sisa smoke sweeps at one grid point each."""
 
+import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from rayfed.config import build_config
+from rayfed.config import build_config, load_config
 from rayfed.results import RunDirectory, read_table
 from rayfed.stats import mean_interval
 
@@ -99,7 +100,13 @@ def test_a_trial_checkpoint_restores_the_run_after_its_first_round(sweep, tmp_pa
 
 ONE_TRIAL = {
     "sisa_grid_smoke.yaml": ["param_space.sisa.shards=2", "param_space.sisa.slices=2", "base.seeds=2"],
-    "fedaudit_lambda_smoke.yaml": ["param_space.audit.lambda1=10", "param_space.audit.lambda2=0.1"],
+    "fedaudit_lambda_smoke.yaml": [
+        "param_space.audit.lambda1=10",
+        "param_space.audit.lambda2=0.1",
+        "base.fl.rounds=2",
+        "tune_config.metric=val_flip_rate",  # measured after the last round only: NaN in round 1's report
+        "tune_config.mode=min",
+    ],
 }
 
 
@@ -107,15 +114,17 @@ ONE_TRIAL = {
 @pytest.mark.parametrize("name", sorted(ONE_TRIAL))
 def test_the_other_smoke_sweeps_run_one_trial_each(ray_session, tmp_path, name, capsys):
     """The sisa trainable (over 2 seeds: the means of its seeds' figures, with intervals) and the lambda sweep,
-    cut to one grid point (the full grids only add trials)."""
+    cut to one grid point (the full grids only add trials), chosen on the held-out audit's validation flip rate
+    (reported after the last round only), its best config written."""
     from rayfed.tune.spec import load_sweep
     from rayfed.tune.sweep import run_sweep_file
 
-    spec = load_sweep(ROOT / "tune_configs" / name)
+    spec = load_sweep(ROOT / "tune_configs" / name, ONE_TRIAL[name])
     table = run_sweep_file(str(ROOT / "tune_configs" / name), ONE_TRIAL[name], str(tmp_path / "out"))
     [row] = table.to_dict("records")
     assert row["status"] == "TERMINATED", row["error"]
-    assert row[spec.metric] > 0 and Path(row["run_dir"]).is_dir()
+    assert row[spec.metric] >= 0 and Path(row["run_dir"]).is_dir()
+    assert (tmp_path / "out" / "best_config.yaml").is_file()
     if spec.run == "sisa":
         seeds = pd.read_parquet(Path(row["run_dir"]) / "seeds.parquet")
         assert row["seeds"] == 2 and seeds["seed"].tolist() == [42, 43]
@@ -130,6 +139,8 @@ def test_the_other_smoke_sweeps_run_one_trial_each(ray_session, tmp_path, name, 
         assert (Path(row["run_dir"]) / "seed42" / "unlearning.parquet").is_file()
     else:
         assert (row["audit.lambda1"], row["audit.lambda2"]) == (10, 0.1)
+        [audit] = pd.read_parquet(Path(row["run_dir"]) / "audit.parquet").to_dict("records")
+        assert (row["val_flip_rate"], row["flip_rate"]) == (audit["val_flip_rate"], audit["flip_rate"])
 
 
 def _trials(*rows):
@@ -164,7 +175,8 @@ def test_ranking_sentence_says_whether_the_sweep_separates_best_from_runner_up()
 def test_selection_sentence_says_what_the_chosen_figure_is_worth():
     """Chosen on val_jfi, trial b (0.93 against a's 0.91) is named with its test jfi 0.88 ± 0.03, the unbiased
     figure; chosen on the test jfi, the sentence warns that b's 0.9 is the best of 2 draws and names the
-    validation twin (sisa's accuracy too, its f1 has none); bias (the audit split's, not the test set's), train-basis
+    validation twin (sisa's accuracy too, its f1 has none; the held-out audit's flip rate, on whichever fairness
+    basis); bias (the audit split's, not the test set's), train-basis
     fairness figures (chosen on, or as the twin of val_jfi) and a single trial make no sentence."""
     from rayfed.tune.findings import selection_sentence
 
@@ -191,6 +203,12 @@ def test_selection_sentence_says_what_the_chosen_figure_is_worth():
         "confirm it on images the sweep did not see before reporting it."
     )
     assert selection_sentence("fl", table, "bias", "min") is None
+    flips = table.assign(flip_rate=[0.05, 0.02], val_flip_rate=[0.04, 0.06], fairness_basis="train")
+    assert selection_sentence("fl", flips, "val_flip_rate", "min") == (  # the held-out audit: on any basis
+        "Chosen on the validation split (val_flip_rate 0.04): the test images took no part in the choice, so "
+        "the best trial's test flip_rate, 0.05, is the unbiased figure to report for it."
+    )
+    assert "`tune_config.metric: val_flip_rate`" in selection_sentence("fl", flips, "flip_rate", "min")
     assert selection_sentence("fl", table.assign(fairness_basis="train"), "jfi", "max") is None
     assert selection_sentence("fl", table.assign(fairness_basis="train"), "val_jfi", "max") is None  # no test twin
     assert selection_sentence("fl", table.iloc[:1], "jfi", "max") is None
@@ -315,21 +333,33 @@ def test_qffl_q_smoke_sweep_reports_q_ffl_beside_its_controls_over_seeds(ray_ses
 
 def test_an_fl_trial_reports_the_held_out_audit_at_its_last_round_beside_its_references():
     """The reporter's figures by hand over two seeds: gamma=2's flip rates 0.04 and 0.06 give flip_rate 0.05 with
-    its 95% half-width (t(0.975, 1) x 0.01 = 0.127), FedAvg's 0.10 and 0.20 give fedavg/flip_rate 0.15; a round
-    whose rows carry no audit reports none."""
+    its 95% half-width (t(0.975, 1) x 0.01 = 0.127), FedAvg's 0.10 and 0.20 give fedavg/flip_rate 0.15, and the
+    validation auditor's 0.02 and 0.08 give val_flip_rate 0.05; a round whose rows carry no audit reports the
+    figures the trial will measure as NaN (Tune checks that every report carries the sweep's metric), and
+    without any to measure, none."""
     from rayfed.fl.rows import ROUND_METRICS
-    from rayfed.tune.trainables import RoundReporter
+    from rayfed.tune.trainables import RoundReporter, audit_figures
 
-    def row(method, gamma, seed, flips=None):
+    def row(method, gamma, seed, flips=None, val_flips=None):
         values = {k: 1.0 for k in ROUND_METRICS} | {"bias": None if gamma is None else 0.5}
         audit = {} if flips is None else {"flip_rate": flips, "held_out_bias": 2.0}
+        audit |= {} if val_flips is None else {"val_flip_rate": val_flips, "val_held_out_bias": 1.0}
         return {"method": method, "gamma": gamma, "q": None, "seed": seed, "fairness_basis": "test"} | values | audit
 
-    rows = [row("fedavg", None, 1, 0.10), row("fedavg", None, 2, 0.20)]
-    rows += [row("fedauditgan", 2.0, 1, 0.04), row("fedauditgan", 2.0, 2, 0.06)]
-    metrics = RoundReporter(None, 0.0).metrics(rows)
+    measured = audit_figures(load_config(None, ["data.validation_fraction=0.1"]))
+    assert measured == ("held_out_bias", "flip_rate", "val_held_out_bias", "val_flip_rate")
+    assert audit_figures(load_config(None, [])) == ("held_out_bias", "flip_rate")
+    assert audit_figures(load_config(None, ["metrics.held_out_audit=false"])) == ()
+    rows = [row("fedavg", None, 1, 0.10, 0.3), row("fedavg", None, 2, 0.20, 0.1)]
+    rows += [row("fedauditgan", 2.0, 1, 0.04, 0.02), row("fedauditgan", 2.0, 2, 0.06, 0.08)]
+    metrics = RoundReporter(None, 0.0, measured).metrics(rows)
     assert metrics["flip_rate"] == pytest.approx(0.05) and metrics["held_out_bias"] == 2.0
     assert metrics["flip_rate_ci"] == pytest.approx(mean_interval([0.04, 0.06])[1]) == pytest.approx(0.127062, rel=1e-5)
+    assert metrics["val_flip_rate"] == pytest.approx(0.05) and metrics["val_held_out_bias"] == 1.0
+    assert metrics["val_flip_rate_ci"] == pytest.approx(mean_interval([0.02, 0.08])[1])
     assert metrics["fedavg/flip_rate"] == pytest.approx(0.15) and "fedavg/bias" not in metrics
-    earlier = RoundReporter(None, 0.0).metrics([row("fedavg", None, 1), row("fedauditgan", 2.0, 1)])
-    assert "flip_rate" not in earlier and "fedavg/flip_rate" not in earlier
+    assert metrics["fedavg/val_flip_rate"] == pytest.approx(0.2)
+    first = [row("fedavg", None, 1), row("fedauditgan", 2.0, 1)]
+    earlier = RoundReporter(None, 0.0, measured).metrics(first)
+    assert all(math.isnan(earlier[k]) for k in measured) and "fedavg/flip_rate" not in earlier
+    assert "flip_rate" not in RoundReporter(None, 0.0).metrics(first)

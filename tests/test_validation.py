@@ -69,8 +69,11 @@ def test_each_client_is_scored_on_its_own_rows_of_the_shared_images():
 def test_the_engines_validation_figures_are_the_saved_models_on_the_validation_images(ray_session, tmp_path):
     """Two rounds of FedAvg with a validation split: round 2's val_* figures (rounds.parquet) and each client's
     validation accuracy (clients.parquet) recomputed from model_fedavg.pt on the validation images; the
-    validation images are in no client's training data, and the test figures are not the validation ones."""
+    validation images are in no client's training data, and the test figures are not the validation ones. The
+    held-out audit's validation twin (audit.parquet's val_bias, val_flip_rate) is what the validation split's
+    auditor gives on them (one thread, as the server runs), seeded apart from the test split's."""
     from rayfed.engine.fl_run import run_fl
+    from rayfed.fl.held_out_audit import held_out_audit
     from rayfed.fl.metrics import accuracy
     from rayfed.results import RunDirectory
 
@@ -81,7 +84,8 @@ def test_the_engines_validation_figures_are_the_saved_models_on_the_validation_i
         "fl.local_epochs=1",
         "data.validation_fraction=0.2",
         "data.client_test_size=30",
-        "metrics.held_out_audit=false",
+        "metrics.audit_epochs=1",
+        "resources.server_threads=1",  # the held-out audit recomputed below runs on one thread
     ]
     config = load_config(None, overrides)
     run_dir = RunDirectory(tmp_path / "run")
@@ -109,3 +113,35 @@ def test_the_engines_validation_figures_are_the_saved_models_on_the_validation_i
     summary = run_dir.file("summary.md").read_text()
     assert f"A validation split of {len(validation_y)} training images (`data.validation_fraction: 0.2`" in summary
     assert "30-30 per client" in summary
+
+    [audit] = pd.read_parquet(run_dir.file("audit.parquet")).to_dict("records")
+    assert (audit["images"], audit["validation_images"]) == (len(federation.data.test_y), len(validation_y))
+
+    def audit_of(x, y, **split):
+        return held_out_audit(
+            model,
+            model.state_dict(),
+            x,
+            y,
+            config.audit,
+            federation.space,
+            federation.data.num_classes,
+            epochs=1,
+            batch_size=config.metrics.audit_batch_size,
+            run_seed=config.seed,
+            **split,
+        )
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        test = audit_of(federation.data.test_x, federation.data.test_y)
+        validation = audit_of(validation_x, validation_y, split="validation")
+        test_seeds = audit_of(validation_x, validation_y)  # the test split's auditor seeds on the validation images
+    finally:
+        torch.set_num_threads(threads)
+    assert (audit["bias"], audit["flip_rate"]) == pytest.approx((test.bias, test.flip_rate), rel=1e-9)
+    val = (audit["val_bias"], audit["val_flip_rate"])
+    assert val == pytest.approx((validation.bias, validation.flip_rate), rel=1e-9)
+    assert audit["val_bias"] != pytest.approx(test_seeds.bias, rel=1e-6)  # an auditor of its own
+    assert f"does the same on the {len(validation_y)} validation images" in summary

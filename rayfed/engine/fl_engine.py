@@ -279,8 +279,8 @@ class FederatedEngine:
         self, seeded: list[tuple[Strategy, int]], state_refs: list[ray.ObjectRef], round_index: int
     ) -> list[dict[str, Any]]:
         """`audit.parquet`'s rows: every seeded run's model (`state_refs`, after `round_index`) audited on the
-        held-out test split by its seed's auditor (`rayfed.fl.held_out_audit`), each on the run's own server, all
-        submitted before any is collected."""
+        held-out test split (and the validation split, if any) by its seed's auditors (`rayfed.fl.held_out_audit`),
+        each on the run's own server, all submitted before any is collected."""
         refs = [
             self.servers[self.server_of.get((run.file_label, seed), 0)].held_out_audit.remote(
                 seed, state_ref, self.config.metrics
@@ -289,8 +289,21 @@ class FederatedEngine:
         ]
         rows = []
         for (run, seed), ref in zip(seeded, refs):
-            found = self._wait_for(ref, f"the held-out audit of {run.label} (seed {seed})", "the audit server")
-            row = AuditRow(run.name, seed, round_index, found.bias, found.flip_rate, found.images, found.seconds)
+            test, validation = self._wait_for(
+                ref, f"the held-out audit of {run.label} (seed {seed})", "the audit server"
+            )
+            row = AuditRow(
+                run.name,
+                seed,
+                round_index,
+                test.bias,
+                test.flip_rate,
+                test.images,
+                val_bias=None if validation is None else validation.bias,
+                val_flip_rate=None if validation is None else validation.flip_rate,
+                validation_images=0 if validation is None else validation.images,
+                seconds=test.seconds + (0 if validation is None else validation.seconds),
+            )
             rows.append(as_dict(row, run))
         return rows
 

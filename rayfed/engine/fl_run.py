@@ -19,7 +19,7 @@ from rayfed.engine.fl_engine import FederatedEngine
 from rayfed.engine.runtime import init_ray
 from rayfed.errors import UserError
 from rayfed.fl.report import unheld_classes_sentence, validation_sentence, write_outputs
-from rayfed.fl.rows import HELD_OUT_FIGURES, AuditRow, ClientRow, RoundRow, schema, with_held_out
+from rayfed.fl.rows import AUDIT_FIGURES, AuditRow, ClientRow, RoundRow, schema, with_held_out
 from rayfed.fl.setup import build_federation, initial_model_state
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
 from rayfed.fl.strategies import Strategy, seeded_runs
@@ -102,7 +102,8 @@ def _log_round(tracker: Tracker, row: dict[str, Any], client_rows: list[dict[str
 
 RoundCallback = Callable[[list[dict[str, Any]]], None]
 """Called after each round's checkpoint is written, with that round's rows (one per seeded run); at the last
-round each row also carries its model's held-out audit (`held_out_bias`, `flip_rate`) when one ran."""
+round each row also carries its model's held-out audit (`held_out_bias`, `flip_rate`, and with a validation
+split `val_held_out_bias`, `val_flip_rate`) when one ran."""
 
 
 def _held_out_audit(
@@ -120,7 +121,7 @@ def _held_out_audit(
     rows = engine.held_out_audits([(r.run, r.seed) for r in runs], [state_refs[r.key] for r in runs], config.fl.rounds)
     run_dir.write_table("audit.parquet", rows, schema(AuditRow))
     for seeded, row in zip(runs, rows):
-        trackers[seeded.key].log({k: row[v] for k, v in HELD_OUT_FIGURES.items()})
+        trackers[seeded.key].log({k: row[v] for k, v in AUDIT_FIGURES.items() if row[v] is not None})
     return rows
 
 

@@ -124,23 +124,32 @@ class AuditServer:
         outcome.state = {}
         return outcome, new_state
 
-    def held_out_audit(self, run_seed: int, state: NumpyState, metrics: MetricsConfig) -> HeldOutAudit:
-        """Audit a final model on the held-out test split with the seed's auditor (`held_out_audit`): a pure
-        function of its arguments, so a restarted server gives the same result. The server's round GAN, when it
-        has one, is re-initialised for it in place."""
-        return held_out_audit(
-            self.model,
-            to_torch(state, self.device),
-            self.test_x,
-            self.test_y,
-            self.audit_config,
-            self.space,
-            self.num_classes,
-            epochs=metrics.audit_epochs,
-            batch_size=metrics.audit_batch_size,
-            run_seed=run_seed,
-            gan=self.gan,
-        )
+    def held_out_audit(
+        self, run_seed: int, state: NumpyState, metrics: MetricsConfig
+    ) -> tuple[HeldOutAudit, HeldOutAudit | None]:
+        """Audit a final model with the seed's auditors (`held_out_audit`): on the held-out test split, and on the
+        validation split when the run has one (else None). A pure function of its arguments, so a restarted
+        server gives the same result. The server's round GAN, when it has one, is re-initialised for each."""
+        weights = to_torch(state, self.device)
+        splits = {"test": (self.test_x, self.test_y), "validation": self.validation}
+        audits = {
+            split: held_out_audit(
+                self.model,
+                weights,
+                *images,
+                self.audit_config,
+                self.space,
+                self.num_classes,
+                epochs=metrics.audit_epochs,
+                batch_size=metrics.audit_batch_size,
+                run_seed=run_seed,
+                split=split,
+                gan=self.gan,
+            )
+            for split, images in splits.items()
+            if images is not None
+        }
+        return audits["test"], audits.get("validation")
 
     def pid(self) -> int:
         """The server's process id (tests use it to kill the process)."""

@@ -11,6 +11,10 @@ Measured on real images rather than on the generator's own probes, whose images 
 rate is what the verdicts test: B is an L1 distance of logits, so it also grows with their scale (logits ten
 times larger, the same decisions: ten times the B). tests/test_held_out_audit.py plants a bias and checks that
 the flip rate finds it.
+
+With a validation split (`data.validation_fraction`), a second auditor, with seeds of its own, does the same on
+the validation images: its flip rate is the figure a sweep may choose settings on without the test images
+taking part in the choice (`val_flip_rate`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from rayfed.seeds import Stream, stream_seed
 from rayfed.training import autocast
 
 INIT, TRAINING, PERTURBATIONS = 0, 1, 2
-"""Parts of the HELD_OUT_AUDIT stream."""
+"""Parts of the HELD_OUT_AUDIT stream, for the auditor of the test split."""
+SPLIT_PARTS = {"test": 0, "validation": 3}
+"""Where each split's auditor's parts start in the HELD_OUT_AUDIT stream (validation: 3, 4, 5)."""
 
 
 @dataclass
@@ -84,14 +90,20 @@ def held_out_audit(
     epochs: int,
     batch_size: int,
     run_seed: int,
+    split: str = "test",
     gan: AuditGan | None = None,
 ) -> HeldOutAudit:
-    """Audit the model with weights `state` on the held-out images (x, y): train a fresh auditor GAN against
-    it for `epochs` epochs, perturb every image with it and measure B and the flip rate. Every draw comes from
-    the HELD_OUT_AUDIT stream of `run_seed`, so every method of a seed meets the same auditor. `gan`, one
-    already built for these shapes, is re-initialised in place and used instead of a new one."""
+    """Audit the model with weights `state` on the held-out images (x, y) of `split` (test or validation): train
+    a fresh auditor GAN against it for `epochs` epochs, perturb every image with it and measure B and the flip
+    rate. Every draw comes from the HELD_OUT_AUDIT stream of `run_seed` (the split's parts), so every method of a
+    seed meets the same auditor. `gan`, one already built for these shapes, is re-initialised in place and used
+    instead of a new one."""
     started = time.perf_counter()
-    init_seed = stream_seed(run_seed, Stream.HELD_OUT_AUDIT, INIT)
+
+    def draw_seed(part: int) -> int:
+        return stream_seed(run_seed, Stream.HELD_OUT_AUDIT, SPLIT_PARTS[split] + part)
+
+    init_seed = draw_seed(INIT)
     if gan is None:
         shape = tuple(x.shape[1:])
         gan = AuditGan.create(
@@ -110,8 +122,8 @@ def held_out_audit(
         lambda2=audit.lambda2,
         batch_size=batch_size,
         space=space,
-        seed=stream_seed(run_seed, Stream.HELD_OUT_AUDIT, TRAINING),
+        seed=draw_seed(TRAINING),
     )
-    x_prime = perturb(gan, x, space, stream_seed(run_seed, Stream.HELD_OUT_AUDIT, PERTURBATIONS))
+    x_prime = perturb(gan, x, space, draw_seed(PERTURBATIONS))
     bias, flip_rate = sensitivity(classifier, x, x_prime, audit.score_chunk)
     return HeldOutAudit(bias, flip_rate, len(x), time.perf_counter() - started)

@@ -367,10 +367,10 @@ def basis_sentence(config: Config, client_rows: list[dict[str, Any]]) -> str:
 
 
 def held_out_sentence(config: Config, audit_rows: Sequence[dict[str, Any]]) -> str:
-    """What the held-out audit's columns are."""
+    """What the held-out audit's columns are (and, with a validation split, what its validation twin is for)."""
     m, a = config.metrics, config.audit
     epochs = f"{m.audit_epochs} epoch{'s' if m.audit_epochs != 1 else ''}"
-    return (
+    sentence = (
         f"Held-out B and Flip rate audit each final model with its seed's auditor, the same for every method: a "
         f"fresh audit GAN trained against the model for {epochs} on the {audit_rows[0]['images']} "
         f"test images (`metrics.held_out_audit`), whose perturbations (at most {a.delta_scale:g} per pixel in "
@@ -378,6 +378,14 @@ def held_out_sentence(config: Config, audit_rows: Sequence[dict[str, Any]]) -> s
         "the perturbation changes (lower: less sensitive); Held-out B is the specification's bias over them, "
         "which also grows with the logits' scale, so the verdicts test the flip rate."
     )
+    validation_images = audit_rows[0].get("validation_images") or 0
+    if validation_images:
+        sentence += (
+            f" A second auditor, seeded apart, does the same on the {validation_images} validation images "
+            "(audit.parquet's `val_flip_rate`, `val_bias`): choose settings on that, and the flip rates above "
+            "stay figures the choice never saw."
+        )
+    return sentence
 
 
 def scoring_sentence(config: Config) -> str | None:

@@ -111,7 +111,14 @@ class AuditRow:
     """Share of held-out images whose predicted class the auditor's perturbation changes."""
     images: int
     """Held-out (test) images the auditor trained on and measured."""
+    val_bias: float | None
+    """B of the validation split's auditor over the validation images (null without a validation split)."""
+    val_flip_rate: float | None
+    """Share of validation images whose predicted class that auditor's perturbation changes (null without)."""
+    validation_images: int
+    """Validation images that auditor trained on and measured (0 without a validation split)."""
     seconds: float
+    """Wall time of both audits."""
 
 
 VALIDATION_FIGURES = ("val_accuracy", "val_jfi", "val_min_accuracy", "val_gap")
@@ -128,17 +135,21 @@ def validation_figures(global_accuracy: float | None, client_accuracies: list[fl
 
 
 HELD_OUT_FIGURES = {"held_out_bias": "bias", "flip_rate": "flip_rate"}
-"""What a round row takes from its run's audit.parquet row (the round row's own `bias` is B_base)."""
+"""The held-out audit's test figures, as a round row names them -> their audit.parquet column (the round row's
+own `bias` is B_base)."""
+AUDIT_FIGURES = {**HELD_OUT_FIGURES, "val_held_out_bias": "val_bias", "val_flip_rate": "val_flip_rate"}
+"""What a round row takes from its run's audit.parquet row: the test figures and their validation twins."""
 
 
 def with_held_out(round_rows: list[dict[str, Any]], audit_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each round row with its seeded run's held-out audit figures (HELD_OUT_FIGURES) added where the audit
-    covered that round; the others as they are."""
+    """Each round row with its seeded run's held-out audit figures (AUDIT_FIGURES; None for a column the audit
+    rows lack, as tables written before the validation auditor do) added where the audit covered that round;
+    the others as they are."""
     found = {(strategy_for(a["method"], a), a["seed"], a["round"]): a for a in audit_rows}
     out = []
     for row in round_rows:
         audit = found.get((strategy_for(row["method"], row), row["seed"], row["round"]))
-        out.append(row if audit is None else {**row, **{k: audit[v] for k, v in HELD_OUT_FIGURES.items()}})
+        out.append(row if audit is None else {**row, **{k: audit.get(v) for k, v in AUDIT_FIGURES.items()}})
     return out
 
 

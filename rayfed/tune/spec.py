@@ -26,7 +26,7 @@ from typing import Any
 
 from rayfed.config import Config, build_config, config_keys, nest, parse_override, read_yaml_mapping
 from rayfed.errors import UserError
-from rayfed.fl.rows import ROUND_METRICS
+from rayfed.fl.rows import AUDIT_FIGURES, ROUND_METRICS
 
 RUNS = ("fl", "sisa")
 SWEEP_KEYS = ("run", "base", "param_space", "tune_config", "run_config", "trial_resources")
@@ -36,9 +36,10 @@ TRIAL_RESOURCE_KEYS = ("cpus", "gpus")
 MODES = ("max", "min")
 SAMPLERS = ("grid_search", "choice", "uniform", "loguniform", "randint")
 SCHEDULER_PARAMS = {"fifo": (), "asha": ("grace_period", "reduction_factor", "max_t", "brackets")}
-FL_METRICS = ROUND_METRICS
-"""What an fl trial reports each round: the figures of the last method run of the round (the swept one),
-averaged over its seeds (rayfed.fl.rows.RoundRow's numeric fields)."""
+FL_METRICS = (*ROUND_METRICS, *AUDIT_FIGURES)
+"""What an fl trial reports: each round, the figures of the last method run of the round (the swept one),
+averaged over its seeds (rayfed.fl.rows.RoundRow's numeric fields); at its last round also its final models'
+held-out audit (AUDIT_FIGURES: `flip_rate`, `held_out_bias` and their `val_` twins), NaN in the rounds before."""
 SISA_METRICS = (
     "accuracy",
     "val_accuracy",
@@ -279,6 +280,17 @@ def load_sweep(path: str | Path, overrides: list[str] = (), config_file: str | P
     if concurrent is not None:
         _number(concurrent, "tune_config.max_concurrent_trials", file, int, 1)
     scheduler = _scheduler(tune_config.get("scheduler"), file, base_config, run)
+    if run == "fl" and metric in AUDIT_FIGURES:
+        if not base_config.metrics.held_out_audit:
+            raise UserError(
+                f"{_where(file, 'tune_config.metric')}: {metric} is the held-out audit's, which the base config "
+                "turns off: set metrics.held_out_audit: true in base"
+            )
+        if scheduler["type"] != "fifo":
+            raise UserError(
+                f"{_where(file, 'tune_config.scheduler')}: {metric} is measured once, after a trial's last round "
+                f"(the held-out audit), and {scheduler['type']} compares trials at earlier rounds: use type: fifo"
+            )
 
     run_config = _mapping(document, "run_config", RUN_CONFIG_KEYS, file)
     name = run_config.get("name", file.stem)

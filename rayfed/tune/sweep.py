@@ -31,7 +31,6 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from rayfed.config import build_config, nest, read_yaml_mapping
 from rayfed.engine.runtime import alive_nodes, init_ray
 from rayfed.errors import UserError
-from rayfed.fl.rows import HELD_OUT_FIGURES
 from rayfed.results import RunDirectory, run_directory
 from rayfed.tune.findings import sweep_findings
 from rayfed.tune.plots import plot_sweep
@@ -132,7 +131,6 @@ def sweep_rows(results: tune.ResultGrid, spec: SweepSpec, setup: TrialSetup) -> 
         for key, value in metrics.items():
             if (
                 key in RUN_METRICS[spec.run]
-                or key in HELD_OUT_FIGURES  # an fl trial's last report: its final models' held-out audit
                 or "/" in key
                 or key.endswith("_ci")
                 or key in ("seeds", "fairness_basis", "started_at", "reported_at", "time_total_s")
@@ -157,8 +155,9 @@ def _as_one_type(rows: list[dict[str, Any]], keys: list[str]) -> None:
 
 
 def best_config(results: tune.ResultGrid, spec: SweepSpec) -> dict[str, Any] | None:
-    """The config (base + params) of the best trial by the sweep's metric and mode, None if none reported."""
-    finished = [r for r in results if r.error is None and spec.metric in (r.metrics or {})]
+    """The config (base + params) of the best trial by the sweep's metric and mode, None if none reported (a
+    figure of the final held-out audit is NaN in a trial stopped before its last round)."""
+    finished = [r for r in results if r.error is None and not pd.isna((r.metrics or {}).get(spec.metric))]
     if not finished:
         return None
     best = max(finished, key=lambda r: r.metrics[spec.metric] * (1 if spec.mode == "max" else -1))

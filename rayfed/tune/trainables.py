@@ -6,8 +6,8 @@ fractions of its placement group (rayfed.tune.resources), writes a normal run di
 
 - fl: once per round, the figures of the round's last method run (with `fl.methods: [fedavg, fedauditgan]`,
   Fed-AuditGAN at the trial's gamma), every method run's accuracy/jfi/gap/bias under `<method label>/...`
-  (at the last round also the held-out audit's `flip_rate` and `held_out_bias`; with a validation split
-  the `val_*` figures too, with their intervals over seeds),
+  (at the last round also the held-out audit's `flip_rate` and `held_out_bias`, NaN before; with a validation
+  split the `val_*` figures too, the audit's included, with their intervals over seeds),
   and a checkpoint (the files `rayfed fl --resume` needs, on disk when run_fl calls `on_round`), so ASHA can
   stop a trial between rounds and Tuner.restore continues a trial from its last round.
 - sisa: once, at the end, its final figures read from the run's tables (over several seeds: their means, with
@@ -31,7 +31,7 @@ from ray import tune
 from rayfed.config import Config, build_config, nest
 from rayfed.engine.fl_run import CHECKPOINT, Progress, execute, load_progress, run_fl
 from rayfed.engine.sisa_run import run_sisa
-from rayfed.fl.rows import HELD_OUT_FIGURES, ROUND_METRICS, VALIDATION_FIGURES
+from rayfed.fl.rows import AUDIT_FIGURES, ROUND_METRICS, VALIDATION_FIGURES
 from rayfed.fl.strategies import Strategy, strategy_for
 from rayfed.results import RunDirectory
 from rayfed.sisa.seeds import figures_over_seeds, run_figures, seed_rows
@@ -40,7 +40,7 @@ from rayfed.tune.resources import TrialBudget, TrialPlan, plan_trial
 
 FL_RESUME_FILES = ("config.yaml", "rounds.parquet", "clients.parquet", CHECKPOINT)
 """What an fl trial's Tune checkpoint holds: enough for the run to continue after its last round."""
-PER_METHOD_METRICS = ("accuracy", "jfi", "gap", "min_accuracy", "bias", *HELD_OUT_FIGURES, *VALIDATION_FIGURES)
+PER_METHOD_METRICS = ("accuracy", "jfi", "gap", "min_accuracy", "bias", *AUDIT_FIGURES, *VALIDATION_FIGURES)
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,22 @@ def _trial_run_dir(setup: TrialSetup) -> RunDirectory:
     return RunDirectory(path)
 
 
+def audit_figures(config: Config) -> tuple[str, ...]:
+    """The held-out audit figures (AUDIT_FIGURES) an fl run of `config` measures after its last round: none
+    without `metrics.held_out_audit`, the `val_` twins only with a validation split."""
+    if not config.metrics.held_out_audit:
+        return ()
+    return tuple(k for k in AUDIT_FIGURES if config.data.validation_fraction > 0 or not k.startswith("val_"))
+
+
 class RoundReporter:
     """`on_round` callback of run_fl: reports each finished round to Tune with its checkpoint."""
 
-    def __init__(self, run_dir: RunDirectory, started_at: float):
+    def __init__(self, run_dir: RunDirectory, started_at: float, audit_figures: tuple[str, ...] = ()):
         self.run_dir, self.started_at = run_dir, started_at
+        self.audit_figures = audit_figures
+        """Reported as NaN until the last round measures them, so a sweep may choose on one (Tune checks that
+        every report carries the metric)."""
 
     def metrics(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """The last method run's figures (mean over its seeds), plus the other method runs' (the references,
@@ -105,7 +116,8 @@ class RoundReporter:
 
         last = by_run[runs[-1]]
         metrics: dict[str, Any] = {
-            **means(last, (*ROUND_METRICS, *HELD_OUT_FIGURES)),
+            **dict.fromkeys(self.audit_figures, float("nan")),
+            **means(last, (*ROUND_METRICS, *AUDIT_FIGURES)),
             "round": last[0]["round"],
             "seeds": len(last),
             "fairness_basis": last[0]["fairness_basis"],
@@ -143,7 +155,7 @@ def train_fl(params: dict[str, Any], setup: TrialSetup) -> None:
     started_at = time.time()
     config, _ = trial_config(setup, params)
     run_dir = _trial_run_dir(setup)
-    reporter = RoundReporter(run_dir, started_at)
+    reporter = RoundReporter(run_dir, started_at, audit_figures(config))
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         run_fl(config, run_dir, on_round=reporter)
