@@ -8,7 +8,7 @@ import torch.nn as nn
 from rayfed.config import AuditConfig
 from rayfed.data.datasets import denormalise, load_dataset, normalise
 from rayfed.fl.gan_audit import AuditGan, PixelSpace
-from rayfed.fl.held_out_audit import held_out_audit, perturb, sensitivity
+from rayfed.fl.held_out_audit import held_out_audit, matched_epochs, perturb, sensitivity
 from rayfed.models import build_classifier
 from rayfed.training import sgd, sgd_epochs
 
@@ -43,6 +43,16 @@ def test_perturbations_are_the_generators_own_deltas_applied_to_real_images():
     moved = space.to_gan(perturb(gan, real, space, seed=3)) - space.to_gan(real)
     assert moved.abs().max() <= 0.1 + 1e-6 and moved.abs().max() > 0
     assert torch.equal(perturb(gan, real, space, seed=3), perturb(gan, real, space, seed=3))
+
+
+def test_the_validation_auditor_gets_as_many_gan_steps_as_the_test_auditor():
+    """Digits' 449 test images in batches of 64 are 7 steps an epoch (7 x 64 = 448: the last single image joins
+    the batch before it), so 5 epochs are 35 steps; over 135 validation images (3 steps an epoch) that takes
+    ceil(35 / 3) = 12 epochs, 36 steps; the same split size keeps its epochs; 129 images are 2 steps an epoch
+    (again a last single image), so 35 steps take 18 epochs."""
+    assert matched_epochs(5, 449, 135, 64) == 12
+    assert matched_epochs(5, 449, 449, 64) == 5
+    assert matched_epochs(5, 449, 129, 64) == 18
 
 
 @pytest.fixture(scope="module")

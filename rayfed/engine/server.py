@@ -14,7 +14,7 @@ import torch
 from rayfed.config import AuditConfig, MetricsConfig
 from rayfed.engine.runtime import setup_worker
 from rayfed.fl.gan_audit import AuditGan, FoldedEvaluator, PixelSpace
-from rayfed.fl.held_out_audit import HeldOutAudit, held_out_audit
+from rayfed.fl.held_out_audit import HeldOutAudit, held_out_audit, matched_epochs
 from rayfed.fl.metrics import accuracy
 from rayfed.fl.round import Probes, RoundOutcome, audit_evidence, draw_probes, score_and_aggregate, train_audit
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
@@ -128,8 +128,9 @@ class AuditServer:
         self, run_seed: int, state: NumpyState, metrics: MetricsConfig
     ) -> tuple[HeldOutAudit, HeldOutAudit | None]:
         """Audit a final model with the seed's auditors (`held_out_audit`): on the held-out test split, and on the
-        validation split when the run has one (else None). A pure function of its arguments, so a restarted
-        server gives the same result. The server's round GAN, when it has one, is re-initialised for each."""
+        validation split when the run has one (else None), for as many GAN steps as on the test split. A pure
+        function of its arguments, so a restarted server gives the same result. The server's round GAN, when it
+        has one, is re-initialised for each."""
         weights = to_torch(state, self.device)
         splits = {"test": (self.test_x, self.test_y), "validation": self.validation}
         audits = {
@@ -140,7 +141,7 @@ class AuditServer:
                 self.audit_config,
                 self.space,
                 self.num_classes,
-                epochs=metrics.audit_epochs,
+                epochs=matched_epochs(metrics.audit_epochs, len(self.test_y), len(images[1]), metrics.audit_batch_size),
                 batch_size=metrics.audit_batch_size,
                 run_seed=run_seed,
                 split=split,
