@@ -2,6 +2,7 @@
 across rounds (re-initialised in place) so that a compiled step is built once per process."""
 
 import copy
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -15,21 +16,38 @@ from rayfed.training import grad_scaler
 SHAPE = (1, 8, 8)
 SPACE = PixelSpace((0.3,), (0.4,))
 CPU = torch.device("cpu")
+COMPILED = AuditConfig(gan_step="compiled")
+AUDIT_IMAGES = 135
+"""The compiled-step tests build the graph that the audit server of tests/test_fl_engine.py's compiled run builds
+(the default audit settings, digits' 135-image audit split in one batch, the classifier's CNN, mean and std as
+tensors, one thread), so that inductor's on-disk cache serves them its kernels: each new graph is about 80 s of
+C++ compilation on 2 cores. A case that drifts from that run only costs time."""
 
 
 def _gan(seed: int = 0) -> AuditGan:
     return AuditGan.create(16, 10, SHAPE, 0.1, 2e-3, CPU, seed)
 
 
-def _batch(n: int = 32, seed: int = 1):
+def _batch(n: int = 32, seed: int = 1, latent_dim: int = 16):
     g = torch.Generator().manual_seed(seed)
-    z, labels = torch.randn(n, 16, generator=g), torch.randint(0, 10, (n,), generator=g)
+    z, labels = torch.randn(n, latent_dim, generator=g), torch.randint(0, 10, (n,), generator=g)
     real, real_y = torch.rand(n, *SHAPE, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g)
     return z, labels, real, real_y, torch.arange(n)
 
 
-def _step(step, gan, classifier, batch):
-    return step(gan, classifier, *batch, lambda1=1.0, lambda2=1.0, space=SPACE, scaler=grad_scaler(CPU))
+def _step(step, gan, classifier, batch, space=SPACE):
+    return step(gan, classifier, *batch, lambda1=1.0, lambda2=1.0, space=space, scaler=grad_scaler(CPU))
+
+
+@contextmanager
+def _one_thread():
+    """One torch thread, as the audit server of the compiled run has (inductor's CPU kernels depend on it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _weights(gan: AuditGan) -> list[torch.Tensor]:
@@ -76,27 +94,33 @@ def test_load_state_dict_copies_into_the_same_tensors(classifier):
 
 
 def test_compiled_step_computes_the_eager_step(classifier, cpu_compiler):
-    """torch.compile's step (inductor's fused CPU kernels) against the eager step from the same pair (the run's
-    Adam lr 2e-4) on the same batch: the losses agree to 1e-5 relative and every gradient to 1e-4 of its model's
-    largest entry (measured: 4e-6; float rounding of reordered sums). The second step starts from each path's
-    own Adam update, so it checks the compiled update: its losses agree to 1e-4 relative (measured 3e-6).
-    Parameters are not compared after an update: Adam turns rounding noise in an exactly-zero gradient (a
-    convolution bias before BatchNorm) into a full lr step, in either direction, where it changes no output."""
-    eager, compiled = (AuditGan.create(16, 10, SHAPE, 0.1, 2e-4, CPU, 0) for _ in range(2))
-    step = compiled_gan_step("cpu")
-    want = _step(gan_step, eager, classifier, _batch(seed=1))
-    got = _step(step, compiled, classifier, _batch(seed=1))
-    assert float(got.generator) == pytest.approx(float(want.generator), rel=1e-5)
-    assert float(got.discriminator) == pytest.approx(float(want.discriminator), rel=1e-5)
-    for model in ("G", "D"):
-        named = list(getattr(eager, model).named_parameters())
-        scale = max(float(p.grad.abs().max()) for _, p in named)
-        for (name, p), q in zip(named, getattr(compiled, model).parameters()):
-            assert float((p.grad - q.grad).abs().max()) <= 1e-4 * scale, f"{model}.{name}"
-    want = _step(gan_step, eager, classifier, _batch(seed=2))
-    got = _step(step, compiled, classifier, _batch(seed=2))
-    assert float(got.generator) == pytest.approx(float(want.generator), rel=1e-4)
-    assert float(got.discriminator) == pytest.approx(float(want.discriminator), rel=1e-4)
+    """torch.compile's step (inductor's fused CPU kernels) against the eager step from the same pair on the same
+    batch, twice (the second step starts from each path's own Adam update, so it checks the compiled update):
+    the losses agree to 1e-5 relative (measured: 6.7e-7 at most) and each model's gradients to 1e-2 of their
+    norm (measured: 1.7e-6 for G's first step, whose inputs are equal; 1.7e-4 for D's, which sees G after its
+    update; 1.5e-3 at the second step). Float rounding does as much on its own: the eager step at two threads
+    differs from the eager step at one by 6e-4 at the second step, as rounding moves some unit across a kink
+    (a ReLU, LeakyReLU or clamp) and changes its gradient; a missing or wrong term of L_G or of D's loss moves
+    the gradients by far more. Parameters are not compared after an update: Adam turns rounding noise in an
+    exactly-zero gradient (a convolution bias before BatchNorm) into a full lr step, in either direction, where
+    it changes no output."""
+    a = COMPILED
+    eager, compiled = (AuditGan.create(a.latent_dim, 10, SHAPE, a.delta_scale, a.gan_lr, CPU, 0) for _ in range(2))
+    step, space = compiled_gan_step("cpu"), SPACE.on(CPU)
+    for seed in (1, 2):
+        batch = _batch(AUDIT_IMAGES, seed, a.latent_dim)
+        with _one_thread():
+            want, got = (
+                _step(gan_step, eager, classifier, batch, space),
+                _step(step, compiled, classifier, batch, space),
+            )
+        assert float(got.generator) == pytest.approx(float(want.generator), rel=1e-5)
+        assert float(got.discriminator) == pytest.approx(float(want.discriminator), rel=1e-5)
+        for model in ("G", "D"):
+            grads = [
+                torch.cat([p.grad.flatten() for p in getattr(gan, model).parameters()]) for gan in (eager, compiled)
+            ]
+            assert float((grads[1] - grads[0]).norm() / grads[0].norm()) <= 1e-2, (seed, model)
 
 
 def test_a_compiled_audit_server_compiles_once_per_process(classifier, cpu_compiler):
@@ -106,13 +130,14 @@ def test_a_compiled_audit_server_compiles_once_per_process(classifier, cpu_compi
     keeping the pair is what spares the recompilation (loading optimizer state by replacing its tensors
     would recompile too)."""
     state = copy.deepcopy(classifier.state_dict())
-    real_x, real_y = torch.randn(64, *SHAPE), torch.randint(0, 10, (64,))
-    audit = AuditConfig(latent_dim=16, gan_epochs=2, gan_epochs_warm=1, gan_batch_size=32, gan_step="compiled")
+    real_x, real_y = torch.randn(AUDIT_IMAGES, *SHAPE), torch.randint(0, 10, (AUDIT_IMAGES,))
+    audit = AuditConfig(**{**COMPILED.__dict__, "gan_epochs": 2, "gan_epochs_warm": 1})
     warm = AuditConfig(**{**audit.__dict__, "warm_start": True})
     args = (classifier, state, real_x, real_y)
     data = (SPACE, 10, SHAPE)
-    gan = train_audit(*args, audit, *data, run_seed=7, round_index=1)
-    with torch.compiler.set_stance("fail_on_recompile"):
+    with _one_thread():
+        gan = train_audit(*args, audit, *data, run_seed=7, round_index=1)
+    with _one_thread(), torch.compiler.set_stance("fail_on_recompile"):
         gan = train_audit(*args, audit, *data, run_seed=7, round_index=2, gan=gan)
         train_audit(*args, warm, *data, run_seed=7, round_index=3, gan_state=gan.state_dict(), gan=gan)
         with pytest.raises(RuntimeError, match="[Rr]ecompil"):
