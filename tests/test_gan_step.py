@@ -20,7 +20,7 @@ COMPILED = AuditConfig(gan_step="compiled")
 AUDIT_IMAGES = 135
 """The compiled-step tests build the graph that the audit server of tests/test_fl_engine.py's compiled run builds
 (the default audit settings, digits' 135-image audit split in one batch, the classifier's CNN, mean and std as
-tensors, one thread), so that inductor's on-disk cache serves them its kernels: each new graph is about 80 s of
+tensors, one thread), so that inductor's on-disk cache serves them its kernels: each new graph is 70-80 s of
 C++ compilation on 2 cores. A case that drifts from that run only costs time."""
 
 
