@@ -128,7 +128,7 @@ class AuditServer:
         self, run_seed: int, state: NumpyState, metrics: MetricsConfig
     ) -> tuple[HeldOutAudit, HeldOutAudit | None]:
         """Audit a final model with the seed's auditors (`held_out_audit`): on the held-out test split, and on the
-        validation split when the run has one (else None), for as many GAN steps as on the test split. A pure
+        validation split when the run has one (else None), for at least as many GAN steps as on the test split. A pure
         function of its arguments, so a restarted server gives the same result. The server's round GAN, when it
         has one, is re-initialised for each."""
         weights = to_torch(state, self.device)

@@ -381,7 +381,7 @@ def held_out_sentence(config: Config, audit_rows: Sequence[dict[str, Any]]) -> s
     validation_images = audit_rows[0].get("validation_images") or 0
     if validation_images:
         sentence += (
-            f" A second auditor, seeded apart, does the same on the {validation_images} validation images for "
+            f" A second auditor, seeded apart, does the same on the {validation_images} validation images for at least "
             "as many GAN steps (audit.parquet's `val_flip_rate`, `val_bias`): choose settings on that, and the "
             "flip rates above stay figures the choice never saw."
         )
