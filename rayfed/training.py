@@ -67,6 +67,20 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator, device: tor
     return batches
 
 
+@contextlib.contextmanager
+def running_batchnorm(model: nn.Module, single_sample: bool):
+    """Inside, where `single_sample`, every BatchNorm of `model` normalises with its running statistics (one
+    sample gives no batch statistics once the feature map is 1x1); each goes back to the mode it had."""
+    frozen = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for module in frozen if single_sample else ():
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in frozen if single_sample else ():
+            module.train()
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """How many optimizer steps one epoch of `sgd_epochs` takes on n samples (the batches of `minibatches`)."""
     batches = math.ceil(n / batch_size)
@@ -98,20 +112,17 @@ def sgd_epochs(
     torch.manual_seed(seed)  # dropout
     scaler = grad_scaler(device)
     model.train()
-    if len(y) == 1:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
     pad = None if augment_pad is None else augment_pad.to(device)
     samples = 0
-    for _ in range(epochs):
-        for batch in minibatches(len(y), batch_size, generator, device):
-            inputs = x[batch] if pad is None else augment_batch(x[batch], pad, generator)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                loss = F.cross_entropy(model(inputs), y[batch])
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            samples += len(batch)
+    with running_batchnorm(model, len(y) == 1):
+        for _ in range(epochs):
+            for batch in minibatches(len(y), batch_size, generator, device):
+                inputs = x[batch] if pad is None else augment_batch(x[batch], pad, generator)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(device):
+                    loss = F.cross_entropy(model(inputs), y[batch])
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                samples += len(batch)
     return samples

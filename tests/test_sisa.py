@@ -347,3 +347,11 @@ def test_approximate_baselines_count_their_samples_and_neggrad_ascends_on_the_fo
             return float(torch.nn.functional.cross_entropy(model_from_state(settings, st)(x_f), y_f))
 
     assert forget_loss(forgotten) > forget_loss(state) + 1.0  # gradient ascent on the forget set
+
+    # one forgotten point: its batch of one cannot give BatchNorm statistics (a 1x1 map on 8x8 digits), so its
+    # pass uses the running ones; the retained batches still train BatchNorm on theirs
+    x_f, y_f = x[:1], y[:1]
+    alone, samples = neggrad_plus(settings, 1, 0.5, state, x_r, y_r, x_f, y_f, cpu)
+    assert samples == 100 + 4 * 1
+    assert forget_loss(alone) > forget_loss(state) + 0.5
+    assert all(not torch.equal(state[k], alone[k]) for k in state if k.endswith("running_mean"))

@@ -195,6 +195,8 @@ def check_audit_tables(tmp_path):
 
     baselines = pd.read_parquet(tmp_path / "baselines.parquet").set_index("method")
     assert baselines.index.tolist() == ["sisa", "finetune", "neggrad", "retrained"]
+    # SISA served the 2 requests one after another, each baseline unlearned the whole forget set once
+    assert baselines["requests"].tolist() == [2, 1, 1, 1] and baselines.loc["sisa", "aggregation"] == "mean"
     assert baselines.loc["sisa", "samples_processed"] == unlearning["samples_processed"].sum()
     assert baselines.loc["retrained", "samples_processed"] == 6 * (n - 150)
     assert baselines.loc["finetune", "samples_processed"] == n - 150  # one epoch over the retained data
@@ -303,6 +305,78 @@ def test_a_forget_set_that_empties_a_shard_takes_it_out_of_the_ensemble(ray_sess
     assert pd.read_parquet(run / "unlearning.parquet")["emptied_shards"].tolist() == [1]
     assert pd.read_parquet(run / "exactness.parquet")["predictions_equal"].all()
     assert "empties shard(s) [0]: they leave the ensemble" in (run / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_vote_only_run_compares_its_votes_and_neggrad_forgets_a_single_point(ray_session, tmp_path):
+    """`sisa.aggregation: [vote]`: the price of sharding and SISA's row of baselines.parquet are the majority
+    vote's figures (they read the mean softmax's, which the run does not have). NegGrad+ runs on a forget set of
+    one point (its batch of one, on the digits CNN's 1x1 maps, gives BatchNorm no batch statistics) and, ascending
+    on that one point for a whole epoch, diverges to NaN weights: its row says so and has no figures (an argmax
+    over NaN would have scored it as a model that always predicts class 0, the backdoor's target)."""
+    from rayfed.engine.sisa_run import run_sisa
+
+    config = build_config(
+        [
+            {
+                "sisa": {"shards": 2, "slices": 1, "epochs": 1, "aggregation": ["vote"]},
+                "unlearn": {"forget": 1, "baselines": ["neggrad"]},
+                "backdoor": {"poison": 20},
+                "resources": {"torch_threads": 1},
+            }
+        ]
+    )
+    run_sisa(config, RunDirectory(tmp_path))
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet").set_index(["model", "stage"])
+    assert set(metrics["aggregation"].dropna()) == {"vote"}
+    voted = metrics.loc[("ensemble", "unlearned"), "accuracy"]
+    baselines = pd.read_parquet(tmp_path / "baselines.parquet").set_index("method")
+    assert baselines.index.tolist() == ["sisa", "neggrad", "retrained"]
+    assert baselines.loc["sisa", "aggregation"] == "vote" and baselines.loc["sisa", "accuracy"] == voted
+    backdoor = pd.read_parquet(tmp_path / "backdoor.parquet").set_index("stage")
+    assert baselines.loc["sisa", "asr_after"] == backdoor.loc["unlearned", "asr"]
+    assert baselines.loc["sisa", "asr_before"] == backdoor.loc["trained", "asr"]
+    assert baselines["diverged"].tolist() == [False, True, False]
+    assert baselines.loc[["neggrad"], ["accuracy", "forget_accuracy", "forget_mia_auc"]].isna().all(axis=None)
+    assert baselines.loc["retrained", "forget_mia_n"] == 1 and baselines.loc["neggrad", "samples_processed"] > 0
+    assert "neggrad" not in metrics.loc["unsharded"].index
+    summary = (tmp_path / "summary.md").read_text()
+    assert "unlearn.baselines: neggrad diverged (non-finite outputs), so it has no figures" in summary
+    assert "neggrad " in summary and "**diverged** (no figures)" in summary
+    assert f"- price of sharding: ensemble (majority vote) accuracy {voted:.2f}% vs" in summary
+    assert (tmp_path / "baselines.png").is_file()
+
+
+@pytest.mark.slow
+def test_nothing_to_forget_trains_and_measures_the_ensemble_over_seeds(ray_session, tmp_path):
+    """`unlearn.forget: 0`: each seed trains and measures its ensemble, nothing is unlearned, audited or
+    compared, and the summary over seeds says so instead of calling exactness unchecked."""
+    from rayfed.engine.sisa_run import run_sisa
+    from rayfed.sisa.findings import NOTHING_FORGOTTEN
+
+    config = build_config(
+        [
+            {
+                "seeds": 2,
+                "sisa": {"shards": 2, "slices": 1, "epochs": 1},
+                "unlearn": {"forget": 0},
+                "backdoor": {"enabled": False},
+                "resources": {"torch_threads": 1},
+            }
+        ]
+    )
+    run_sisa(config, RunDirectory(tmp_path))
+    for seed in (42, 43):
+        files = {p.name for p in (tmp_path / f"seed{seed}").iterdir()}
+        assert {"metrics.parquet", "summary.md"} <= files
+        assert not files & {"unlearning.parquet", "exactness.parquet", "membership.parquet"}
+        assert NOTHING_FORGOTTEN in (tmp_path / f"seed{seed}" / "summary.md").read_text()
+    seeds = pd.read_parquet(tmp_path / "seeds.parquet").set_index("seed")
+    trained = pd.read_parquet(tmp_path / "seed43" / "metrics.parquet").query("aggregation == 'mean'")
+    assert seeds.loc[43, "accuracy"] == trained["accuracy"].item()
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"- {NOTHING_FORGOTTEN}" in summary and "Paired differences" not in summary
+    assert not (tmp_path / "seeds.png").exists()
 
 
 @pytest.mark.slow

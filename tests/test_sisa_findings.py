@@ -2,6 +2,7 @@
 the reference that gives them a meaning, and says so when a figure cannot support the conclusion."""
 
 from rayfed.sisa.findings import (
+    NOTHING_FORGOTTEN,
     accuracy_finding,
     backdoor_finding,
     baselines_finding,
@@ -161,7 +162,8 @@ def test_accuracy_and_the_whole_list_in_order():
     }
     found = sisa_findings(tables, forgotten=20, num_shards=5)
     assert [f.split()[0] for f in found] == ["**Forgotten", "Test", "Backdoor"]
-    assert [f.split()[0] for f in sisa_findings({**tables, "exactness": []}, 0, 5)] == ["Test", "Backdoor"]
+    nothing = sisa_findings({**tables, "exactness": []}, 0, 5)
+    assert nothing[0] == NOTHING_FORGOTTEN and [f.split()[0] for f in nothing[1:]] == ["Test", "Backdoor"]
 
 
 def _baseline(method, exact, samples, accuracy, forget_accuracy, asr_before=None, asr_after=None):
@@ -199,3 +201,10 @@ def test_approximate_baselines_are_read_against_the_unsharded_model_retrained_fr
     clean = [{**r, "asr_before": None, "asr_after": None} for r in rows]
     assert "attack success" not in baselines_finding(clean, 20)
     assert baselines_finding([rows[0], rows[3]], 20) is None
+    # neggrad diverged: its row has no figures and the sentence says so instead of formatting them; SISA served
+    # 2 requests where each baseline unlearned the whole set once
+    figures = ("accuracy", "forget_accuracy", "asr_after")
+    rows[2] |= {"diverged": True} | dict.fromkeys(figures)
+    rows[0] |= {"requests": 2}
+    text = baselines_finding(rows, forgotten=20)
+    assert "; neggrad 2680 samples (2.5x fewer), **diverged** (no figures); exact SISA 5800 samples over its 2 " in text

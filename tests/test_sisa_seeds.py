@@ -111,5 +111,11 @@ def test_sentences_over_seeds_say_when_an_audit_shows_nothing_or_a_seed_is_not_e
     assert "no detectable price of sharding (+0.00 ± 2.48 points)" in found[1]
     assert "did not tell them apart better than the reference (its interval holds 0), so it shows nothing" in found[2]
     assert found[3].endswith("The backdoor barely took hold, so its removal shows little.")
+    # the forgotten points scored as less likely members than the reference scores them (-0.10, -0.12, -0.14):
+    # detected, but no leak, so the audit still shows nothing and the sentence must not say its interval holds 0
+    below = [{**r, "forget_auc": r["retrained_forget_auc"] - d} for r, d in zip(SEEDS, (0.10, 0.12, 0.14))]
+    found = seeds_findings(below, [42, 43, 44])
+    assert "-0.1200 ± 0.0497 before unlearning" in found[2]
+    assert "than the reference (they scored as less likely members), so it shows nothing" in found[2]
     unverified = [{k: v for k, v in r.items() if k != "exact"} for r in SEEDS]
     assert seeds_findings(unverified, [1, 2, 3])[0] == "Exactness not checked (`unlearn.verify: false`)."

@@ -40,7 +40,7 @@ from rayfed.results import RunDirectory, Tracker
 from rayfed.seeds import Stream, stream_seed
 from rayfed.sisa.approximate import finetune, neggrad_plus, timed, train_unsharded
 from rayfed.sisa.ensemble import classification_metrics, combine_shards, ensemble_loss, shard_probs, vote_ties
-from rayfed.sisa.findings import sisa_findings
+from rayfed.sisa.findings import main_aggregation, sisa_findings
 from rayfed.sisa.plan import Layout, affected_shards, make_layout, resolve_forget
 from rayfed.sisa.schedule import (
     epochs_per_stage,
@@ -148,6 +148,17 @@ def _members(layout: Layout, removed: list[int]) -> list[int]:
     return [s for s, sizes in enumerate(layout.kept_slice_sizes(removed)) if sum(sizes)]
 
 
+MODEL_FIGURES = (
+    "accuracy",
+    "forget_accuracy",
+    "forget_mia_n",
+    "forget_mia_auc",
+    "forget_mia_auc_low",
+    "forget_mia_auc_high",
+)
+"""The figures of a baselines.parquet row that its model's predictions give (null where the model diverged)."""
+
+
 def _metric_rows(stage: str, probs: torch.Tensor, y: torch.Tensor, aggregations: list[str]) -> list[dict]:
     rows = []
     for agg in aggregations:
@@ -248,14 +259,16 @@ def _run_seeds(
 
 def _summarise_seeds(config: Config, run_dir: RunDirectory, seeds: list[int]) -> str:
     """seeds.parquet, seeds.png and summary.md over the seeds' runs (and their wandb run); returns the summary."""
-    aggregation = config.sisa.aggregation[0]
+    aggregation = main_aggregation(config.sisa.aggregation)
     rows = seed_rows(run_dir, seeds, aggregation)
     per_seed = [{"seed": seed, **row} for seed, row in zip(seeds, rows)]
     run_dir.write_table(SEEDS_TABLE, per_seed)
     paired = seeds_tables(rows)[1]
-    plot_seed_differences(paired, run_dir.file("seeds.png"))
+    figures = [run_dir.file("seeds.png")] if paired else []  # none without a forget set or a backdoor
+    for path in figures:
+        plot_seed_differences(paired, path)
     tables = {"seeds": per_seed, "differences": paired}
-    _track(config, run_dir, "sisa-seeds", partial(figures_over_seeds, rows), tables, [run_dir.file("seeds.png")])
+    _track(config, run_dir, "sisa-seeds", partial(figures_over_seeds, rows), tables, figures)
     summary = seeds_summary(_title(config), rows, seeds, aggregation)
     run_dir.write_text(SUMMARY, summary)
     return summary
@@ -275,7 +288,7 @@ def _run_seed(config: Config, run_dir: RunDirectory, setup: SisaSetup, top: RunD
     experiment = SisaExperiment(config, run_dir, setup, workers)
     tables = experiment.run()
     figures = plot_sisa(run_dir.path, **tables)
-    seed_figures = partial(run_figures, run_dir, config.sisa.aggregation[0])
+    seed_figures = partial(run_figures, run_dir, main_aggregation(config.sisa.aggregation))
     _track(config, top, f"sisa-seed{config.seed}", seed_figures, tables, figures)
     run_dir.write_text(SUMMARY, experiment.summary)
     return experiment.summary
@@ -396,10 +409,11 @@ class SisaExperiment:
         member_rows = _sample(len(y), len(test_rows), stream_seed(config.seed, Stream.SISA_MEMBERSHIP, 0), forget)
         self.probes = {
             "test": (data.test_x, data.test_y),
-            "forget": (x[forget], y[forget]),
             "train": (x[member_rows], y[member_rows]),
             "nonmember": (data.test_x[test_rows], data.test_y[test_rows]),
         }
+        if forget:
+            self.probes["forget"] = (x[forget], y[forget])
         self._predict("trained", ShardEnsemble(self.setup.settings, self.pool.states(), config.data.eval_batch_size))
 
     def unlearn(self) -> None:
@@ -523,6 +537,13 @@ class SisaExperiment:
         for method, result in self.unsharded.items():
             model = ShardEnsemble(self.setup.settings, [result["state"]], self.config.data.eval_batch_size)
             result["probs"] = {k: model.probs(px) for k, (px, _) in self.probes.items()}
+            result["diverged"] = not all(torch.isfinite(p).all() for p in result["probs"].values())
+            if result["diverged"]:  # its argmax over NaN would score as a model that always says class 0
+                self.warnings.append(
+                    f"unlearn.baselines: {method} diverged (non-finite outputs), so it has no figures; a small "
+                    "forget set makes NegGrad+'s ascent unbounded: raise `unlearn.neggrad_alpha` (less ascent)"
+                )
+                continue
             row = _metric_rows(method, result["probs"]["test"], data.test_y, ["mean"])[0]
             self.tables["metrics"].append({**row, "aggregation": None, "model": "unsharded", "tie_rate": None})
 
@@ -594,8 +615,12 @@ class SisaExperiment:
             self.unsharded_backdoor = self._unsharded_jobs(x, y, setup.poison, True)
             for result in self.unsharded_backdoor.values():
                 model = ShardEnsemble(setup.settings, [result["state"]], self.config.data.eval_batch_size)
-                result["asr"] = attack_success_rate(
-                    combine_shards(model.probs(triggered), "mean")[0], data.test_y, b.target_class
+                probs = model.probs(triggered)
+                finite = bool(torch.isfinite(probs).all())  # NaN's argmax, class 0, is the default target
+                result["asr"] = (
+                    attack_success_rate(combine_shards(probs, "mean")[0], data.test_y, b.target_class)
+                    if finite
+                    else None
                 )
 
     def compare_baselines(self) -> None:
@@ -603,21 +628,21 @@ class SisaExperiment:
         on cost (samples, seconds), accuracy, forget-set accuracy, forget-vs-test membership AUC and ASR."""
         if not (self.config.unlearn.baselines and self.setup.forget):
             return
-        data, forget_y = self.setup.data, self.probes["forget"][1]
-        seed = stream_seed(self.config.seed, Stream.SISA_MEMBERSHIP, 2)
-        backdoor = {(r["stage"], r["aggregation"]): r for r in self.tables["backdoor"]}
+        aggregation = main_aggregation(self.aggregations)
+        backdoor = {r["stage"]: r for r in self.tables["backdoor"] if r["aggregation"] == aggregation}
         poisoned = self.unsharded_backdoor
-        sisa_asr = backdoor.get(("unlearned", "mean"), {}).get("asr"), backdoor.get(("trained", "mean"), {}).get("asr")
+        sisa_asr = backdoor.get("unlearned", {}).get("asr"), backdoor.get("trained", {}).get("asr")
         methods = [
             (
                 "sisa",
                 "ensemble",
                 True,
                 self.probs["unlearned"],
+                False,
                 sum(r["samples_processed"] for r in self.tables["unlearning"]),
                 sum(r["wall_seconds"] for r in self.tables["unlearning"]),
                 sisa_asr,
-                backdoor.get(("unlearned", "mean"), {}).get("samples_processed"),
+                backdoor.get("unlearned", {}).get("samples_processed"),
             )
         ]
         for method in [*self.config.unlearn.baselines, "retrained"]:
@@ -629,36 +654,47 @@ class SisaExperiment:
                     "unsharded",
                     method == "retrained",
                     result["probs"],
+                    result["diverged"],
                     result["samples"],
                     result["seconds"],
                     asr,
                     poisoned[method]["samples"] if poisoned else None,
                 )
             )
-        for method, model, exact, probs, samples, seconds, (asr_after, asr_before), poison_samples in methods:
-            forget_pred = combine_shards(probs["forget"], "mean")[0]
-            nonmember = ensemble_loss(probs["nonmember"], self.probes["nonmember"][1]).numpy()
-            mia = membership_row(
-                method, "forget_vs_test", ensemble_loss(probs["forget"], forget_y).numpy(), nonmember, seed
-            )
-            self.tables["baselines"].append(
-                {
-                    "method": method,
-                    "model": model,
-                    "exact": exact,
-                    "samples_processed": samples,
-                    "seconds": seconds,
-                    "accuracy": classification_metrics(data.test_y, *combine_shards(probs["test"], "mean"))["accuracy"],
-                    "forget_accuracy": 100.0 * float((forget_pred == forget_y).float().mean()),
-                    "forget_mia_n": mia["n"],
-                    "forget_mia_auc": mia["auc"],
-                    "forget_mia_auc_low": mia["auc_low"],
-                    "forget_mia_auc_high": mia["auc_high"],
-                    "asr_before": asr_before,
-                    "asr_after": asr_after,
-                    "poison_samples": poison_samples,
-                }
-            )
+        for method, model, exact, probs, diverged, samples, seconds, asrs, poison_samples in methods:
+            row = {
+                "method": method,
+                "model": model,
+                "aggregation": aggregation if model == "ensemble" else None,
+                "exact": exact,
+                "diverged": diverged,
+                "requests": len(self.setup.requests) if model == "ensemble" else 1,
+                "samples_processed": samples,
+                "seconds": seconds,
+            }
+            asr_after, asr_before = asrs
+            figures = self._baseline_figures(method, probs, aggregation, diverged)
+            row |= figures | {"asr_before": asr_before, "asr_after": asr_after, "poison_samples": poison_samples}
+            self.tables["baselines"].append(row)
+
+    def _baseline_figures(
+        self, method: str, probs: dict[str, torch.Tensor], aggregation: str, diverged: bool
+    ) -> dict[str, Any]:
+        """A baselines.parquet row's figures of one model's probe probabilities (`MODEL_FIGURES`: test and
+        forget-set accuracy, forget-vs-test membership AUC with its interval); all null for a diverged model."""
+        if diverged:
+            return dict.fromkeys(MODEL_FIGURES)
+        forget_y, nonmember_y = self.probes["forget"][1], self.probes["nonmember"][1]
+        forget_pred = combine_shards(probs["forget"], aggregation)[0]
+        nonmember = ensemble_loss(probs["nonmember"], nonmember_y).numpy()
+        seed = stream_seed(self.config.seed, Stream.SISA_MEMBERSHIP, 2)
+        mia = membership_row(
+            method, "forget_vs_test", ensemble_loss(probs["forget"], forget_y).numpy(), nonmember, seed
+        )
+        test = classification_metrics(self.setup.data.test_y, *combine_shards(probs["test"], aggregation))
+        forget_accuracy = 100.0 * float((forget_pred == forget_y).float().mean())
+        values = (test["accuracy"], forget_accuracy, mia["n"], mia["auc"], mia["auc_low"], mia["auc_high"])
+        return dict(zip(MODEL_FIGURES, values))
 
     def report(self) -> None:
         """Write every non-empty table and compose the summary (written once the figures are)."""
@@ -731,10 +767,12 @@ def summary_text(
                 f"work, {reference_cost[1]:.1f} s wall"
             )
         metrics = {(r["model"], r["stage"], r["aggregation"]): r["accuracy"] for r in tables["metrics"]}
+        aggregation = main_aggregation(s.aggregation)
+        name = "mean softmax" if aggregation == "mean" else "majority vote"
         if ("unsharded", "retrained", None) in metrics:
             lines.append(
-                f"- price of sharding: ensemble (mean softmax) accuracy "
-                f"{metrics[('ensemble', 'unlearned', 'mean')]:.2f}% vs one unsharded model retrained on the "
+                f"- price of sharding: ensemble ({name}) accuracy "
+                f"{metrics[('ensemble', 'unlearned', aggregation)]:.2f}% vs one unsharded model retrained on the "
                 f"same data {metrics[('unsharded', 'retrained', None)]:.2f}%"
             )
         lines.append("")

@@ -23,7 +23,7 @@ from torch import nn
 from rayfed.models import build_classifier
 from rayfed.seeds import Stream, stream_seed
 from rayfed.sisa.train import TrainSettings
-from rayfed.training import autocast, grad_scaler, minibatches, on_device, sgd, sgd_epochs
+from rayfed.training import autocast, grad_scaler, minibatches, on_device, running_batchnorm, sgd, sgd_epochs
 
 TRAIN, FINETUNE, NEGGRAD = 0, 1, 2
 """Parts of the UNSHARDED_TRAINING stream (training and retraining from scratch share part 0: the same
@@ -114,9 +114,10 @@ def neggrad_plus(
             forget = forget_batches.pop(0)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
-                loss = alpha * F.cross_entropy(model(x_r[batch]), y_r[batch]) - (1 - alpha) * F.cross_entropy(
-                    model(x_f[forget]), y_f[forget]
-                )
+                retained_loss = F.cross_entropy(model(x_r[batch]), y_r[batch])
+                with running_batchnorm(model, len(forget) == 1):  # a forget set of one point
+                    forgotten_loss = F.cross_entropy(model(x_f[forget]), y_f[forget])
+                loss = alpha * retained_loss - (1 - alpha) * forgotten_loss
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

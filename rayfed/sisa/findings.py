@@ -30,9 +30,21 @@ def _auc(row: dict) -> str:
     return f"{row['auc']:.2f} [{row['auc_low']:.2f}, {row['auc_high']:.2f}]"
 
 
+NOTHING_FORGOTTEN = (
+    "Nothing forgotten (`unlearn.forget: 0`): the ensemble is trained and measured, with no unlearning, exactness "
+    "check or membership audit to report."
+)
+
+
+def main_aggregation(aggregations: list[str]) -> str:
+    """The aggregation that speaks for the ensemble where one must (its sentences, the price of sharding, the
+    baselines' comparison): `mean` (the mean softmax) where the run has it, else the first it has."""
+    return "mean" if "mean" in aggregations else aggregations[0]
+
+
 def _aggregation(rows: Rows) -> str:
-    """`mean` where the run reports it (the ensemble's main prediction), else the one it has."""
-    return "mean" if _row(rows, aggregation="mean") else rows[0]["aggregation"]
+    """The aggregation whose rows speak for the ensemble (`main_aggregation` of those the rows have)."""
+    return main_aggregation([r["aggregation"] for r in rows])
 
 
 def exactness_finding(exactness: Rows, forgotten: int) -> str:
@@ -203,10 +215,10 @@ def baselines_finding(baselines: Rows, forgotten: int) -> str | None:
 
     def reached(row: dict) -> str:
         saving = reference["samples_processed"] / max(1, row["samples_processed"])
-        text = (
-            f"{row['method']} {row['samples_processed']} samples ({saving:.1f}x fewer), test accuracy "
-            f"{row['accuracy']:.2f}%, forget-set accuracy {row['forget_accuracy']:.1f}%"
-        )
+        cost = f"{row['method']} {row['samples_processed']} samples ({saving:.1f}x fewer)"
+        if row.get("diverged"):
+            return f"{cost}, **diverged** (no figures)"
+        text = f"{cost}, test accuracy {row['accuracy']:.2f}%, forget-set accuracy {row['forget_accuracy']:.1f}%"
         return text + (_backdoor_after(row, reference) if backdoor else "")
 
     text = (
@@ -217,7 +229,9 @@ def baselines_finding(baselines: Rows, forgotten: int) -> str | None:
     sisa = _row(baselines, method="sisa")
     if sisa is not None:
         ensemble = f"test accuracy {sisa['accuracy']:.2f}%"
-        text += f"; exact SISA {sisa['samples_processed']} samples for its ensemble ({ensemble})"
+        requests = sisa.get("requests", 1)
+        served = f" over its {requests} requests" if requests > 1 else ""
+        text += f"; exact SISA {sisa['samples_processed']} samples{served} for its ensemble ({ensemble})"
     return text + (
         f". One forgotten point is {100 / forgotten:.1f} points of forget-set accuracy; a method that keeps it "
         "above the reference's may still remember them (their membership AUCs are in baselines.parquet)."
@@ -227,9 +241,7 @@ def baselines_finding(baselines: Rows, forgotten: int) -> str | None:
 def sisa_findings(tables: dict[str, Rows], forgotten: int, num_shards: int) -> list[str]:
     """summary.md's sentences, in order: exactness, accuracy, membership, backdoor, cost, approximate baselines
     (those the run has)."""
-    found = []
-    if forgotten:
-        found.append(exactness_finding(tables["exactness"], forgotten))
+    found = [exactness_finding(tables["exactness"], forgotten) if forgotten else NOTHING_FORGOTTEN]
     found += [
         accuracy_finding(tables["metrics"]),
         membership_finding(tables["membership"]),

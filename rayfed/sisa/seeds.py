@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayfed.results import RunDirectory, read_table
-from rayfed.sisa.findings import WEAK_BACKDOOR_POINTS
+from rayfed.sisa.findings import NOTHING_FORGOTTEN, WEAK_BACKDOOR_POINTS
 from rayfed.stats import mean_interval, signed_interval
 
 SEED_FIGURES = (
@@ -250,7 +250,9 @@ def seeds_findings(rows: list[dict[str, float]], seeds: list[int]) -> list[str]:
     found = []
     exact = [s for s, r in zip(seeds, rows) if r.get("exact") == 1.0]
     checked = [s for s, r in zip(seeds, rows) if r.get("exact") is not None]
-    if not checked:
+    if not any("unlearned_accuracy" in r for r in rows):  # no seed unlearned anything
+        found.append(NOTHING_FORGOTTEN)
+    elif not checked:
         found.append("Exactness not checked (`unlearn.verify: false`).")
     elif len(exact) == len(checked):
         found.append(
@@ -287,9 +289,10 @@ def seeds_findings(rows: list[dict[str, float]], seeds: list[int]) -> list[str]:
                 " The attack told the points apart before unlearning and not after: by this audit they are forgotten."
             )
         else:
+            held = "its interval holds 0" if not _detected(*before) else "they scored as less likely members"
             text += (
-                " Even before unlearning the attack did not tell them apart better than the reference (its "
-                "interval holds 0), so it shows nothing here: the exactness check and the backdoor do."
+                f" Even before unlearning the attack did not tell them apart better than the reference ({held}), "
+                "so it shows nothing here: the exactness check and the backdoor do."
             )
         found.append(text)
     if _values(rows, "backdoor_asr"):
@@ -336,13 +339,15 @@ def seeds_summary(title: str, rows: list[dict[str, float]], seeds: list[int], ag
     figures and the paired differences (mean ± 95% half-width), and where each seed's own run directory is."""
     figures, paired = seeds_tables(rows)
     basis = (
-        f"Ensemble figures use the `{aggregation}` aggregation (the first of `sisa.aggregation`); accuracies are "
-        "on the held-out test split; membership scores the forgotten points against as many unseen test points."
+        f"Ensemble figures use the `{aggregation}` aggregation (`mean` where `sisa.aggregation` has it); accuracies "
+        "are on the held-out test split; membership scores the forgotten points against as many unseen test points."
     )
     lines = [f"# {title}, seeds {', '.join(map(str, seeds))}", "", basis, "", "## What these seeds show", ""]
     lines += [f"- {sentence}" for sentence in seeds_findings(rows, seeds)]
     lines += ["", "## Figures over seeds (mean ± half-width of a 95% Student-t interval)", ""]
     lines += [_markdown(figures, ["figure", "meaning", "seeds", "mean", "ci"]), ""]
-    lines += ["## Paired differences (same seed)", "", _markdown(paired, ["difference", "of", "pairs", "mean", "ci"])]
-    lines += ["", f"Each seed's run: `seed<k>/` ({', '.join(f'seed{s}/' for s in seeds)}), with its own summary."]
+    if paired:
+        columns = ["difference", "of", "pairs", "mean", "ci"]
+        lines += ["## Paired differences (same seed)", "", _markdown(paired, columns), ""]
+    lines += [f"Each seed's run: `seed<k>/` ({', '.join(f'seed{s}/' for s in seeds)}), with its own summary."]
     return "\n".join(lines) + "\n"

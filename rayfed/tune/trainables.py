@@ -34,6 +34,7 @@ from rayfed.engine.sisa_run import run_sisa
 from rayfed.fl.rows import AUDIT_FIGURES, ROUND_METRICS, VALIDATION_FIGURES
 from rayfed.fl.strategies import Strategy, strategy_for
 from rayfed.results import RunDirectory
+from rayfed.sisa.findings import main_aggregation
 from rayfed.sisa.seeds import figures_over_seeds, run_figures, seed_rows
 from rayfed.stats import mean_interval
 from rayfed.tune.resources import TrialBudget, TrialPlan, plan_trial
@@ -166,16 +167,16 @@ def train_fl(params: dict[str, Any], setup: TrialSetup) -> None:
 
 
 def sisa_trial_metrics(config: Config, run_dir: RunDirectory) -> dict[str, float]:
-    """A sisa trial's figures (first of sisa.aggregation): its run's, or over several seeds their means with
-    `<figure>_ci` and `seeds`."""
-    aggregation, seeds = config.sisa.aggregation[0], config.seed_list
+    """A sisa trial's figures (ensemble figures of `main_aggregation`): its run's, or over several seeds their
+    means with `<figure>_ci` and `seeds`."""
+    aggregation, seeds = main_aggregation(config.sisa.aggregation), config.seed_list
     if len(seeds) == 1:
         return run_figures(run_dir, aggregation)
     return figures_over_seeds(seed_rows(run_dir, seeds, aggregation))
 
 
 def train_sisa(params: dict[str, Any], setup: TrialSetup) -> None:
-    """One sisa trial: run_sisa, then one report of its final figures (first of sisa.aggregation)."""
+    """One sisa trial: run_sisa, then one report of its final figures (`sisa_trial_metrics`)."""
     started_at = time.time()
     config, _ = trial_config(setup, params)
     run_dir = _trial_run_dir(setup)
