@@ -43,7 +43,6 @@ def test_interval_p_value_hand_case():
     mean, half = mean_interval([1.0, 2.0, 3.0])
     assert interval_p_value(mean, half, 3) == pytest.approx(1 - math.sqrt(12 / 14), rel=1e-6)
     assert interval_p_value(1.01, 1.0, 5) < 0.05 < interval_p_value(0.99, 1.0, 5)
-    assert interval_p_value(6.0, 0.0, 2) == 0.0 and interval_p_value(0.0, 0.0, 2) == 1.0  # zero-width
 
 
 def test_holm_hand_case():
@@ -51,6 +50,22 @@ def test_holm_hand_case():
     raised to the 0.06 before it; products past 1 are capped."""
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, 0.6]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_a_nan_p_value_is_no_effect_and_holm_keeps_it_apart():
+    """A test that could not be done (here a NaN half-width makes a NaN p) is no effect in any clause of a
+    verdict, whatever its difference. Holm keeps it NaN, wherever it stands, and adjusts the others as if it were
+    1: [0.01, NaN, 0.03] -> 0.01 x 3 = 0.03, 0.03 x 2 = 0.06."""
+    assert holm([0.01, math.nan, 0.03]) == pytest.approx([0.03, math.nan, 0.06], nan_ok=True)
+    assert holm([math.nan, 0.03, 0.01]) == pytest.approx([math.nan, 0.06, 0.03], nan_ok=True)
+    row = _pairs("gamma=2", **{"Global Acc": 6.0, "JFI": 0.0, "Worst client": 6.0, "Gap": 0.0, "Flip rate": 0.06})
+    for column in ("Global Acc", "Worst client", "Flip rate"):
+        row[f"Δ {column} ±"] = math.nan
+    for correction in ("holm", "none"):
+        sentence = verdict_sentences([row], correction)[1]
+        assert "**no detectable difference in fairness**: worst client +6.00 ± nan (p nan)" in sentence
+        assert "no detectable change in global accuracy (+6.00 ± nan, p nan)" in sentence
+        assert sentence.endswith("no detectable difference in sensitivity (flip rate +0.06 ± nan, p nan).")
 
 
 def _round(method, gamma, seed, rnd, accuracy, jfi, min_accuracy, gap):
@@ -100,6 +115,7 @@ def test_verdicts_count_only_differences_whose_interval_excludes_zero():
     lead, sentence = verdict_sentences([fairer], "none")
     assert lead.startswith("p-values are each figure's own (`metrics.correction: none`)")
     assert "with 4 figures tested in this table, about 0.2 false effects are expected" in lead
+    assert "sign test" not in lead  # no difference was the same in every seed
     assert sentence == (
         "gamma=2 vs FedAvg (3 paired seeds): **fairer** on worst client +6.00 ± 2.48 (p 0.0091) and gap -5.00 ± "
         "2.48 (p 0.013); no detectable difference on JFI +0.50 ± 2.48 (p 0.48); at a cost in global accuracy "
@@ -133,6 +149,34 @@ def test_holm_correction_drops_what_one_table_of_tests_can_find_by_chance():
     assert "Holm-adjusted over the 12 figures tested in this table" in three[0]
     assert all("**no detectable difference in fairness**" in sentence for sentence in three[1:])
     assert "(p 0.11)" in three[1]  # 0.0091 x 12, then kept at least as large for the next two
+
+
+def test_a_difference_the_same_in_every_seed_gets_the_sign_test():
+    """Worst client FedAvg 60, 50 and gamma=2 65, 55: +5 in both seeds, an interval of no width and no t-test.
+    The exact two-sided sign test gives 2 x 0.5^2 = 0.5 (no verdict); six such seeds 2 x 0.5^6 = 0.03125 (an
+    effect), five of -5 2 x 0.5^5 = 0.0625; no difference in any seed, 1."""
+    assert interval_p_value(5.0, 0.0, 2) == 0.5 and interval_p_value(-5.0, 0.0, 5) == 0.0625
+    assert interval_p_value(5.0, 0.0, 6) == 0.03125 and interval_p_value(0.0, 0.0, 2) == 1.0
+    runs = [FedAvg(), FedAuditGan(2.0)]
+
+    def rows(seeds):
+        return [
+            _round(method, gamma, seed, 2, 80.0, 0.9, worst + 10 * (seed % 2), 30.0)
+            for seed in range(1, seeds + 1)
+            for method, gamma, worst in (("fedavg", None, 50.0), ("fedauditgan", 2.0, 55.0))
+        ]
+
+    lead, two = verdict_sentences(paired_differences(rows(2), runs), "none")
+    assert lead.endswith(
+        "A difference the same in every seed (± 0) has no t-test; the exact sign test tests it "
+        "instead (p = 2 × 0.5^n over n seeds)."
+    )
+    assert two.startswith(
+        "gamma=2 vs FedAvg (2 paired seeds): **no detectable difference in fairness**: worst client +5.00 ± 0.00 "
+        "(p 0.5)"
+    )
+    _, six = verdict_sentences(paired_differences(rows(6), runs), "none")
+    assert six.startswith("gamma=2 vs FedAvg (6 paired seeds): **fairer** on worst client +5.00 ± 0.00 (p 0.031)")
 
 
 def test_one_seed_supports_no_verdict():
@@ -211,7 +255,8 @@ def test_held_out_audit_joins_the_final_rows_and_its_flip_rate_is_tested():
 def test_the_audit_is_paired_with_each_control_on_the_same_seeds():
     """gamma=2 against uniform and against q-FFL (q=1), not against FedAvg (the first table's) nor controls
     against each other. Uniform's worst client 64 and 60 against Fed-AuditGAN's 70 and 66: +6 on both seeds
-    (half-width 0); q-FFL's 50, 70: +20 and -4, mean 8, half 12.706 * 12 = 152.47."""
+    (half-width 0: the sign test's p 2 x 0.5^2 = 0.5, no verdict); q-FFL's 50, 70: +20 and -4, mean 8, half
+    12.706 * 12 = 152.47."""
     rows = ROWS + [
         _round("uniform", None, 1, 2, 79.0, 0.94, 64.0, 22.0),
         _round("uniform", None, 2, 2, 83.0, 0.90, 60.0, 29.0),
@@ -228,7 +273,9 @@ def test_the_audit_is_paired_with_each_control_on_the_same_seeds():
     assert qffl["Δ Worst client"] == pytest.approx(8.0)
     assert qffl["Δ Worst client ±"] == pytest.approx(12.706205 * 12, rel=1e-6)
     (_, first, _) = verdict_sentences([uniform, qffl])
-    assert first.startswith("gamma=2 vs Uniform (2 paired seeds): **fairer** on worst client +6.00 ± 0.00")
+    assert first.startswith(
+        "gamma=2 vs Uniform (2 paired seeds): **no detectable difference in fairness**: worst client +6.00 ± 0.00"
+    )
     assert control_differences([r for r in rows if r["method"] != "fedauditgan"], runs) == []
 
 
@@ -236,9 +283,9 @@ def test_a_fair_baseline_less_fair_than_fedavg_on_the_worst_client_is_flagged():
     """q-FFL exists to raise the worst client; when it comes out significantly below FedAvg there, the summary
     says so and what to try. Worst clients FedAvg 80, 82, 84, q-FFL 50, 54, 52: differences -30, -28, -32, mean
     -30, s = 2, half-width t(0.975, 2) 2 / sqrt(3) = 4.97, p 0.0015 (t = 25.98, 2 degrees of freedom). The note
-    gives the p its verdict uses: Holm over the table's 8 figures, six of them constant differences (p 0), makes
-    it 2 x 0.0015 = 0.003. Uniform, no fairness method, is not flagged; nor is q-FFL where its difference is not
-    significant (-1, +1, 0)."""
+    gives the p its verdict uses: Holm over the table's 8 figures, six of them constant differences (the sign
+    test's 2 x 0.5^3 = 0.25), makes it 8 x 0.0015 = 0.012. Uniform, no fairness method, is not flagged; nor is
+    q-FFL where its difference is not significant (-1, +1, 0)."""
     fedavg = [_round("fedavg", None, seed, 2, 75.0, 0.99, worst, 15.0) for seed, worst in zip((1, 2, 3), (80, 82, 84))]
     uniform = [_round("uniform", None, seed, 2, 70.0, 0.9, worst, 40.0) for seed, worst in zip((1, 2, 3), (50, 54, 52))]
 
@@ -246,7 +293,7 @@ def test_a_fair_baseline_less_fair_than_fedavg_on_the_worst_client_is_flagged():
         return [{**_round("qffl", None, seed, 2, 60.0, 0.9, w, 40.0), "q": 1.0} for seed, w in zip((1, 2, 3), worsts)]
 
     runs = [FedAvg(), Uniform(), QFedAvg(1.0, 3.795)]
-    for correction, p in (("holm", "0.003"), ("none", "0.0015")):
+    for correction, p in (("holm", "0.012"), ("none", "0.0015")):
         [note] = unfair_baseline_notes(
             paired_differences(fedavg + uniform + qffl((50, 54, 52)), runs), runs, correction
         )
@@ -307,11 +354,14 @@ def _client(method, gamma, seed, rnd, weight):
     }
 
 
-def test_uniform_weight_note_only_for_adaptive_runs_within_one_percent():
+def test_uniform_weight_note_only_for_audited_runs_within_one_percent():
+    """The note says the audit's scores left the weights uniform: Fed-AuditGAN at gamma=2 within 1% is named;
+    not at gamma=8, nor uniform, nor q-FFL, whose shares are 1/K at q = 0 by design (and near it at q = 1)."""
     near = [_client("fedauditgan", 2.0, 1, 1, w) for w in (0.3340, 0.3330, 0.3330)]
     far = [_client("fedauditgan", 8.0, 1, 1, w) for w in (0.5, 0.3, 0.2)]
     uniform = [_client("uniform", None, 1, 1, 1 / 3) for _ in range(3)]
-    found = uniform_weight_runs(near + far + uniform)
+    qffl = [_client("qffl", None, 1, 1, w) | {"q": q} for q, w in [(0.0, 1 / 3)] * 3 + [(1.0, 0.3335)] * 3]
+    found = uniform_weight_runs(near + far + uniform + qffl)
     assert list(found) == [FedAuditGan(2.0)]
     assert found[FedAuditGan(2.0)] == pytest.approx(0.002)  # |0.334 * 3 - 1|
 

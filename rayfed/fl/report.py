@@ -54,7 +54,7 @@ TESTED_FIGURES = tuple((name, column) for name, column, _ in FAIRNESS_SIGNS) + (
 """The paired figures a verdict tests: the fairness figures, global accuracy and, when the held-out audit ran, its
 flip rate (not its B, which grows with the logits' scale: tests/test_held_out_audit.py)."""
 SIGNIFICANCE = 0.05
-"""A tested figure counts as an effect where its (adjusted) p-value is below this."""
+"""A tested figure counts as an effect where its (adjusted) p-value is below this (a NaN one never does)."""
 UNIFORM_TOLERANCE = 0.01
 """Weights within this relative distance of 1/K in every round count as uniform."""
 
@@ -146,8 +146,9 @@ def _tested(row: dict[str, Any]) -> list[tuple[str, str]]:
 
 def adjusted_p_values(paired: list[dict[str, Any]], correction: str) -> list[dict[str, float]]:
     """Per paired row, each tested figure's (`TESTED_FIGURES` that the row carries) two-sided paired t-test
-    p-value, for rows over two seeds or more (others get none); with `correction: holm`, Holm-adjusted over every
-    figure tested in the table, with `none` each figure's own."""
+    p-value (the sign test's where the difference was the same in every seed: `interval_p_value`), for rows over
+    two seeds or more (others get none); with `correction: holm`, Holm-adjusted over every figure tested in the
+    table, with `none` each figure's own."""
     tested = [(i, column) for i, row in enumerate(paired) for _, column in _tested(row)]
     raw = [
         interval_p_value(paired[i][f"Δ {column}"], paired[i][f"Δ {column} ±"], paired[i]["Pairs"])
@@ -161,10 +162,18 @@ def adjusted_p_values(paired: list[dict[str, Any]], correction: str) -> list[dic
 
 
 def correction_sentence(paired: list[dict[str, Any]], correction: str) -> str:
-    """What the verdicts' p-values are adjusted over, and what the ± beside them is."""
+    """What the verdicts' p-values are adjusted over, what the ± beside them is and, where a tested difference
+    was the same in every seed (± 0), that the sign test gave its p (`interval_p_value`)."""
     rows = sum(row["Pairs"] >= 2 for row in paired)
     tested = sum(len(_tested(row)) for row in paired)
     names = [name for name, _ in next((_tested(row) for row in paired if _tested(row)), [])]
+    constant = any(row[f"Δ {column} ±"] == 0 for row in paired for _, column in _tested(row))
+    sign_test = (
+        " A difference the same in every seed (± 0) has no t-test; the exact sign test tests it instead "
+        "(p = 2 × 0.5^n over n seeds)."
+        if constant
+        else ""
+    )
     if correction == "holm":
         return (
             f"p-values are Holm-adjusted over the {tested} figures tested in this table ({', '.join(names[:-1])} "
@@ -172,12 +181,12 @@ def correction_sentence(paired: list[dict[str, Any]], correction: str) -> str:
             "`metrics.correction: holm`): "
             f"a figure counts as an effect where its adjusted p < {SIGNIFICANCE:g}, which holds the chance of any "
             "false effect in the table at 5%. Each ± is that figure's own 95% interval, so it can exclude 0 while "
-            "the adjusted p does not pass."
+            "the adjusted p does not pass." + sign_test
         )
     return (
         f"p-values are each figure's own (`metrics.correction: none`): a figure counts as an effect where its "
         f"95% interval excludes 0 (p < {SIGNIFICANCE:g}); with {tested} figures tested in this table, about "
-        f"{tested * SIGNIFICANCE:.2g} false effects are expected by chance alone."
+        f"{tested * SIGNIFICANCE:.2g} false effects are expected by chance alone." + sign_test
     )
 
 
@@ -187,7 +196,7 @@ def _sensitivity_clause(row: dict[str, Any], p_values: dict[str, float]) -> str:
     model that learned less has fewer decisions a perturbation can flip."""
     mean, p = row["Δ Flip rate"], p_values["Flip rate"]
     flips = f"flip rate {signed_interval(mean, row['Δ Flip rate ±'])}, {p_text(p)}"
-    if p >= SIGNIFICANCE:
+    if not p < SIGNIFICANCE:  # a NaN p is no effect
         return f"no detectable difference in sensitivity ({flips})"
     clause = f"**{'more' if mean > 0 else 'less'} sensitive** ({flips})"
     accuracy = row["Δ Global Acc"]
@@ -218,10 +227,10 @@ def verdict_sentences(paired: list[dict[str, Any]], correction: str = "holm") ->
         for name, column, sign in FAIRNESS_SIGNS:
             mean = row[f"Δ {column}"]
             text = f"{name} {signed_interval(mean, row[f'Δ {column} ±'])} ({p_text(p_values[column])})"
-            if p_values[column] >= SIGNIFICANCE:
-                unclear.append(text)
-            else:
+            if p_values[column] < SIGNIFICANCE:
                 (better if sign * mean > 0 else worse).append(text)
+            else:  # a NaN p too
+                unclear.append(text)
         if better and worse:
             verdict = f"**mixed**: fairer on {' and '.join(better)}, less fair on {' and '.join(worse)}"
         elif better or worse:
@@ -234,10 +243,10 @@ def verdict_sentences(paired: list[dict[str, Any]], correction: str = "holm") ->
             verdict += f": {', '.join(unclear)}"
         mean, half, p = row["Δ Global Acc"], row["Δ Global Acc ±"], p_values["Global Acc"]
         accuracy = (
-            f"no detectable change in global accuracy ({signed_interval(mean, half)}, {p_text(p)})"
-            if p >= SIGNIFICANCE
-            else f"at a {'gain' if mean > 0 else 'cost'} in global accuracy "
+            f"at a {'gain' if mean > 0 else 'cost'} in global accuracy "
             f"({signed_interval(mean, half)} points, {p_text(p)})"
+            if p < SIGNIFICANCE
+            else f"no detectable change in global accuracy ({signed_interval(mean, half)}, {p_text(p)})"
         )
         if "Flip rate" in p_values:
             accuracy += "; held-out audit: " + _sensitivity_clause(row, p_values)
@@ -318,15 +327,16 @@ def _and(words: list[str]) -> str:
 
 
 def uniform_weight_runs(client_rows: list[dict[str, Any]]) -> dict[Strategy, float]:
-    """Runs of adaptive strategies (weights that respond to the updates) whose weights stayed within
-    UNIFORM_TOLERANCE of 1/K in every round and seed: run -> the largest |alpha_i K - 1| seen."""
+    """Runs whose weights come from the audit's scores (`Strategy.needs_audit`: Fed-AuditGAN) that stayed
+    within UNIFORM_TOLERANCE of 1/K in every round and seed: run -> the largest |alpha_i K - 1| seen. q-FFL's
+    runs are left out: its shares are uniform at q = 0 by design, and its step is no average."""
     rounds: dict[tuple[Strategy, int, int], list[float]] = defaultdict(list)
     for c in client_rows:
         if c["participated"]:
             rounds[(_run_of(c), c["seed"], c["round"])].append(c["weight"])
     deviation: dict[Strategy, float] = {}
     for (run, _, _), weights in rounds.items():
-        if not run.adaptive:
+        if not run.needs_audit:
             continue
         w = np.asarray(weights)
         deviation[run] = max(deviation.get(run, 0.0), float(np.max(np.abs(w * len(w) - 1))))

@@ -69,13 +69,12 @@ class Strategy:
     title: ClassVar[str]
     """Human name for tables and legends."""
     needs_audit: ClassVar[bool] = False
-    """The server trains the audit GAN and scores the updates for this method."""
+    """The server trains the audit GAN and scores the updates for this method (whose weights come from the
+    scores, so the summary notes when they stayed uniform)."""
     parameter: ClassVar[str | None] = None
     """The method's swept parameter: its table column (e.g. `gamma`), or None."""
     parameter_key: ClassVar[str | None] = None
     """The config key listing the parameter's values (one run per value), e.g. `audit.gamma`."""
-    adaptive: ClassVar[bool] = False
-    """Its weights respond to the updates (audit scores, losses), so the summary notes when they stayed uniform."""
     reference: ClassVar[bool] = False
     """The baseline other methods are compared with (paired differences, Tune's reference metrics)."""
     unfair_hint: ClassVar[str | None] = None

@@ -41,7 +41,6 @@ class FedAuditGan(Strategy):
     name = "fedauditgan"
     title = "Fed-AuditGAN"
     needs_audit = True
-    adaptive = True
     parameter = "gamma"
     parameter_key = "audit.gamma"
     normalize: bool = field(default=False, compare=False)

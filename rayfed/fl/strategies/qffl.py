@@ -120,7 +120,6 @@ def loss_shares(losses: Sequence[float], q: float) -> list[float]:
 class QFedAvg(Strategy):
     name = "qffl"
     title = "q-FFL"
-    adaptive = True
     parameter = "q"
     parameter_key = "qffl.q"
     unfair_hint = (
