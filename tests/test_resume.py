@@ -110,7 +110,7 @@ def test_a_run_killed_in_its_first_round_resumes_from_round_1(resumed_and_refere
 
 
 def _snapshot(path):
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(path.iterdir())}
+    return {str(p.relative_to(path)): (p.stat().st_mtime_ns, p.read_bytes()) for p in path.rglob("*") if p.is_file()}
 
 
 def _assert_user_error(result, needle):
@@ -127,6 +127,7 @@ def _assert_user_error(result, needle):
         ("truncated_table", "rounds.parquet"),
         ("not_a_run", "not a `rayfed fl` run"),
         ("sisa_run", "not a `rayfed fl` run"),
+        ("sisa_seeds_run", "not a `rayfed fl` run"),
         ("fewer_rounds", "fl.rounds=1"),
     ],
 )
@@ -150,6 +151,11 @@ def test_bad_resume_exits_2_and_leaves_the_directory_as_it_was(
     elif damage == "sisa_run":  # a sisa run directory: a config.yaml, its layout, no fl checkpoint
         (target / "checkpoint.pt").unlink()
         (target / "layout.parquet").write_bytes((target / "rounds.parquet").read_bytes())
+    elif damage == "sisa_seeds_run":  # a sisa run over seeds: config.yaml on top, each seed's layout in seed<k>/
+        target = tmp_path / "seeds"
+        (target / "seed3").mkdir(parents=True)
+        shutil.copy(victim / "config.yaml", target / "config.yaml")
+        (target / "seed3" / "layout.parquet").write_bytes((victim / "rounds.parquet").read_bytes())
     elif damage == "fewer_rounds":
         extra = ["--set", "fl.rounds=1"]
     before = _snapshot(target)

@@ -243,7 +243,8 @@ def resume_fl(path: str, config_file: str | None, overrides: list[str]) -> list[
     (raising it extends a finished run); a run killed during its first round starts again from round 1.
     Everything is validated before the run directory is touched."""
     directory = Path(path).resolve()
-    if not (directory / "config.yaml").is_file() or (directory / "layout.parquet").is_file():
+    sisa = [directory / "layout.parquet", *directory.glob("seed*/layout.parquet")]  # a sisa run, or its seeds'
+    if not (directory / "config.yaml").is_file() or any(p.is_file() for p in sisa):
         raise UserError(f"--resume {directory} is not a `rayfed fl` run directory (no config.yaml, or a sisa run)")
     saved = read_yaml_mapping(directory / "config.yaml")
     original = build_config([saved])
