@@ -170,6 +170,32 @@ def test_ranking_sentence_says_whether_the_sweep_separates_best_from_runner_up()
         "One seed a trial: the ranking by jfi is a single draw (0.9 against the runner-up a (audit.gamma=2.0)'s 0.85)"
     )
     assert ranking_sentence(apart.iloc[:1], "jfi", "max", ["audit.gamma"]) is None
+    # a trial ASHA stopped early (its figure of an earlier round) or an interrupted one never ranks either
+    unfinished = _trials(("d", "EARLY_STOPPED", 8.0, 3, 0.99, 0.01), ("e", "INTERRUPTED", 16.0, 3, 0.98, 0.01))
+    assert ranking_sentence(pd.concat([apart, unfinished]), "jfi", "max", ["audit.gamma"]) == text
+
+
+def test_best_config_is_the_best_trial_that_ran_to_the_end():
+    """ASHA stopped trial d at an earlier round with a higher jfi than the finished trials' last round: the best
+    config is b's (the finished trial the ranking sentence names), not d's."""
+    from types import SimpleNamespace
+
+    from rayfed.tune.sweep import best_config
+
+    table = _trials(
+        ("a", "TERMINATED", 2.0, 3, 0.85, 0.02),
+        ("b", "TERMINATED", 4.0, 3, 0.90, 0.02),
+        ("d", "EARLY_STOPPED", 8.0, 3, 0.99, 0.01),
+    )
+    results = [
+        SimpleNamespace(metrics={"trial_id": t, "jfi": j}, config={"audit.gamma": g}, error=None)
+        for t, g, j in (("a", 2.0, 0.85), ("b", 4.0, 0.90), ("d", 8.0, 0.99))
+    ]
+    spec = SimpleNamespace(metric="jfi", mode="max", params=[SimpleNamespace(key="audit.gamma")], base={})
+    best = best_config(results, spec, table)
+    assert (best["trial_id"], best["jfi"], best["params"]) == ("b", 0.90, {"audit.gamma": 4.0})
+    assert best["config"]["audit"]["gamma"] == 4.0
+    assert best_config(results, spec, table[table["status"] != "TERMINATED"]) is None
 
 
 def test_selection_sentence_says_what_the_chosen_figure_is_worth():

@@ -27,6 +27,14 @@ def _reported(table: pd.DataFrame, metrics: list[str] | tuple[str, ...]) -> pd.D
     return table[table["status"] != "ERROR"].dropna(subset=list(metrics))
 
 
+def ranked_trials(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """The trials that ran to the end (TERMINATED) and reported `metric`, best first: an fl trial that ASHA
+    stopped early reports an earlier round's figure, not comparable with the others' last round, and an
+    interrupted one has not finished."""
+    finished = _reported(table[table["status"] == "TERMINATED"], [metric])
+    return finished.sort_values(metric, ascending=mode == "min", kind="stable")
+
+
 def _named(row: pd.Series, params: list[str]) -> str:
     return f"{row['trial_id']} ({', '.join(f'{k}={row[k]}' for k in params)})"
 
@@ -34,8 +42,8 @@ def _named(row: pd.Series, params: list[str]) -> str:
 def ranking_sentence(table: pd.DataFrame, metric: str, mode: str, params: list[str]) -> str | None:
     """Whether an fl sweep separates its best trial from the runner-up by `metric`: their 95% intervals over
     seeds (`<metric>_ci`) apart or overlapping; without intervals (one seed a trial), that the ranking is a
-    single draw. None with fewer than two trials that reported `metric`."""
-    ranked = _reported(table, [metric]).sort_values(metric, ascending=mode == "min", kind="stable")
+    single draw. None with fewer than two trials that ran to the end and reported `metric` (`ranked_trials`)."""
+    ranked = ranked_trials(table, metric, mode)
     if len(ranked) < 2:
         return None
     best, second = ranked.iloc[0], ranked.iloc[1]
@@ -78,7 +86,7 @@ def selection_sentence(run: str, table: pd.DataFrame, metric: str, mode: str) ->
     the trials' draws on the same images, and the sentence says how to choose on validation instead. None
     with fewer than two trials that reported `metric` (no choice made), for a metric off the test set, or for a
     `val_*` metric whose twin is not measured on the test set."""
-    ranked = _reported(table, [metric]).sort_values(metric, ascending=mode == "min", kind="stable")
+    ranked = ranked_trials(table, metric, mode)
     if len(ranked) < 2:
         return None
     best = ranked.iloc[0]

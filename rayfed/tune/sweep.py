@@ -32,7 +32,7 @@ from rayfed.config import build_config, nest, read_yaml_mapping
 from rayfed.engine.runtime import alive_nodes, init_ray
 from rayfed.errors import UserError
 from rayfed.results import RunDirectory, run_directory
-from rayfed.tune.findings import sweep_findings
+from rayfed.tune.findings import ranked_trials, sweep_findings
 from rayfed.tune.plots import plot_sweep
 from rayfed.tune.resources import budget_for
 from rayfed.tune.spec import RUN_METRICS, Param, SweepSpec, load_sweep
@@ -154,13 +154,13 @@ def _as_one_type(rows: list[dict[str, Any]], keys: list[str]) -> None:
                 row[key] = None if row.get(key) is None else str(row[key])
 
 
-def best_config(results: tune.ResultGrid, spec: SweepSpec) -> dict[str, Any] | None:
-    """The config (base + params) of the best trial by the sweep's metric and mode, None if none reported (a
-    figure of the final held-out audit is NaN in a trial stopped before its last round)."""
-    finished = [r for r in results if r.error is None and not pd.isna((r.metrics or {}).get(spec.metric))]
-    if not finished:
+def best_config(results: tune.ResultGrid, spec: SweepSpec, table: pd.DataFrame) -> dict[str, Any] | None:
+    """The config (base + params) of the best trial by the sweep's metric and mode among those that ran to the
+    end (`ranked_trials` of the sweep table: the trial the findings name best), None if none did."""
+    ranked = ranked_trials(table, spec.metric, spec.mode)
+    if ranked.empty:
         return None
-    best = max(finished, key=lambda r: r.metrics[spec.metric] * (1 if spec.mode == "max" else -1))
+    best = next(r for r in results if (r.metrics or {}).get("trial_id") == ranked.iloc[0]["trial_id"])
     params = {p.key: best.config[p.key] for p in spec.params}
     config = build_config([spec.base, *(nest(k, v) for k, v in params.items())]).to_dict()
     return {
@@ -195,9 +195,12 @@ def run_sweep(spec: SweepSpec, sweep_dir: RunDirectory, resume: bool = False) ->
     rows = sweep_rows(results, spec, setup)
     sweep_dir.write_table("sweep.parquet", rows)
     table = pd.DataFrame(rows)
-    best = best_config(results, spec)
+    best = best_config(results, spec, table)
     if best is None:
-        print(f"no trial reported {spec.metric}; see the error column of {sweep_dir.file('sweep.parquet')}")
+        print(
+            f"no trial ran to the end and reported {spec.metric}; see the status and error columns of "
+            f"{sweep_dir.file('sweep.parquet')}"
+        )
     else:
         sweep_dir.write_text("best_config.yaml", yaml.safe_dump(best["config"], sort_keys=False))
         print(
