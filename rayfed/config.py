@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from rayfed.errors import UserError
+
+if TYPE_CHECKING:
+    from rayfed.fl.strategies import Strategy
 
 DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist")
 PARTITIONS = ("extreme", "dirichlet", "iid", "shards")
@@ -31,6 +36,8 @@ WANDB_MODES = ("disabled", "offline", "online")
 CLIENT_ACCURACY_BASES = ("test", "train")
 CORRECTIONS = ("holm", "none")
 FAILURE_POLICIES = ("retry", "drop")
+MAX_SEED = 2**32 - 1
+"""The largest seed numpy's RandomState (the partitions, the audit split) accepts; seeds run from 0 to it."""
 CLIENT_ACTORS_PER_GPU = 4
 """Client actors per GPU under `resources.clients_per_actor: auto`. Measured on one H100 (bench_round.py
 --preset notebook, 20 clients, rayfed strict): 4 actors of 5 clients 8.4 s a round, 20 actors of one 9.7 s;
@@ -379,8 +386,13 @@ def _type_name(tp: Any) -> str:
     )
 
 
+PLAIN_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+"""A decimal number with an optional exponent: YAML 1.1 (PyYAML) reads `1e-3`, which has no dot, as a string."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Return value checked against the annotation tp (ints are accepted where numbers are)."""
+    """Return value checked against the annotation tp (ints are accepted where numbers are, and so are strings
+    such as `1e-3` that write a plain number)."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         for arg in get_args(tp):
@@ -402,6 +414,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and PLAIN_NUMBER.fullmatch(value):
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -452,10 +466,16 @@ def nest(key: str, value: Any) -> dict[str, Any]:
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; UserError naming the file otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory, not a file")
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{what} {path} is not valid YAML: {_first_line(exc)}") from None
     if data is None:
@@ -520,11 +540,39 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, f"{key}: unknown value {value!r} (choose from {', '.join(allowed)})")
 
 
+def _finite_number(key: str, value: float, zero_ok: bool = False) -> None:
+    """Require a finite number > 0 (>= 0 with zero_ok): NaN and infinity are no setting."""
+    bound = ">=" if zero_ok else ">"
+    _require(
+        math.isfinite(value) and (value >= 0 if zero_ok else value > 0),
+        f"{key}: must be a finite number {bound} 0, got {value}",
+    )
+
+
 def _fraction_or_auto(key: str, value: float | str) -> None:
     if isinstance(value, str):
         _require(value == "auto", f"{key}: expected a number >= 0 or 'auto', got {value!r}")
     else:
-        _require(value >= 0, f"{key}: must be >= 0, got {value}")
+        _finite_number(key, value, zero_ok=True)
+
+
+def _seed(key: str, value: int) -> None:
+    """Require a seed numpy's RandomState takes."""
+    _require(0 <= value <= MAX_SEED, f"{key}: must be between 0 and {MAX_SEED} (2**32 - 1), got {value}")
+
+
+def _distinct_runs(c: Config, strategies: Iterable[type[Strategy]]) -> None:
+    """Reject a swept parameter (audit.gamma, qffl.q) with two values that name the same run: runs are keyed by
+    their label (`gamma=2`, the value formatted with `:g`), so two such runs would share one run's state."""
+    for strategy in strategies:
+        seen: dict[str, float] = {}
+        for run in strategy.runs(c):
+            _require(
+                run.label not in seen,
+                f"{strategy.parameter_key}: {seen.get(run.label)!r} and {run.value!r} both name the run "
+                f"{run.label!r}; give distinct values",
+            )
+            seen[run.label] = run.value
 
 
 def _count_or_word(key: str, value: int | str, word: str) -> None:
@@ -543,7 +591,7 @@ def validate(c: Config) -> None:
     _one_of("model.name", c.model.name, MODELS)
     _require(d.num_clients >= 1, f"data.num_clients: must be >= 1, got {d.num_clients}")
     _require(d.classes_per_client >= 1, f"data.classes_per_client: must be >= 1, got {d.classes_per_client}")
-    _require(d.dirichlet_alpha > 0, f"data.dirichlet_alpha: must be > 0, got {d.dirichlet_alpha}")
+    _finite_number("data.dirichlet_alpha", d.dirichlet_alpha)
     _require(d.shards_per_client >= 1, f"data.shards_per_client: must be >= 1, got {d.shards_per_client}")
     _require(0 < d.audit_fraction < 1, f"data.audit_fraction: must be in (0, 1), got {d.audit_fraction}")
     _require(
@@ -559,9 +607,9 @@ def validate(c: Config) -> None:
 
     _require(fl.rounds >= 1, f"fl.rounds: must be >= 1, got {fl.rounds}")
     _require(fl.local_epochs >= 1, f"fl.local_epochs: must be >= 1, got {fl.local_epochs}")
-    _require(fl.lr > 0, f"fl.lr: must be > 0, got {fl.lr}")
-    _require(fl.momentum >= 0, f"fl.momentum: must be >= 0, got {fl.momentum}")
-    _require(fl.weight_decay >= 0, f"fl.weight_decay: must be >= 0, got {fl.weight_decay}")
+    _finite_number("fl.lr", fl.lr)
+    _finite_number("fl.momentum", fl.momentum, zero_ok=True)
+    _finite_number("fl.weight_decay", fl.weight_decay, zero_ok=True)
     _require(len(fl.methods) >= 1, "fl.methods: needs at least one method")
     from rayfed.fl.strategies import REGISTRY  # the strategies' registry; imported here, as it imports torch
 
@@ -582,25 +630,26 @@ def validate(c: Config) -> None:
 
     _require(len(c.gammas) >= 1, "audit.gamma: needs at least one value")
     for gamma in c.gammas:
-        _require(math.isfinite(gamma) and gamma >= 0, f"audit.gamma: must be finite and >= 0, got {gamma}")
+        _finite_number("audit.gamma", gamma, zero_ok=True)
     qs = c.qffl.q if isinstance(c.qffl.q, list) else [c.qffl.q]
     _require(len(qs) >= 1, "qffl.q: needs at least one value")
     for q in qs:
-        _require(math.isfinite(q) and q >= 0, f"qffl.q: must be finite and >= 0, got {q}")
+        _finite_number("qffl.q", q, zero_ok=True)
+    _distinct_runs(c, REGISTRY.values())
     lipschitz = c.qffl.lipschitz
     _require(
         lipschitz in (None, "auto") or (not isinstance(lipschitz, str) and math.isfinite(lipschitz) and lipschitz > 0),
         f"qffl.lipschitz: must be auto, null or a number > 0, got {lipschitz!r}",
     )
-    _require(a.lambda1 >= 0, f"audit.lambda1: must be >= 0, got {a.lambda1}")
-    _require(a.lambda2 >= 0, f"audit.lambda2: must be >= 0, got {a.lambda2}")
+    _finite_number("audit.lambda1", a.lambda1, zero_ok=True)
+    _finite_number("audit.lambda2", a.lambda2, zero_ok=True)
     _require(a.gan_epochs >= 1, f"audit.gan_epochs: must be >= 1, got {a.gan_epochs}")
     _require(a.gan_epochs_warm >= 1, f"audit.gan_epochs_warm: must be >= 1, got {a.gan_epochs_warm}")
     _require(a.n_probes >= 1, f"audit.n_probes: must be >= 1, got {a.n_probes}")
     _require(a.latent_dim >= 1, f"audit.latent_dim: must be >= 1, got {a.latent_dim}")
-    _require(a.gan_lr > 0, f"audit.gan_lr: must be > 0, got {a.gan_lr}")
+    _finite_number("audit.gan_lr", a.gan_lr)
     _require(a.gan_batch_size >= 1, f"audit.gan_batch_size: must be >= 1, got {a.gan_batch_size}")
-    _require(a.delta_scale > 0, f"audit.delta_scale: must be > 0, got {a.delta_scale}")
+    _finite_number("audit.delta_scale", a.delta_scale)
     _require(a.score_chunk >= 1, f"audit.score_chunk: must be >= 1, got {a.score_chunk}")
     _one_of("audit.gan_step", a.gan_step, ("eager", "compiled"))
     _one_of("audit.score", a.score, BIAS_SCORES)
@@ -612,7 +661,8 @@ def validate(c: Config) -> None:
     _require(len(s.aggregation) >= 1, "sisa.aggregation: needs at least one aggregation")
     for agg in s.aggregation:
         _one_of("sisa.aggregation", agg, SISA_AGGREGATIONS)
-    _require(s.lr > 0, f"sisa.lr: must be > 0, got {s.lr}")
+    _finite_number("sisa.lr", s.lr)
+    _finite_number("sisa.momentum", s.momentum, zero_ok=True)
     _require(s.batch_size >= 1, f"sisa.batch_size: must be >= 1, got {s.batch_size}")
 
     forget = c.unlearn.forget
@@ -649,7 +699,7 @@ def validate(c: Config) -> None:
     _count_or_word("resources.clients_per_actor", r.clients_per_actor, "auto")
     _count_or_word("resources.audit_servers", r.audit_servers, "auto")
     _require(r.torch_threads >= 1, f"resources.torch_threads: must be >= 1, got {r.torch_threads}")
-    _require(r.stall_timeout > 0, f"resources.stall_timeout: must be > 0, got {r.stall_timeout}")
+    _finite_number("resources.stall_timeout", r.stall_timeout)
     _require(
         r.server_threads is None or r.server_threads >= 1,
         f"resources.server_threads: must be >= 1, got {r.server_threads}",
@@ -661,11 +711,11 @@ def validate(c: Config) -> None:
     _require(
         c.metrics.audit_batch_size >= 2, f"metrics.audit_batch_size: must be >= 2, got {c.metrics.audit_batch_size}"
     )
-    _require(c.seed >= 0, f"seed: must be >= 0, got {c.seed}")
-    _require(
-        d.partition_seed is None or d.partition_seed >= 0, f"data.partition_seed: must be >= 0, got {d.partition_seed}"
-    )
+    _seed("seed", c.seed)
+    if d.partition_seed is not None:
+        _seed("data.partition_seed", d.partition_seed)
     seeds = c.seed_list
     _require(len(seeds) >= 1, f"seeds: needs at least one seed, got {c.seeds!r}")
-    _require(min(seeds) >= 0, f"seeds: seeds must be >= 0, got {seeds}")
+    for seed in seeds:
+        _seed("seeds", seed)
     _require(len(set(seeds)) == len(seeds), f"seeds: repeated seed in {seeds}")

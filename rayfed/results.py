@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +21,10 @@ from rayfed.errors import UserError
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same directory, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write through a temporary file in the same directory, then rename: never a half-written file. The file
+    gets the mode a plain open() gives (0o666 less the umask), so teammates on a shared filesystem can read it."""
+    tmp = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -77,20 +78,35 @@ def default_run_path(command: str) -> Path:
     return path
 
 
+def _empty(path: Path) -> None:
+    """Remove everything in the directory path, keeping the directory."""
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 @contextmanager
 def run_directory(out: str | Path | None, command: str) -> Iterator[RunDirectory]:
-    """Create the run directory (absolute path); remove it again if the run stops on a UserError, so that
-    bad input leaves nothing behind. An existing non-empty --out is refused rather than overwritten."""
+    """Create the run directory (absolute path); if the run stops on a UserError, remove it again, or empty it
+    again when it was an existing empty directory, so that bad input leaves nothing behind. An existing
+    non-empty --out is refused rather than overwritten."""
     path = (Path(out) if out is not None else default_run_path(command)).resolve()
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UserError(f"--out {path} already exists and is not empty")
-    created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UserError(f"--out {path} already exists and is not empty")
+        created = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the run directory {path}: {exc.strerror or exc}") from None
     try:
         yield RunDirectory(path)
     except UserError:
         if created:
             shutil.rmtree(path, ignore_errors=True)
+        else:
+            _empty(path)
         raise
 
 

@@ -3,8 +3,12 @@
 The entry point itself (`python -m rayfed`: argparse's errors, a missing config file) runs as a subprocess; the
 other command lines run in processes forked from one that imported rayfed once (the `rayfed_cli` fixture)."""
 
+import os
+import re
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from cli_runner import ENV
@@ -60,6 +64,20 @@ BAD_SETS = [
     (["--set", "data.validation_fraction=0.005"], "data.validation_fraction=0.005: 7 validation images"),
     (["--set", "qffl.lipschitz=fast"], "qffl.lipschitz"),
     (["--set", "qffl.lipschitz=0"], "qffl.lipschitz"),
+    (["--set", "audit.gamma=[2,2.0]"], "audit.gamma: 2.0 and 2.0 both name the run 'gamma=2'"),
+    (["--set", "audit.gamma=[1,1.0000001]"], "audit.gamma: 1.0 and 1.0000001 both name the run 'gamma=1'"),
+    (["--set", "qffl.q=[1,1]"], "qffl.q: 1.0 and 1.0 both name the run 'q=1'"),
+    (["--set", "seed=4294967296"], "seed: must be between 0 and 4294967295"),
+    (["--set", "data.partition_seed=4294967296"], "data.partition_seed: must be between 0 and 4294967295"),
+    (["--set", "seeds=[1, 4294967296]"], "seeds: must be between 0 and 4294967295"),
+    (
+        ["--set", "seed=4294967295", "--set", "seeds=2"],
+        "seeds: must be between 0 and 4294967295 (2**32 - 1), got 4294967296",
+    ),
+    (["--set", "fl.lr=.inf"], "fl.lr: must be a finite number > 0, got inf"),
+    (["--set", "audit.delta_scale=.inf"], "audit.delta_scale: must be a finite number > 0, got inf"),
+    (["--set", "resources.stall_timeout=.inf"], "resources.stall_timeout"),
+    (["--set", "resources.gpus_per_client=.inf"], "resources.gpus_per_client: must be a finite number >= 0"),
 ]
 
 
@@ -75,6 +93,21 @@ def test_missing_config_file(tmp_path):
         python_m_rayfed("fl", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")), "nope.yaml"
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_config_that_is_a_directory_or_not_utf8(rayfed_cli, tmp_path):
+    assert_user_error(rayfed_cli.run("fl", "--config", str(tmp_path)), str(tmp_path), "is a directory")
+    config = tmp_path / "bin.yaml"
+    config.write_bytes(b"fl:\n  rounds: \xff\n")
+    assert_user_error(rayfed_cli.run("fl", "--config", str(config), "--out", str(tmp_path / "r")), "bin.yaml", "UTF-8")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("out", ["afile/sub", "/proc/rayfed-test"])
+def test_out_that_cannot_be_created(rayfed_cli, tmp_path, out):
+    (tmp_path / "afile").write_text("")
+    result = rayfed_cli.run("fl", "--out", out, cwd=tmp_path)
+    assert_user_error(result, "cannot create the run directory", out)
 
 
 def test_malformed_yaml(rayfed_cli, tmp_path):
@@ -107,6 +140,49 @@ def test_dataset_not_on_disk_names_where_it_looked(rayfed_cli, tmp_path):
     assert not out.exists()
 
 
+def test_a_failed_start_leaves_an_existing_empty_out_empty(rayfed_cli, tmp_path):
+    """Bad input found after config.yaml is written (the dataset is not on disk): the --out the user made stays, empty,
+    so the corrected command can use it."""
+    out = tmp_path / "e"
+    out.mkdir()
+    args = [
+        "--set",
+        "data.dataset=cifar10",
+        "--set",
+        f"data.root={tmp_path / 'nodata'}",
+        "--set",
+        "data.download=false",
+    ]
+    for _ in range(2):  # the second is not refused as 'already exists and is not empty'
+        assert_user_error(rayfed_cli.run("fl", *args, "--out", str(out)), "cifar10")
+        assert out.is_dir() and not any(out.iterdir())
+
+
+def test_run_files_get_the_mode_open_gives(tmp_path):
+    """Outputs readable by teammates on a shared filesystem: 0o666 less the umask, as open() makes them."""
+    from rayfed.results import run_directory
+
+    umask = os.umask(0o027)
+    try:
+        with run_directory(tmp_path / "r", "fl") as run_dir:
+            run_dir.write_text("a.txt", "a")
+            run_dir.write_table("t.parquet", [{"x": 1}])
+            run_dir.save_state("m.pt", {})
+    finally:
+        os.umask(umask)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in run_dir.path.iterdir()} == dict.fromkeys(
+        ("a.txt", "t.parquet", "m.pt"), 0o640
+    )
+
+
+def test_docs_put_options_after_the_subcommand():
+    """`rayfed --address ...` exits 2: every option but --help follows the subcommand."""
+    root = Path(__file__).resolve().parents[1]
+    for doc in (root / "README.md", root / "cluster" / "README.md"):
+        options = re.findall(r"\brayfed\s+(-[-\w]*)", doc.read_text())
+        assert set(options) <= {"-h", "--help"}, (doc, options)
+
+
 def test_existing_output_is_not_overwritten(rayfed_cli, tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
     assert_user_error(rayfed_cli.run("fl", "--out", str(tmp_path)), str(tmp_path))
@@ -116,3 +192,12 @@ def test_existing_output_is_not_overwritten(rayfed_cli, tmp_path):
 def test_unknown_subcommand_and_option():
     assert_user_error(python_m_rayfed("train"), "train")
     assert_user_error(python_m_rayfed("fl", "--bogus"), "--bogus")
+
+
+def test_an_address_where_no_cluster_answers_is_an_error_not_a_hang(rayfed_cli, tmp_path):
+    """ray.init retries an address where nothing listens for minutes without a word; port 1 refuses at once.
+    (iid: the default partition's warning that two classes are in no client's data would be a second line.)"""
+    out = tmp_path / "run"
+    args = ["--set", "data.partition=iid", "--address", "127.0.0.1:1", "--out", str(out)]
+    assert_user_error(rayfed_cli.run("fl", *args), "127.0.0.1:1", "answers")
+    assert not out.exists()

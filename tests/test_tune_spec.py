@@ -120,6 +120,8 @@ BAD = [
     ({"run_config": {"path": "x"}}, "run_config.path"),
     ({"trial_resources": {"gpu": 1}}, "trial_resources.gpu"),
     ({"trial_resources": {"cpus": 0}}, "trial_resources.cpus"),
+    ({"trial_resources": {"cpus": float("inf")}}, "trial_resources.cpus: expected a finite number"),
+    ({"trial_resources": {"gpus": float("nan")}}, "trial_resources.gpus: expected a finite number"),
 ]
 
 
@@ -142,6 +144,22 @@ def test_an_fl_sweep_with_a_validation_split_selects_on_validation_unless_told_o
     assert load_sweep(sisa, ["base.data.validation_fraction=0.1"]).metric == "val_accuracy"
     with pytest.raises(UserError, match="val_unlearned_accuracy is measured on the validation split"):
         load_sweep(sisa, ["tune_config.metric=val_unlearned_accuracy"])
+
+
+@pytest.mark.parametrize(
+    "value,needle",
+    [("3", "base: expected a mapping or a path, got 3"), ("x.yaml", "base config .*x.yaml does not exist")],
+)
+def test_base_replaced_by_an_override_is_checked_as_in_the_file(tmp_path, value, needle):
+    with pytest.raises(UserError, match=needle):
+        load_sweep(write_sweep(tmp_path, MINIMAL), [f"base={value}"])
+
+
+def test_base_override_may_name_a_file_or_none(tmp_path):
+    (tmp_path / "other.yaml").write_text("fl: {rounds: 7}\n")
+    path = write_sweep(tmp_path, MINIMAL)
+    assert load_sweep(path, ["base=other.yaml"]).base_config.fl.rounds == 7
+    assert load_sweep(path, ["base=null"]).base_config.fl.rounds == build_config([]).fl.rounds
 
 
 def test_unknown_override_is_refused(tmp_path):

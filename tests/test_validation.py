@@ -1,5 +1,6 @@
 """The validation split (`data.validation_fraction`): its figures by hand, and through the real engine, where
-every `val_*` figure must be what the saved model gives on the validation images."""
+every `val_*` figure must be what the saved model gives on the validation images. Also config validation that
+tests/test_cli.py's bad command lines do not cover: numbers that YAML 1.1 reads as strings."""
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from rayfed.config import load_config
+from rayfed.errors import UserError
 from rayfed.fl.metrics import jain_index
 from rayfed.fl.round import SharedImages, evaluate_clients
 from rayfed.fl.rows import VALIDATION_FIGURES, validation_figures
@@ -24,6 +26,19 @@ class FixedClass(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits.expand(len(x), 2)
+
+
+def test_numbers_without_a_dot_are_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; a number key takes it, from a file and from --set, as the number
+    it writes; words (nan, inf) and malformed numbers stay refused."""
+    config = tmp_path / "c.yaml"
+    config.write_text("fl:\n  lr: 1e-3\naudit:\n  gamma: [1e1, 2.5E-1]\n")
+    c = load_config(config, ["audit.gan_lr=+2e-4", "qffl.lipschitz=1e2", "resources.gpus_per_client=5e-1"])
+    assert (c.fl.lr, c.audit.gamma, c.audit.gan_lr) == (0.001, [10.0, 0.25], 0.0002)
+    assert (c.qffl.lipschitz, c.resources.gpus_per_client) == (100.0, 0.5)
+    for text in ("nan", "inf", "1e", "e3", "1e-3x", "1.2.3"):
+        with pytest.raises(UserError, match="fl.lr: expected a number"):
+            load_config(None, [f"fl.lr={text}"])
 
 
 def test_validation_figures_hand_case():

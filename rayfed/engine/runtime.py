@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,10 +26,29 @@ def init_ray(address: str | None = None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     if address:
+        check_reachable(address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(**kwargs)
     return True
+
+
+REACH_TIMEOUT_S = 10.0
+"""How long `check_reachable` waits for a cluster's port to answer."""
+
+
+def check_reachable(address: str) -> None:
+    """UserError unless something listens at a `HOST:PORT` or `ray://HOST:PORT` address (`auto` and other
+    forms are Ray's to resolve): ray.init retries an address where nothing listens for minutes, silently."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as error:
+        raise UserError(
+            f"resources.address: nothing answers at {address} ({error.strerror or error}); is its Ray cluster up?"
+        ) from None
 
 
 def cluster_gpus() -> float:

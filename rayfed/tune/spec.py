@@ -20,6 +20,7 @@ is shorthand for `base.KEY`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,9 +160,10 @@ def _mapping(document: dict[str, Any], key: str, allowed: tuple[str, ...] | None
 
 
 def _number(value: Any, key: str, file: Path, kind: type = float, minimum: float = 0) -> Any:
+    """value, a finite number (or an integer) >= minimum; UserError naming key otherwise."""
     ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok or value < minimum:
-        what = "a number" if kind is float else "an integer"
+    if not ok or not math.isfinite(value) or value < minimum:
+        what = "a finite number" if kind is float else "an integer"
         raise UserError(f"{_where(file, key)}: expected {what} >= {minimum}, got {value!r}")
     return value
 
@@ -236,6 +238,7 @@ def load_sweep(path: str | Path, overrides: list[str] = (), config_file: str | P
     if config_file is not None:
         document["base"] = merge_mappings(document["base"], read_yaml_mapping(config_file))
     apply_overrides(document, list(overrides), file)
+    document["base"] = _load_base(document, file)  # `--set base=...` may have made it a path, null or a number
     for key in document:
         if key not in SWEEP_KEYS:
             raise UserError(f"{_where(file, key)}: unknown key (choose from {', '.join(SWEEP_KEYS)})")
