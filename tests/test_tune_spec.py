@@ -101,6 +101,10 @@ BAD = [
     ({"param_space": {"audit.gamma": {"uniform": [2, 1]}}}, "audit.gamma"),
     ({"param_space": {"audit.lambda1": {"loguniform": [0, 1]}}}, "audit.lambda1"),
     ({"param_space": {"fl.rounds": {"randint": [1, 2.5]}}}, "fl.rounds"),
+    (
+        {"param_space": {"fl.local_epochs": {"uniform": [1, 5]}}},  # Tune would draw 4.43 inside a trial
+        "param_space.fl.local_epochs: fl.local_epochs: expected an integer, got 1.0 \\(uniform draws real",
+    ),
     ({"tune_config": {"metrc": "jfi"}}, "tune_config.metrc"),
     ({"tune_config": {"metric": "f1"}}, "tune_config.metric"),
     ({"tune_config": {"metric": "val_jfi"}}, "tune_config.metric: val_jfi is measured on the validation split"),
@@ -323,6 +327,17 @@ def test_params_become_tune_search_spaces(tmp_path):
     lam2 = domains["audit.lambda2"]
     assert isinstance(lam2, Float) and (lam2.lower, lam2.upper) == (0.1, 10)
     assert isinstance(domains["fl.rounds"], Integer) and domains["fl.rounds"].upper == 4
+
+
+def test_numbers_yaml_reads_as_strings_are_numbers_in_a_sweep(tmp_path):
+    """PyYAML reads 1e-4 (no dot) as a string; a range needs numbers and a grid's column must stay numeric."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "run: fl\nbase: {fl: {rounds: 2}}\n"
+        "param_space:\n  audit.lambda2: {loguniform: [1e-4, 1e-1]}\n  fl.lr: {grid_search: [1e-3, 1e-2]}\n"
+    )
+    params = {p.key: p for p in load_sweep(path).params}
+    assert params["audit.lambda2"].values == [1e-4, 1e-1] and params["fl.lr"].values == [1e-3, 1e-2]
 
 
 def test_wandb_tracking_adds_rays_logger_callback(tmp_path):

@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayfed.config import Config, build_config, config_keys, nest, parse_override, read_yaml_mapping
+from rayfed.config import (
+    PLAIN_NUMBER,
+    Config,
+    build_config,
+    config_keys,
+    nest,
+    parse_override,
+    read_yaml_mapping,
+)
 from rayfed.errors import UserError
 from rayfed.fl.rows import AUDIT_FIGURES, ROUND_METRICS
 
@@ -36,6 +44,7 @@ RUN_CONFIG_KEYS = ("name", "storage_path")
 TRIAL_RESOURCE_KEYS = ("cpus", "gpus")
 MODES = ("max", "min")
 SAMPLERS = ("grid_search", "choice", "uniform", "loguniform", "randint")
+CONTINUOUS_SAMPLERS = ("uniform", "loguniform")
 SCHEDULER_PARAMS = {"fifo": (), "asha": ("grace_period", "reduction_factor", "max_t", "brackets")}
 FL_METRICS = (*ROUND_METRICS, *AUDIT_FIGURES)
 """What an fl trial reports: each round, the figures of the last method run of the round (the swept one),
@@ -86,6 +95,8 @@ class Param:
             return [self.values]
         if self.sampler == "randint":  # Tune's randint excludes the upper bound
             return [self.values[0], self.values[1] - 1]
+        if self.sampler in CONTINUOUS_SAMPLERS:  # they draw real numbers: an integer key refuses them here
+            return [float(v) for v in self.values]
         return list(self.values)
 
 
@@ -168,18 +179,24 @@ def _number(value: Any, key: str, file: Path, kind: type = float, minimum: float
     return value
 
 
+def _as_number(value: Any) -> Any:
+    """A string that writes a plain number as that number: YAML 1.1 (PyYAML) reads `1e-3` as a string."""
+    return float(value) if isinstance(value, str) and PLAIN_NUMBER.fullmatch(value) else value
+
+
 def parse_param(key: str, value: Any, file: Path) -> Param:
     """One param_space entry; UserError naming it when the key or the sampler is wrong."""
     where = _where(file, f"param_space.{key}")
     if key not in config_keys():
         raise UserError(f"{where}: '{key}' is not a config key")
     if not isinstance(value, dict):
-        return Param(key, None, value)
+        return Param(key, None, _as_number(value))
     if len(value) != 1 or next(iter(value)) not in SAMPLERS:
         raise UserError(f"{where}: expected a plain value or one of {', '.join(SAMPLERS)}, got {value!r}")
     sampler, args = next(iter(value.items()))
     if not isinstance(args, list) or not args:
         raise UserError(f"{where}: {sampler} needs a non-empty list, got {args!r}")
+    args = [_as_number(a) for a in args]
     if sampler in ("uniform", "loguniform", "randint"):
         numbers = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
         if len(args) != 2 or not numbers or not args[0] < args[1]:
@@ -258,7 +275,10 @@ def load_sweep(path: str | Path, overrides: list[str] = (), config_file: str | P
             try:
                 build_config([base, nest(param.key, value)])
             except UserError as exc:
-                raise UserError(f"{_where(file, f'param_space.{param.key}')}: {exc}") from None
+                hint = f" ({param.sampler} draws real numbers; randint draws integers)" * (
+                    param.sampler in CONTINUOUS_SAMPLERS
+                )
+                raise UserError(f"{_where(file, f'param_space.{param.key}')}: {exc}{hint}") from None
 
     tune_config = _mapping(document, "tune_config", TUNE_CONFIG_KEYS, file)
     default_metric, default_mode = DEFAULT_METRIC[run]
