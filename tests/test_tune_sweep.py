@@ -389,3 +389,18 @@ def test_an_fl_trial_reports_the_held_out_audit_at_its_last_round_beside_its_ref
     earlier = RoundReporter(None, 0.0, measured).metrics(first)
     assert all(math.isnan(earlier[k]) for k in measured) and "fedavg/flip_rate" not in earlier
     assert "flip_rate" not in RoundReporter(None, 0.0).metrics(first)
+
+
+def test_a_sweep_whose_start_stopped_before_tune_began_starts_afresh(tmp_path):
+    """--out holding only sweep.yaml (Ray failed to start, Ctrl-C) is no experiment to continue: the sweep starts
+    there afresh; trials without their experiment cannot be continued and say so."""
+    from rayfed.errors import UserError
+    from rayfed.results import RunDirectory
+    from rayfed.tune.sweep import continues_experiment
+
+    sweep_dir = RunDirectory(tmp_path)
+    (tmp_path / "sweep.yaml").write_text("run: fl\n")
+    assert continues_experiment(str(tmp_path / "tune" / "x"), sweep_dir) is False
+    (tmp_path / "trials" / "t1").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds a sweep's trials, but no Tune experiment"):
+        continues_experiment(str(tmp_path / "tune" / "x"), sweep_dir)

@@ -79,12 +79,23 @@ def experiment_path(spec: SweepSpec, sweep_dir: RunDirectory) -> str:
     return f"{(spec.storage_path or str(sweep_dir.file('tune'))).rstrip('/')}/{spec.name}"
 
 
+def continues_experiment(path: str, sweep_dir: RunDirectory) -> bool:
+    """Whether the sweep in sweep_dir continues Tune's experiment at `path`: where it can be restored. A start
+    that stopped before Tune began (Ray failed to start, Ctrl-C: sweep.yaml and no trial) starts afresh; an
+    experiment gone while trials ran is a UserError, as their results cannot be continued."""
+    if tune.Tuner.can_restore(path):
+        return True
+    trials = sweep_dir.file("trials")
+    if trials.is_dir() and any(trials.iterdir()):
+        raise UserError(f"--out {sweep_dir.path} holds a sweep's trials, but no Tune experiment at {path} to continue")
+    log.info("no Tune experiment at %s yet (the last start stopped before it began): starting the sweep", path)
+    return False
+
+
 def _make_tuner(spec: SweepSpec, sweep_dir: RunDirectory, setup: TrialSetup, resume: bool) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(TRAINABLES[spec.run], setup=setup), TrialResources(setup))
     path = experiment_path(spec, sweep_dir)
-    if resume:
-        if not tune.Tuner.can_restore(path):
-            raise UserError(f"--out {sweep_dir.path} holds a sweep, but no Tune experiment at {path} to continue")
+    if resume and continues_experiment(path, sweep_dir):
         log.info("continuing the sweep in %s", path)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
     return tune.Tuner(
