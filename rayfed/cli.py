@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from rayfed.results import run_directory
 
     overrides = _address_overrides(args)
+    if getattr(args, "resume", None) and args.out is not None:
+        raise UserError(f"--out {args.out}: a resumed run stays in its own directory, {args.resume}")
     if args.command == "sweep":
         from rayfed.tune.sweep import run_sweep_file
 

@@ -503,16 +503,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return build_config(mappings, overrides)
 
 
-def first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str | None:
-    """The first dotted key whose value differs between two `Config.to_dict()` mappings, or None."""
+def differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every dotted key whose value differs between two `Config.to_dict()` mappings, in their order."""
+    keys = []
     for key in a:
         if isinstance(a[key], dict):
-            found = first_difference(a[key], b[key], f"{prefix}{key}.")
-            if found:
-                return found
+            keys += differences(a[key], b[key], f"{prefix}{key}.")
         elif a[key] != b[key]:
-            return f"{prefix}{key}"
-    return None
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+RESUME_MAY_CHANGE = ("resources.address", "resources.stall_timeout", "tracking.")
+"""Keys (a trailing dot: a whole section) a resumed run may change: where it runs, how long it waits for a
+stalled step, what it logs to. None of them changes a figure; every other key must be the run's own."""
+
+
+def resume_change(new: Config, saved: Config, may_change: tuple[str, ...] = ()) -> str | None:
+    """The first key `new` changes from `saved` that a resumed run may not change (beyond RESUME_MAY_CHANGE
+    and `may_change`), or None."""
+    allowed = RESUME_MAY_CHANGE + may_change
+    changed = [
+        key
+        for key in differences(new.to_dict(), saved.to_dict())
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in allowed)
+    ]
+    return changed[0] if changed else None
 
 
 def config_keys(obj: Any = None, prefix: str = "") -> list[str]:

@@ -201,3 +201,26 @@ def test_an_address_where_no_cluster_answers_is_an_error_not_a_hang(rayfed_cli, 
     args = ["--set", "data.partition=iid", "--address", "127.0.0.1:1", "--out", str(out)]
     assert_user_error(rayfed_cli.run("fl", *args), "127.0.0.1:1", "answers")
     assert not out.exists()
+
+
+def test_a_resumed_run_may_change_where_it_runs_and_what_it_logs_but_no_figure():
+    """resources.address, resources.stall_timeout and tracking.* change no figure: a resumed run may change
+    them (a run stalled under too short a timeout, a local run continued on a cluster); any other key is
+    named, and fl.rounds only where the caller allows it."""
+    from rayfed.config import build_config, resume_change
+
+    saved = build_config([{}])
+    moved = {"resources": {"address": "auto", "stall_timeout": 7200.0}, "tracking": {"wandb": "offline"}}
+    assert resume_change(build_config([moved]), saved) is None
+    assert resume_change(build_config([moved, {"audit": {"lambda1": 3.0}}]), saved) == "audit.lambda1"
+    longer = build_config([moved, {"fl": {"rounds": 40}}])
+    assert resume_change(longer, saved) == "fl.rounds" and resume_change(longer, saved, ("fl.rounds",)) is None
+    threads = build_config([{"resources": {"torch_threads": 4}}])
+    assert resume_change(threads, saved) == "resources.torch_threads"  # thread counts move float sums
+
+
+@pytest.mark.parametrize("command", ["fl", "sisa"])
+def test_out_with_resume_is_refused_not_ignored(rayfed_cli, tmp_path, command):
+    out = tmp_path / "elsewhere"
+    assert_user_error(rayfed_cli.run(command, "--resume", str(tmp_path), "--out", str(out)), "--out", str(out))
+    assert not out.exists()

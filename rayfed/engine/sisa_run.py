@@ -30,7 +30,7 @@ import torch
 
 from rayfed.audits.backdoor import attack_success_rate, choose_poison, poison_data, stamp
 from rayfed.audits.membership import membership_row
-from rayfed.config import Config, build_config, first_difference, read_yaml_mapping
+from rayfed.config import Config, build_config, read_yaml_mapping, resume_change
 from rayfed.data.datasets import ImageData, black_level, hold_out_validation, load_dataset
 from rayfed.engine.runtime import init_ray, log
 from rayfed.engine.shard import ShardPool, ShardWorkers
@@ -330,9 +330,12 @@ def resume_sisa(path: str, config_file: str | None, overrides: list[str]) -> Non
     if saved is None or not any((run / "layout.parquet").is_file() for run in runs):
         raise UserError(f"--resume {directory} is not a `rayfed sisa` run directory (no config.yaml + layout.parquet)")
     config = build_config([saved] + ([read_yaml_mapping(config_file)] if config_file else []), overrides)
-    changed = first_difference(config.to_dict(), build_config([saved]).to_dict())
+    changed = resume_change(config, build_config([saved]))
     if changed:
-        raise UserError(f"--resume: {changed} differs from the run's config (a sisa run resumes with its own)")
+        raise UserError(
+            f"--resume: {changed} differs from the run's config (a sisa run resumes with its own; only "
+            "resources.address, resources.stall_timeout and tracking.* may change)"
+        )
     log.info("resuming %s", directory)
     run_sisa(config, RunDirectory(directory))
 
