@@ -111,6 +111,18 @@ def test_validation_split_is_apart_from_the_audit_split_and_every_client(digits,
         assert np.abs(np.bincount(y[split.validation[held]], minlength=10) - mix).max() < 1  # largest remainder
 
 
+def test_a_validation_split_without_a_class_some_client_holds_is_refused(digits):
+    """2% of digits' training images (27), dirichlet, partition seed 2: the split holds no 2, which clients hold.
+    Drawn anyway, their validation subsets lost the class and, under `max`, shrank to one image each."""
+    y = digits.train_y.numpy()
+    with pytest.raises(
+        UserError,
+        match=r"data.validation_fraction=0.02: the validation split \(27 images\) holds "
+        r"no image of class 2, which client \d+ has",
+    ):
+        split_federated(y, digits.test_y.numpy(), 10, 10, "dirichlet", 0.1, "max", seed=2, validation_fraction=0.02)
+
+
 def test_no_validation_split_leaves_every_draw_as_it_was(digits):
     """Without validation_fraction the audit split, the partition and the test subsets are those of a split
     that never heard of validation: the draws of split_federated's seed, in its order, re-done by hand."""

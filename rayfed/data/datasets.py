@@ -128,7 +128,9 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = True, au
     )
 
 
-def augment_batch(x: torch.Tensor, pad_value: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, pad_value: torch.Tensor, generator: torch.Generator, padding: int = 4
+) -> torch.Tensor:
     """Random crop with padding + random horizontal flip per image (the notebook's RandomCrop(32, 4) + flip).
 
     x is already normalised, so the padding uses `pad_value`: each channel's normalised black

@@ -31,8 +31,14 @@ class FederatedSplit:
     without a validation split."""
 
 
-def partition_extreme(labels: np.ndarray, pool: np.ndarray, num_clients: int, num_classes: int,
-                      classes_per_client: int, rng: np.random.RandomState) -> list[np.ndarray]:
+def partition_extreme(
+    labels: np.ndarray,
+    pool: np.ndarray,
+    num_clients: int,
+    num_classes: int,
+    classes_per_client: int,
+    rng: np.random.RandomState,
+) -> list[np.ndarray]:
     """The notebook's `partition_non_iid_extreme`: each client takes 1..classes_per_client classes and,
     of each, a window of len(class)/(K/2) images at a random start. Windows may overlap (defect 6, kept)."""
     class_indices = {c: pool[labels[pool] == c] for c in range(num_classes)}
@@ -56,8 +62,15 @@ def partition_iid(pool: np.ndarray, num_clients: int, rng: np.random.RandomState
     return [part.astype(np.int64) for part in np.array_split(rng.permutation(pool), num_clients)]
 
 
-def partition_dirichlet(labels: np.ndarray, pool: np.ndarray, num_clients: int, num_classes: int, alpha: float,
-                        rng: np.random.RandomState, max_tries: int = 100) -> list[np.ndarray]:
+def partition_dirichlet(
+    labels: np.ndarray,
+    pool: np.ndarray,
+    num_clients: int,
+    num_classes: int,
+    alpha: float,
+    rng: np.random.RandomState,
+    max_tries: int = 100,
+) -> list[np.ndarray]:
     """Per class, client proportions ~ Dir(alpha); redrawn until every client holds at least one image."""
     for _ in range(max_tries):
         parts: list[list[int]] = [[] for _ in range(num_clients)]
@@ -74,8 +87,9 @@ def partition_dirichlet(labels: np.ndarray, pool: np.ndarray, num_clients: int, 
     )
 
 
-def partition_shards(labels: np.ndarray, pool: np.ndarray, num_clients: int, shards_per_client: int,
-                     rng: np.random.RandomState) -> list[np.ndarray]:
+def partition_shards(
+    labels: np.ndarray, pool: np.ndarray, num_clients: int, shards_per_client: int, rng: np.random.RandomState
+) -> list[np.ndarray]:
     """Sort by label, cut into num_clients * shards_per_client shards, deal shards_per_client to each client."""
     num_shards = num_clients * shards_per_client
     if num_shards > len(pool):
@@ -91,9 +105,17 @@ def partition_shards(labels: np.ndarray, pool: np.ndarray, num_clients: int, sha
     ]
 
 
-def partition_clients(partition: str, labels: np.ndarray, pool: np.ndarray, num_clients: int, num_classes: int,
-                      rng: np.random.RandomState, classes_per_client: int = 2, dirichlet_alpha: float = 0.5,
-                      shards_per_client: int = 2) -> list[np.ndarray]:
+def partition_clients(
+    partition: str,
+    labels: np.ndarray,
+    pool: np.ndarray,
+    num_clients: int,
+    num_classes: int,
+    rng: np.random.RandomState,
+    classes_per_client: int = 2,
+    dirichlet_alpha: float = 0.5,
+    shards_per_client: int = 2,
+) -> list[np.ndarray]:
     """Split the pool of client-eligible training indices among num_clients by the named scheme."""
     if num_clients > len(pool):
         raise UserError(f"data.num_clients={num_clients} is more than the {len(pool)} training images clients can hold")
@@ -125,8 +147,9 @@ def largest_test_size(client_labels: np.ndarray, test_labels: np.ndarray, num_cl
     return max(1, int(np.floor(np.min(available[present] / share[present]) + 1e-9)))
 
 
-def client_test_indices(client_labels: np.ndarray, test_labels: np.ndarray, size: int | str, num_classes: int,
-                        rng: np.random.RandomState) -> np.ndarray:
+def client_test_indices(
+    client_labels: np.ndarray, test_labels: np.ndarray, size: int | str, num_classes: int, rng: np.random.RandomState
+) -> np.ndarray:
     """`size` test indices (or `max`: `largest_test_size`) whose label mix matches client_labels
     (largest-remainder rounding; drawn without replacement where the test set has enough of a class)."""
     if size == "max":
@@ -145,19 +168,44 @@ def client_test_indices(client_labels: np.ndarray, test_labels: np.ndarray, size
     return np.concatenate(picked).astype(np.int64) if picked else np.zeros(0, dtype=np.int64)
 
 
+def _require_classes(
+    clients: list[np.ndarray], train_labels: np.ndarray, held_out_labels: np.ndarray, what: str, key: str
+) -> None:
+    """UserError naming a class some client holds and the held-out images (the test set, the validation split)
+    lack: that client's subset drawn with its label mix would silently lose the class, and under `max` shrink
+    to one image."""
+    held = set(np.unique(held_out_labels).tolist())
+    for cid, idx in enumerate(clients):
+        missing = sorted(set(np.unique(train_labels[idx]).tolist()) - held)
+        if missing:
+            raise UserError(f"{key}: {what} holds no image of class {missing[0]}, which client {cid} has; raise it")
+
+
 def validation_size(fraction: float, n: int, num_classes: int) -> int:
     """Images in a validation split of `fraction` of n training images (0 without one); a UserError when it
     could not hold an image of every class."""
     size = int(round(fraction * n)) if fraction > 0 else 0
     if fraction > 0 and size < num_classes:
-        raise UserError(f"data.validation_fraction={fraction}: {size} validation images for {num_classes} classes; raise it")
+        raise UserError(
+            f"data.validation_fraction={fraction}: {size} validation images for {num_classes} classes; raise it"
+        )
     return size
 
 
-def split_federated(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: int, num_clients: int,
-                    partition: str, audit_fraction: float, client_test_size: int | str, seed: int,
-                    classes_per_client: int = 2, dirichlet_alpha: float = 0.5,
-                    shards_per_client: int = 2, validation_fraction: float = 0.0) -> FederatedSplit:
+def split_federated(
+    train_labels: np.ndarray,
+    test_labels: np.ndarray,
+    num_classes: int,
+    num_clients: int,
+    partition: str,
+    audit_fraction: float,
+    client_test_size: int | str,
+    seed: int,
+    classes_per_client: int = 2,
+    dirichlet_alpha: float = 0.5,
+    shards_per_client: int = 2,
+    validation_fraction: float = 0.0,
+) -> FederatedSplit:
     """Carve the server's audit split and the validation split, partition the rest among clients, and draw
     each client's test subset (and validation subset, with the same size rule, from the validation split).
     Without a validation split every draw is what it was before validation splits existed."""
@@ -168,21 +216,32 @@ def split_federated(train_labels: np.ndarray, test_labels: np.ndarray, num_class
     audit = np.sort(order[:n_audit])
     validation = np.sort(order[n_audit : n_audit + n_validation])
     pool = np.sort(order[n_audit + n_validation :])
-    clients = partition_clients(partition, train_labels, pool, num_clients, num_classes, rng,
-                                classes_per_client, dirichlet_alpha, shards_per_client)
-    client_test = [client_test_indices(train_labels[idx], test_labels, client_test_size, num_classes, rng)
-                   for idx in clients]
+    clients = partition_clients(
+        partition,
+        train_labels,
+        pool,
+        num_clients,
+        num_classes,
+        rng,
+        classes_per_client,
+        dirichlet_alpha,
+        shards_per_client,
+    )
+    _require_classes(clients, train_labels, test_labels, "the test set", "data.dataset")
+    client_test = [
+        client_test_indices(train_labels[idx], test_labels, client_test_size, num_classes, rng) for idx in clients
+    ]
     client_validation = None
     if n_validation:
+        _require_classes(
+            clients,
+            train_labels,
+            train_labels[validation],
+            f"the validation split ({n_validation} images)",
+            f"data.validation_fraction={validation_fraction}",
+        )
         client_validation = [
             client_test_indices(train_labels[idx], train_labels[validation], client_test_size, num_classes, rng)
             for idx in clients
         ]
-        empty = [cid for cid, index in enumerate(client_validation) if len(index) == 0]
-        if empty:
-            raise UserError(
-                f"data.validation_fraction={validation_fraction}: the validation split holds none of client "
-                f"{empty[0]}'s classes; raise it"
-            )
-    return FederatedSplit(audit.astype(np.int64), clients, client_test, validation.astype(np.int64),
-                          client_validation)
+    return FederatedSplit(audit.astype(np.int64), clients, client_test, validation.astype(np.int64), client_validation)
