@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from rayfed.errors import RunStalled, UserError
+from rayfed.errors import RunStopped, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    except RunStalled as exc:  # the run directory stays, for --resume
+    except RunStopped as exc:  # stalled, or its actors lost: the run directory stays, for --resume
         sys.stderr.write(f"error: {exc}\n")
         return 3
     except KeyboardInterrupt:

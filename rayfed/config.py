@@ -516,7 +516,9 @@ def differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
 
 RESUME_MAY_CHANGE = ("resources.address", "resources.stall_timeout", "tracking.")
 """Keys (a trailing dot: a whole section) a resumed run may change: where it runs, how long it waits for a
-stalled step, what it logs to. None of them changes a figure; every other key must be the run's own."""
+stalled step, what it logs to; every other key must be the run's own. The last two change no figure; a resumed
+run on other hardware (another core count sets other thread counts, which move float sums) computes its remaining
+rounds as validly but not bit for bit as the uninterrupted run would have."""
 
 
 def resume_change(new: Config, saved: Config, may_change: tuple[str, ...] = ()) -> str | None:

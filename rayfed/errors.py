@@ -1,10 +1,19 @@
-"""The exceptions that the CLI turns into one `error:` line: bad input (status 2) and a stalled run (status 3)."""
+"""The exceptions that the CLI turns into one `error:` line: bad input (status 2) and a run that cannot go on
+(status 3: stalled, or its actors lost)."""
 
 
 class UserError(Exception):
     """Bad input from the user: a config key, a value, a file. The message names what is wrong."""
 
 
-class RunStalled(Exception):
-    """A run made no progress for resources.stall_timeout seconds. The message names what it waited for; the run
-    directory is kept (its last checkpoint resumes with --resume)."""
+class RunStopped(Exception):
+    """A run that cannot go on; the message says why. The run directory is kept: --resume continues from its last
+    checkpoint (with fresh actors)."""
+
+
+class RunStalled(RunStopped):
+    """A run made no progress for resources.stall_timeout seconds. The message names what it waited for."""
+
+
+class ActorsLost(RunStopped):
+    """A client actor died with no restarts left (fl.max_retries): its clients cannot be evaluated."""

@@ -204,9 +204,9 @@ def test_an_address_where_no_cluster_answers_is_an_error_not_a_hang(rayfed_cli, 
 
 
 def test_a_resumed_run_may_change_where_it_runs_and_what_it_logs_but_no_figure():
-    """resources.address, resources.stall_timeout and tracking.* change no figure: a resumed run may change
-    them (a run stalled under too short a timeout, a local run continued on a cluster); any other key is
-    named, and fl.rounds only where the caller allows it."""
+    """A resumed run may change resources.address (a local run continued on a cluster), resources.stall_timeout
+    (a run stopped under too short a one) and tracking.*; any other key is named, and fl.rounds only where the
+    caller allows it."""
     from rayfed.config import build_config, resume_change
 
     saved = build_config([{}])

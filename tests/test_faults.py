@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -63,8 +64,10 @@ def test_client_killed_mid_training(ray_session, policy, caplog):
         reference = engine.round(1, run, SEED, state_ref)
         victim = ray.get(engine.actors[1].pid.remote())
         result = _round_while_killing(engine, run, state_ref, victim, delay=0.7)
+        after = engine.round(2, run, SEED, result.state_ref)  # on the restarted actor, nothing recomputed
     finally:
         engine.shutdown()
+    assert [r["retries"] for r in after.client_rows] == [0, 0, 0] and after.round_row["participants"] == 3
     rows = {r["client"]: r for r in result.client_rows}
     if policy == "retry":  # recomputed on the restarted actor: the round equals the uninterrupted one
         assert rows[1]["retries"] == 1 and rows[1]["participated"]
@@ -79,6 +82,35 @@ def test_client_killed_mid_training(ray_session, policy, caplog):
         )
         assert "dropped" in caplog.text
     assert result.round_row["participants"] == (3 if policy == "retry" else 2)
+
+
+def test_a_client_actor_out_of_restarts_stops_the_run_saying_so(ray_session):
+    """fl.max_retries=0: a killed client actor is not restarted. Its updates are dropped, but its clients cannot
+    be evaluated, so the round stops with ActorsLost (exit status 3, one `error:` line), not a RayActorError."""
+    from rayfed.errors import ActorsLost
+
+    engine, state_ref = _engine(["fl.local_epochs=10", "fl.on_client_failure=drop", "fl.max_retries=0"])
+    failure = {}
+
+    def round_one():
+        try:
+            engine.round(1, FedAvg(), SEED, state_ref)
+        except Exception as exc:  # the test inspects it
+            failure["error"] = exc
+
+    try:
+        victim = ray.get(engine.actors[1].pid.remote())
+        worker = threading.Thread(target=round_one)
+        worker.start()
+        time.sleep(0.7)
+        os.kill(victim, signal.SIGKILL)
+        worker.join(timeout=600)
+    finally:
+        engine.shutdown()
+    assert isinstance(failure.get("error"), ActorsLost), failure
+    assert "round 1 of FedAvg (seed 3): a client actor died with no restarts left (fl.max_retries=0)" in str(
+        failure["error"]
+    )
 
 
 def test_evaluation_reaches_a_client_actor_killed_under_drop(ray_session):
@@ -175,6 +207,27 @@ def test_partial_participation_and_many_clients_per_actor(ray_session, tmp_path)
     assert audit["score"].isna().all()  # only the selected updates are scored
     # one actor per client or two clients per actor: the same numbers
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_a_wait_behind_other_runs_that_advance_is_no_stall(ray_session):
+    """Eight seeded runs queue their updates on one client actor: the last run waits for the seven before it, longer
+    than resources.stall_timeout in all, while an update finishes every fraction of it. The watchdog counts time
+    without progress anywhere, not the length of one wait, so the round completes for every run."""
+    timeout = 1.5  # an update of the 3 clients takes ~0.45 s here, the 8 runs' in all ~3.6 s
+    engine, state_ref = _engine(
+        ["resources.clients_per_actor=3", "fl.local_epochs=1", f"resources.stall_timeout={timeout}"]
+    )
+    try:
+        ray.get(engine.actors[0].train.remote(1, 99, state_ref, [0])[0])  # its first step's one-off costs
+        started = time.monotonic()
+        pending = [engine.start_round(1, FedAvg(), seed, state_ref) for seed in range(8)]
+        with ThreadPoolExecutor(len(pending)) as pool:  # as run_fl finishes the runs of a round
+            results = list(pool.map(engine.finish_round, pending))
+        elapsed = time.monotonic() - started
+    finally:
+        engine.shutdown()
+    assert len(engine.actors) == 1 and elapsed > 1.5 * timeout  # the last run waited longer than the timeout
+    assert [r.round_row["participants"] for r in results] == [3] * 8
 
 
 def test_a_stalled_round_stops_with_an_error_naming_what_it_waited_for(rayfed_cli, tmp_path):

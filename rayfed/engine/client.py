@@ -106,6 +106,8 @@ class ClientActor:
     @ray.method(max_task_retries=-1)
     def evaluate(self, round_index: int, run_seed: int, global_state: NumpyState) -> list[ClientEvaluation]:
         """The accuracies of every hosted client under Theta (see `evaluate_clients`)."""
+        self.restarted = False  # a restart that reran this call recomputed no update (under `drop`, the first
+        # call a restarted actor runs is this round's evaluation; the next round's updates are no retry)
         return evaluate_clients(
             self.model,
             to_torch(global_state, self.device),

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import RayActorError
 
 from rayfed.config import Config
 from rayfed.engine.client import ClientActor, ClientSettings
 from rayfed.engine.runtime import actor_shares, cluster_cpus, cluster_gpus
 from rayfed.engine.server import AuditServer
-from rayfed.errors import RunStalled
+from rayfed.errors import ActorsLost, RunStalled
 from rayfed.fl.metrics import fairness_summary
 from rayfed.fl.round import LocalTraining, RoundOutcome
 from rayfed.fl.rows import AuditRow, ClientRow, RoundRow, as_dict, client_accuracy_column, validation_figures
@@ -69,11 +69,17 @@ def weight_figures(weights: list[float], scores: list[float | None]) -> dict[str
     }
 
 
+STALL_POLL_S = 5.0
+"""How often `wait_for` looks whether anything finished: the stall timeout's precision."""
+
+
 class FederatedEngine:
     """Starts the client actors and the audit servers, and runs rounds on them."""
 
     def __init__(self, config: Config, federation: Federation):
         self.config, self.federation = config, federation
+        self.last_progress = time.monotonic()
+        """When a step the engine waits on last finished (or work was last submitted): the stall watchdog's clock."""
         r, fl, d = config.resources, config.fl, federation.data
         ids = list(range(config.data.num_clients))
         per_actor = r.actor_capacity(len(ids), cluster_cpus(), cluster_gpus())
@@ -149,6 +155,7 @@ class FederatedEngine:
         for cid in selected:
             by_actor.setdefault(self.actor_of[cid], []).append(cid)
         trains = {a: self.actors[a].train.remote(round_index, seed, state_ref, cids) for a, cids in by_actor.items()}
+        self.last_progress = time.monotonic()  # new work: the watchdog's clock starts from its submission
         server = self.server_of.get((run.file_label, seed), 0)  # a run outside the config: the first server
         probes_ref, gan_ref = (
             self.servers[server].audit.remote(round_index, seed, state_ref, gan_state)
@@ -160,18 +167,27 @@ class FederatedEngine:
         )
 
     def _wait(self, refs: Any, what: str, p: PendingRound) -> Any:
-        """ray.get(refs), or RunStalled naming what the round waited for after resources.stall_timeout seconds
-        without it (a lost object whose reconstruction never finishes, a wedged actor)."""
-        return self._wait_for(refs, f"round {p.round_index} of {p.run.label} (seed {p.seed})", what)
+        """`wait_for` of one round's step, naming the round."""
+        return self.wait_for(refs, f"round {p.round_index} of {p.run.label} (seed {p.seed})", what)
 
-    def _wait_for(self, refs: Any, subject: str, what: str) -> Any:
+    def wait_for(self, refs: Any, subject: str, what: str) -> Any:
+        """ray.get(refs), or RunStalled naming what `subject` waited for once nothing the engine waits on (any
+        run's updates, scoring, evaluations, audits) has finished for resources.stall_timeout seconds: a lost
+        object whose reconstruction never finishes, a wedged actor. Progress anywhere counts, as a run's steps
+        queue behind the other runs' on the same actors: a long wait is no stall while they advance."""
         timeout = self.config.resources.stall_timeout
-        try:
-            return ray.get(refs, timeout=timeout)
-        except GetTimeoutError:
-            raise RunStalled(
-                f"{subject} made no progress for {timeout:g} s waiting for {what} (resources.stall_timeout)"
-            ) from None
+        waiting = list(refs) if isinstance(refs, list) else [refs]
+        while waiting:
+            idle = time.monotonic() - self.last_progress
+            if idle >= timeout:
+                raise RunStalled(
+                    f"{subject} made no progress for {timeout:g} s waiting for {what} (resources.stall_timeout)"
+                )
+            poll = min(timeout - idle, STALL_POLL_S)
+            ready, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=poll, fetch_local=False)
+            if ready:
+                self.last_progress = time.monotonic()
+        return ray.get(refs)
 
     def finish_round(self, pending: PendingRound) -> RoundResult:
         """Collect the receipts (dropping the clients of a dead actor), score and aggregate on the run's server,
@@ -197,15 +213,19 @@ class FederatedEngine:
             p.run, p.state_ref, delivered, p.probes_ref
         )
         outcome: RoundOutcome = self._wait(outcome_ref, "the audit server's scoring and aggregation", p)
-        evaluations = {
-            e.client_id: e
-            for batch in self._wait(
+        try:
+            batches = self._wait(
                 [actor.evaluate.remote(p.round_index, p.seed, new_state_ref) for actor in self.actors],
                 "the clients' evaluations",
                 p,
             )
-            for e in batch
-        }
+        except RayActorError as exc:  # its calls are retried while it has restarts left
+            raise ActorsLost(
+                f"round {p.round_index} of {p.run.label} (seed {p.seed}): a client actor died with no restarts left "
+                f"(fl.max_retries={config.fl.max_retries}), so its clients cannot be evaluated "
+                f"({str(exc).splitlines()[0]}); --resume continues from the last checkpoint with fresh actors"
+            ) from None
+        evaluations = {e.client_id: e for batch in batches for e in batch}
         for cid, why in outcome.rejected.items():
             log.warning("round %d: update of client %d rejected: %s", p.round_index, cid, why)
         client_rows = self._client_rows(p, outcome, evaluations, retries)
@@ -287,9 +307,10 @@ class FederatedEngine:
             )
             for (run, seed), state_ref in zip(seeded, state_refs)
         ]
+        self.last_progress = time.monotonic()  # new work, as in start_round
         rows = []
         for (run, seed), ref in zip(seeded, refs):
-            test, validation = self._wait_for(
+            test, validation = self.wait_for(
                 ref, f"the held-out audit of {run.label} (seed {seed})", "the audit server"
             )
             row = AuditRow(

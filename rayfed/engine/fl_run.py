@@ -182,7 +182,10 @@ def execute(
                     if result.gan_state is not None:
                         progress.gans[seeded.key] = result.gan_state
                 progress.next_round = round_index + 1
-                progress.states = {key: ray.get(ref) for key, ref in state_refs.items()}
+                progress.states = {
+                    key: engine.wait_for(ref, f"round {round_index}", "the new weights to checkpoint")
+                    for key, ref in state_refs.items()
+                }
                 _save_checkpoint(run_dir, progress)
                 if round_index == config.fl.rounds:  # before the last report, so Tune sees the audit too
                     audit_rows = _held_out_audit(config, run_dir, engine, runs, state_refs, trackers)
