@@ -16,4 +16,5 @@ class RunStalled(RunStopped):
 
 
 class ActorsLost(RunStopped):
-    """A client actor died with no restarts left (fl.max_retries): its clients cannot be evaluated."""
+    """An actor (a client's, an audit server) died with no restarts left (fl.max_retries), so the round cannot
+    finish (a dead client actor's updates can be dropped; its evaluations and a server's work cannot)."""

@@ -84,32 +84,41 @@ def test_client_killed_mid_training(ray_session, policy, caplog):
     assert result.round_row["participants"] == (3 if policy == "retry" else 2)
 
 
-def test_a_client_actor_out_of_restarts_stops_the_run_saying_so(ray_session):
-    """fl.max_retries=0: a killed client actor is not restarted. Its updates are dropped, but its clients cannot
-    be evaluated, so the round stops with ActorsLost (exit status 3, one `error:` line), not a RayActorError."""
+@pytest.mark.parametrize("victim", ["client", "server"])
+def test_an_actor_out_of_restarts_stops_the_run_saying_so(ray_session, victim):
+    """fl.max_retries=0: a killed actor is not restarted. A client actor's updates are dropped, but its clients
+    cannot be evaluated; an audit server's scoring cannot be done elsewhere. Either way the round stops with
+    ActorsLost (exit status 3, one `error:` line naming the step), not a RayActorError traceback."""
     from rayfed.errors import ActorsLost
 
-    engine, state_ref = _engine(["fl.local_epochs=10", "fl.on_client_failure=drop", "fl.max_retries=0"])
+    sets = ["fl.local_epochs=10", "audit.gan_epochs=10", "fl.on_client_failure=drop", "fl.max_retries=0"]
+    engine, state_ref = _engine(sets)
+    run, actor, step = {
+        "client": (FedAvg(), engine.actors[1], "the clients' evaluations"),
+        "server": (FedAuditGan(2.0), engine.servers[0], "the audit server's scoring and aggregation"),
+    }[victim]
     failure = {}
 
     def round_one():
         try:
-            engine.round(1, FedAvg(), SEED, state_ref)
+            engine.round(1, run, SEED, state_ref)
         except Exception as exc:  # the test inspects it
             failure["error"] = exc
 
     try:
-        victim = ray.get(engine.actors[1].pid.remote())
+        pid = ray.get(actor.pid.remote())
         worker = threading.Thread(target=round_one)
         worker.start()
-        time.sleep(0.7)
-        os.kill(victim, signal.SIGKILL)
+        time.sleep(0.7)  # mid-training, mid-audit
+        os.kill(pid, signal.SIGKILL)
         worker.join(timeout=600)
     finally:
         engine.shutdown()
     assert isinstance(failure.get("error"), ActorsLost), failure
-    assert "round 1 of FedAvg (seed 3): a client actor died with no restarts left (fl.max_retries=0)" in str(
-        failure["error"]
+    label = "FedAvg" if victim == "client" else "gamma=2"
+    assert (
+        f"round 1 of {label} (seed 3): an actor died with no restarts left (fl.max_retries=0) while computing {step}"
+        in str(failure["error"])
     )
 
 

@@ -166,15 +166,17 @@ class FederatedEngine:
             round_index, run, seed, state_ref, server, time.perf_counter(), by_actor, trains, probes_ref, gan_ref
         )
 
-    def _wait(self, refs: Any, what: str, p: PendingRound) -> Any:
+    def _wait(self, refs: Any, what: str, p: PendingRound, droppable: bool = False) -> Any:
         """`wait_for` of one round's step, naming the round."""
-        return self.wait_for(refs, f"round {p.round_index} of {p.run.label} (seed {p.seed})", what)
+        return self.wait_for(refs, f"round {p.round_index} of {p.run.label} (seed {p.seed})", what, droppable)
 
-    def wait_for(self, refs: Any, subject: str, what: str) -> Any:
+    def wait_for(self, refs: Any, subject: str, what: str, droppable: bool = False) -> Any:
         """ray.get(refs), or RunStalled naming what `subject` waited for once nothing the engine waits on (any
         run's updates, scoring, evaluations, audits) has finished for resources.stall_timeout seconds: a lost
         object whose reconstruction never finishes, a wedged actor. Progress anywhere counts, as a run's steps
-        queue behind the other runs' on the same actors: a long wait is no stall while they advance."""
+        queue behind the other runs' on the same actors: a long wait is no stall while they advance. An actor
+        that died with no restarts left (its calls are retried while it has some) ends the run with ActorsLost,
+        unless the caller can drop what it computes (`droppable`: it gets the RayActorError)."""
         timeout = self.config.resources.stall_timeout
         waiting = list(refs) if isinstance(refs, list) else [refs]
         while waiting:
@@ -187,7 +189,16 @@ class FederatedEngine:
             ready, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=poll, fetch_local=False)
             if ready:
                 self.last_progress = time.monotonic()
-        return ray.get(refs)
+        try:
+            return ray.get(refs)
+        except RayActorError as exc:
+            if droppable:
+                raise
+            raise ActorsLost(
+                f"{subject}: an actor died with no restarts left (fl.max_retries={self.config.fl.max_retries}) "
+                f"while computing {what} ({str(exc).splitlines()[0]}); --resume continues from the last "
+                "checkpoint with fresh actors"
+            ) from None
 
     def finish_round(self, pending: PendingRound) -> RoundResult:
         """Collect the receipts (dropping the clients of a dead actor), score and aggregate on the run's server,
@@ -196,7 +207,8 @@ class FederatedEngine:
         delivered, retries = [], {}
         for a, (receipts_ref, updates_ref) in p.trains.items():
             try:
-                for receipt in self._wait(receipts_ref, f"the local updates of clients {p.by_actor[a]}", p):
+                updates = f"the local updates of clients {p.by_actor[a]}"
+                for receipt in self._wait(receipts_ref, updates, p, droppable=True):
                     retries[receipt.client_id] = int(receipt.restarted)
                 delivered.append(updates_ref)
             except RayActorError as exc:
@@ -213,18 +225,11 @@ class FederatedEngine:
             p.run, p.state_ref, delivered, p.probes_ref
         )
         outcome: RoundOutcome = self._wait(outcome_ref, "the audit server's scoring and aggregation", p)
-        try:
-            batches = self._wait(
-                [actor.evaluate.remote(p.round_index, p.seed, new_state_ref) for actor in self.actors],
-                "the clients' evaluations",
-                p,
-            )
-        except RayActorError as exc:  # its calls are retried while it has restarts left
-            raise ActorsLost(
-                f"round {p.round_index} of {p.run.label} (seed {p.seed}): a client actor died with no restarts left "
-                f"(fl.max_retries={config.fl.max_retries}), so its clients cannot be evaluated "
-                f"({str(exc).splitlines()[0]}); --resume continues from the last checkpoint with fresh actors"
-            ) from None
+        batches = self._wait(
+            [actor.evaluate.remote(p.round_index, p.seed, new_state_ref) for actor in self.actors],
+            "the clients' evaluations",
+            p,
+        )
         evaluations = {e.client_id: e for batch in batches for e in batch}
         for cid, why in outcome.rejected.items():
             log.warning("round %d: update of client %d rejected: %s", p.round_index, cid, why)
