@@ -521,16 +521,14 @@ run on other hardware (another core count sets other thread counts, which move f
 rounds as validly but not bit for bit as the uninterrupted run would have."""
 
 
-def resume_change(new: Config, saved: Config, may_change: tuple[str, ...] = ()) -> str | None:
-    """The first key `new` changes from `saved` that a resumed run may not change (beyond RESUME_MAY_CHANGE
-    and `may_change`), or None."""
-    allowed = RESUME_MAY_CHANGE + may_change
-    changed = [
-        key
-        for key in differences(new.to_dict(), saved.to_dict())
-        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in allowed)
-    ]
-    return changed[0] if changed else None
+def check_resume(new: Config, saved: Config, may_change: tuple[str, ...] = ()) -> None:
+    """UserError naming the first key `new` changes from `saved` that a resumed run may not change (only
+    `may_change` and RESUME_MAY_CHANGE may), and the keys that may."""
+    allowed = may_change + RESUME_MAY_CHANGE
+    for key in differences(new.to_dict(), saved.to_dict()):
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in allowed):
+            names = ", ".join(f"{k}*" if k.endswith(".") else k for k in allowed)
+            raise UserError(f"--resume: {key} differs from the run's config (a resumed run may change only {names})")
 
 
 def config_keys(obj: Any = None, prefix: str = "") -> list[str]:

@@ -123,19 +123,16 @@ def test_yaml_that_is_not_a_mapping(rayfed_cli, tmp_path):
     assert_user_error(rayfed_cli.run("fl", "--config", str(config)), "list.yaml")
 
 
+def _cifar_not_on_disk(tmp_path):
+    """--set arguments that ask for CIFAR-10 where it is not, without downloading: bad input found only after
+    the run directory and its config.yaml exist."""
+    sets = ["data.dataset=cifar10", f"data.root={tmp_path / 'nodata'}", "data.download=false"]
+    return [a for s in sets for a in ("--set", s)]
+
+
 def test_dataset_not_on_disk_names_where_it_looked(rayfed_cli, tmp_path):
     out = tmp_path / "r"
-    result = rayfed_cli.run(
-        "fl",
-        "--set",
-        "data.dataset=cifar10",
-        "--set",
-        f"data.root={tmp_path / 'nodata'}",
-        "--set",
-        "data.download=false",
-        "--out",
-        str(out),
-    )
+    result = rayfed_cli.run("fl", *_cifar_not_on_disk(tmp_path), "--out", str(out))
     assert_user_error(result, "cifar10", str(tmp_path / "nodata"))
     assert not out.exists()
 
@@ -145,14 +142,7 @@ def test_a_failed_start_leaves_an_existing_empty_out_empty(rayfed_cli, tmp_path)
     so the corrected command can use it."""
     out = tmp_path / "e"
     out.mkdir()
-    args = [
-        "--set",
-        "data.dataset=cifar10",
-        "--set",
-        f"data.root={tmp_path / 'nodata'}",
-        "--set",
-        "data.download=false",
-    ]
+    args = _cifar_not_on_disk(tmp_path)
     for _ in range(2):  # the second is not refused as 'already exists and is not empty'
         assert_user_error(rayfed_cli.run("fl", *args, "--out", str(out)), "cifar10")
         assert out.is_dir() and not any(out.iterdir())
@@ -205,18 +195,22 @@ def test_an_address_where_no_cluster_answers_is_an_error_not_a_hang(rayfed_cli, 
 
 def test_a_resumed_run_may_change_where_it_runs_and_what_it_logs_but_no_figure():
     """A resumed run may change resources.address (a local run continued on a cluster), resources.stall_timeout
-    (a run stopped under too short a one) and tracking.*; any other key is named, and fl.rounds only where the
-    caller allows it."""
-    from rayfed.config import build_config, resume_change
+    (a run stopped under too short a one) and tracking.*; any other key is named with what may change, and
+    fl.rounds only where the caller allows it."""
+    from rayfed.config import build_config, check_resume
+    from rayfed.errors import UserError
 
     saved = build_config([{}])
     moved = {"resources": {"address": "auto", "stall_timeout": 7200.0}, "tracking": {"wandb": "offline"}}
-    assert resume_change(build_config([moved]), saved) is None
-    assert resume_change(build_config([moved, {"audit": {"lambda1": 3.0}}]), saved) == "audit.lambda1"
+    check_resume(build_config([moved]), saved)
+    with pytest.raises(UserError, match=r"audit.lambda1 differs .* may change only resources.address, "):
+        check_resume(build_config([moved, {"audit": {"lambda1": 3.0}}]), saved)
     longer = build_config([moved, {"fl": {"rounds": 40}}])
-    assert resume_change(longer, saved) == "fl.rounds" and resume_change(longer, saved, ("fl.rounds",)) is None
-    threads = build_config([{"resources": {"torch_threads": 4}}])
-    assert resume_change(threads, saved) == "resources.torch_threads"  # thread counts move float sums
+    with pytest.raises(UserError, match="fl.rounds differs"):
+        check_resume(longer, saved)
+    check_resume(longer, saved, ("fl.rounds",))
+    with pytest.raises(UserError, match=r"resources.torch_threads differs .*stall_timeout, tracking\.\*\)"):
+        check_resume(build_config([{"resources": {"torch_threads": 4}}]), saved)  # thread counts move float sums
 
 
 @pytest.mark.parametrize("command", ["fl", "sisa"])

@@ -14,7 +14,7 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from rayfed.config import Config, build_config, read_yaml_mapping, resume_change
+from rayfed.config import Config, build_config, check_resume, read_yaml_mapping
 from rayfed.engine.fl_engine import FederatedEngine
 from rayfed.engine.runtime import init_ray
 from rayfed.errors import UserError
@@ -243,8 +243,8 @@ def load_progress(directory: Path) -> Progress:
 
 def resume_fl(path: str, config_file: str | None, overrides: list[str]) -> list[dict[str, Any]]:
     """`rayfed fl --resume RUN_DIR`: continue an interrupted run to fl.rounds (raising it extends a finished
-    run), the only key that may change besides those no figure depends on (`RESUME_MAY_CHANGE`: the cluster,
-    the stall timeout, tracking); a run killed during its first round starts again from round 1.
+    run), the only key that may change besides `RESUME_MAY_CHANGE` (the cluster, the stall timeout, tracking);
+    a run killed during its first round starts again from round 1.
     Everything is validated before the run directory is touched."""
     directory = Path(path).resolve()
     sisa = [directory / "layout.parquet", *directory.glob("seed*/layout.parquet")]  # a sisa run, or its seeds'
@@ -254,12 +254,7 @@ def resume_fl(path: str, config_file: str | None, overrides: list[str]) -> list[
     original = build_config([saved])
     mappings = [saved] + ([read_yaml_mapping(config_file)] if config_file else [])
     config = build_config(mappings, overrides)
-    changed = resume_change(config, original, ("fl.rounds",))
-    if changed:
-        raise UserError(
-            f"--resume: {changed} differs from the run's config (only fl.rounds, resources.address, "
-            "resources.stall_timeout and tracking.* may change)"
-        )
+    check_resume(config, original, ("fl.rounds",))
     progress = load_progress(directory)
     done = progress.next_round - 1
     if config.fl.rounds < done:

@@ -30,7 +30,7 @@ import torch
 
 from rayfed.audits.backdoor import attack_success_rate, choose_poison, poison_data, stamp
 from rayfed.audits.membership import membership_row
-from rayfed.config import Config, build_config, read_yaml_mapping, resume_change
+from rayfed.config import Config, build_config, check_resume, read_yaml_mapping
 from rayfed.data.datasets import ImageData, black_level, hold_out_validation, load_dataset
 from rayfed.engine.runtime import init_ray, log
 from rayfed.engine.shard import ShardPool, ShardWorkers
@@ -264,9 +264,10 @@ def _summarise_seeds(config: Config, run_dir: RunDirectory, seeds: list[int]) ->
     per_seed = [{"seed": seed, **row} for seed, row in zip(seeds, rows)]
     run_dir.write_table(SEEDS_TABLE, per_seed)
     paired = seeds_tables(rows)[1]
-    figures = [run_dir.file("seeds.png")] if paired else []  # none without a forget set or a backdoor
-    for path in figures:
-        plot_seed_differences(paired, path)
+    figures = []
+    if paired:  # none without a forget set or a backdoor
+        figures.append(run_dir.file("seeds.png"))
+        plot_seed_differences(paired, figures[0])
     tables = {"seeds": per_seed, "differences": paired}
     _track(config, run_dir, "sisa-seeds", partial(figures_over_seeds, rows), tables, figures)
     summary = seeds_summary(_title(config), rows, seeds, aggregation)
@@ -330,12 +331,7 @@ def resume_sisa(path: str, config_file: str | None, overrides: list[str]) -> Non
     if saved is None or not any((run / "layout.parquet").is_file() for run in runs):
         raise UserError(f"--resume {directory} is not a `rayfed sisa` run directory (no config.yaml + layout.parquet)")
     config = build_config([saved] + ([read_yaml_mapping(config_file)] if config_file else []), overrides)
-    changed = resume_change(config, build_config([saved]))
-    if changed:
-        raise UserError(
-            f"--resume: {changed} differs from the run's config (a sisa run resumes with its own; only "
-            "resources.address, resources.stall_timeout and tracking.* may change)"
-        )
+    check_resume(config, build_config([saved]))
     log.info("resuming %s", directory)
     run_sisa(config, RunDirectory(directory))
 
