@@ -97,6 +97,24 @@ def test_shard_actors_run_deterministic_kernels_and_a_stalled_step_fails_naming_
     off.close()
 
 
+def test_a_shard_actor_out_of_restarts_stops_the_step_with_one_error_naming_it(ray_session, tmp_path):
+    """An actor that dies with no restarts left is ActorsLost (the CLI's exit status 3 and one `error:` line, the
+    run directory kept for --resume) naming the step and the shard, not a RayActorError traceback."""
+    from rayfed.engine.shard import ShardPool, ShardWorkers
+    from rayfed.errors import ActorsLost
+
+    data = load_dataset("digits")
+    layout = make_layout(60, shards=1, slices=1, seed=0)
+    workers = ShardWorkers(1, ResourcesConfig(torch_threads=1))
+    pool = ShardPool(workers, layout, data.train_x[:60], data.train_y[:60], _settings((1,)), tmp_path)
+    ray_session.kill(workers.actors[0], no_restart=True)
+    with pytest.raises(ActorsLost, match=r"^sisa: gone: shard 0: a shard actor died with no restarts left \(3 per"):
+        pool.run([0], [], "sisa: gone")
+    with pytest.raises(ActorsLost, match=r"^the final states of .*: a shard actor died with no restarts left"):
+        pool.states()
+    workers.close()
+
+
 @pytest.mark.slow
 def test_run_sisa_audits_show_what_they_must_on_an_overfitting_setting(ray_session, tmp_path):
     """Two shards overfit (6 epochs on every union), 150 points forgotten in 2 requests, 60 BadNets points, and

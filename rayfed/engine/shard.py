@@ -6,7 +6,8 @@ An actor starts once (a process, torch, its CUDA context) and then serves jobs: 
 its slices, its data (object refs) and its checkpoint directory, and the actor keeps the trainer of the last
 job it served. A restarted actor rebuilds that trainer from the job that Ray retries with the interrupted call,
 which resumes after the shard's last valid slice checkpoint (rayfed.sisa.train), so a crash costs at most one
-slice stage and changes no number. Every shard actor turns deterministic kernels on unless
+slice stage and changes no number; an actor that dies once more after SHARD_MAX_RESTARTS restarts stops the run
+(ActorsLost naming the step; --resume finishes it). Every shard actor turns deterministic kernels on unless
 `sisa.deterministic` is false, with CUBLAS_WORKSPACE_CONFIG in its runtime environment. A step in which no
 shard finishes a slice stage for `resources.stall_timeout` seconds fails (RunStalled naming the shards it
 waited for) instead of hanging.
@@ -24,11 +25,12 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from rayfed.config import ResourcesConfig
 from rayfed.engine.runtime import actor_shares, log, setup_worker
-from rayfed.errors import RunStalled
+from rayfed.errors import ActorsLost, RunStalled
 from rayfed.sisa.plan import Layout
 from rayfed.sisa.train import (
     DETERMINISTIC_ENV,
@@ -132,13 +134,23 @@ class ShardWorkers:
         self._next = itertools.cycle(self.actors)
         ray.get([actor.__ray_ready__.remote() for actor in self.actors])  # timings exclude actor start-up
 
+    def get(self, refs: Any, what: str) -> Any:
+        """ray.get(refs) of shard actors' work; ActorsLost naming `what` if an actor died with no restarts left."""
+        try:
+            return ray.get(refs)
+        except RayActorError as exc:
+            raise ActorsLost(
+                f"{what}: a shard actor died with no restarts left ({SHARD_MAX_RESTARTS} per actor; "
+                f"{str(exc).splitlines()[0]}); --resume finishes the run from its checkpoints"
+            ) from None
+
     def call(self, function: Callable, *args: Any, num_returns: int = 1) -> Any:
         """function(*args, device=...) on the next actor in turn: its object ref (refs with num_returns > 1)."""
         return next(self._next).call.options(num_returns=num_returns).remote(function, *args)
 
     def kernel_settings(self) -> dict[str, Any]:
         """Device, torch version and determinism of the actors (the first one's: they share options)."""
-        return ray.get(self.actors[0].kernel_settings.remote())
+        return self.get(self.actors[0].kernel_settings.remote(), "the shard actors' kernel settings")
 
     def close(self) -> None:
         """Stop the actors (their checkpoints stay on disk)."""
@@ -166,7 +178,7 @@ class ShardPool:
             rows = torch.from_numpy(layout.shard_indices(s))
             data = ray.put(x[rows]), ray.put(y[rows])
             self.jobs.append(ShardJob(s, list(layout.slices[s]), *data, settings, str(directory / f"shard{s}")))
-        ray.get([actor.load.remote(job) for actor, job in zip(workers.actors, self.jobs)])
+        workers.get([actor.load.remote(job) for actor, job in zip(workers.actors, self.jobs)], f"loading {directory}")
 
     def submit(self, shards: Sequence[int], removed: Collection[int]) -> dict[ray.ObjectRef, int]:
         """Start the given shards without the removed points: {ref of its ShardStats: shard}."""
@@ -193,7 +205,7 @@ class ShardPool:
                         f"{stall_timeout:g} s (resources.stall_timeout)"
                     )
                 for ref in done:
-                    stats.append(ray.get(ref))
+                    stats.append(self.workers.get(ref, f"{desc}: shard {pending[ref]}"))
                     pending.pop(ref)
                     bar.update()
         seconds = time.perf_counter() - start
@@ -202,4 +214,5 @@ class ShardPool:
 
     def states(self) -> list[dict[str, Any]]:
         """Every shard's final model state dict, in shard order."""
-        return ray.get([actor.final_state.remote(job) for actor, job in zip(self.workers.actors, self.jobs)])
+        refs = [actor.final_state.remote(job) for actor, job in zip(self.workers.actors, self.jobs)]
+        return self.workers.get(refs, f"the final states of {self.directory}")

@@ -523,7 +523,8 @@ class SisaExperiment:
             }
             for method in u.baselines:
                 refs[method] = self.workers.call(timed, *jobs[method], num_returns=2)
-        return {method: {"state": ray.get(state), **ray.get(cost)} for method, (state, cost) in refs.items()}
+        get = partial(self.workers.get, what=f"the unsharded models ({', '.join(refs)})")
+        return {method: {"state": get(state), **get(cost)} for method, (state, cost) in refs.items()}
 
     def train_unsharded(self) -> None:
         """One unsharded model retrained on the retained data for e epochs (the cost baseline's model, whose
