@@ -38,6 +38,8 @@ CORRECTIONS = ("holm", "none")
 FAILURE_POLICIES = ("retry", "drop")
 MAX_SEED = 2**32 - 1
 """The largest seed numpy's RandomState (the partitions, the audit split) accepts; seeds run from 0 to it."""
+EACH_SEED = "each"
+"""data.partition_seed's word for a federation drawn per seed."""
 CLIENT_ACTORS_PER_GPU = 4
 """Client actors per GPU under `resources.clients_per_actor: auto`. Measured on one H100 (bench_round.py
 --preset notebook, 20 clients, rayfed strict): 4 actors of 5 clients 8.4 s a round, 20 actors of one 9.7 s;
@@ -74,9 +76,11 @@ class DataConfig:
     client_test_size: int | str = "max"
     """Held-out test samples per client, drawn from the test set with the client's label mix: a count, or
     `max` = the largest subset with that mix the test set holds without repeating an image."""
-    partition_seed: int | None = None
-    """Seed of the partition, the audit split and the clients' test subsets; null = `seed`. Kept apart from
-    `seeds`, so that every seed of a run trains on the same federation (paired comparisons)."""
+    partition_seed: int | str | None = None
+    """Seed of the federation: the partition, the audit and validation splits, the clients' test subsets;
+    null = `seed`. A number or null keeps one federation for every seed of a run, so an interval over `seeds`
+    measures the training's randomness on that federation. `each`: every seed draws its own federation from
+    itself, so the interval also covers the federation's draw (methods stay paired within a seed)."""
     augment: bool | None = None
     """Training-time augmentation (random crop + flip); null = the dataset's default (on for cifar10)."""
     batch_size: int = 16
@@ -337,7 +341,8 @@ class Config:
     """Seed of every random draw: partitions, initial weights, minibatches, GANs, forget sets."""
     seeds: int | list[int] = 1
     """Run once per seed: a count n (seeds seed, seed+1, ..., seed+n-1) or a list. `rayfed fl`: every method
-    per seed, each with its own initial weights, SGD order and GANs; the partition stays (data.partition_seed).
+    per seed, each with its own initial weights, SGD order and GANs; the federation stays unless
+    data.partition_seed is `each`.
     `rayfed sisa`: one whole run per seed in `seed<k>/` (its own layout, forget set, weights, poison and
     audits), summarised over the seeds."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -362,9 +367,10 @@ class Config:
         """`seeds` as the list of run seeds."""
         return list(self.seeds) if isinstance(self.seeds, list) else [self.seed + i for i in range(self.seeds)]
 
-    @property
-    def partition_seed(self) -> int:
-        """The seed of the federation's split."""
+    def partition_seed_of(self, seed: int) -> int:
+        """The seed of the federation that the run seeded `seed` trains on (data.partition_seed)."""
+        if self.data.partition_seed == EACH_SEED:
+            return seed
         return self.seed if self.data.partition_seed is None else self.data.partition_seed
 
     def to_dict(self) -> dict[str, Any]:
@@ -728,7 +734,9 @@ def validate(c: Config) -> None:
         c.metrics.audit_batch_size >= 2, f"metrics.audit_batch_size: must be >= 2, got {c.metrics.audit_batch_size}"
     )
     _seed("seed", c.seed)
-    if d.partition_seed is not None:
+    if isinstance(d.partition_seed, str):
+        _one_of("data.partition_seed", d.partition_seed, (EACH_SEED,))
+    elif d.partition_seed is not None:
         _seed("data.partition_seed", d.partition_seed)
     seeds = c.seed_list
     _require(len(seeds) >= 1, f"seeds: needs at least one seed, got {c.seeds!r}")

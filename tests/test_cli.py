@@ -69,6 +69,8 @@ BAD_SETS = [
     (["--set", "qffl.q=[1,1]"], "qffl.q: 1.0 and 1.0 both name the run 'q=1'"),
     (["--set", "seed=4294967296"], "seed: must be between 0 and 4294967295"),
     (["--set", "data.partition_seed=4294967296"], "data.partition_seed: must be between 0 and 4294967295"),
+    (["--set", "data.partition_seed=every"], "data.partition_seed: unknown value 'every' (choose from each)"),
+    (["--set", "data.partition_seed=1.5"], "data.partition_seed"),
     (["--set", "seeds=[1, 4294967296]"], "seeds: must be between 0 and 4294967295"),
     (
         ["--set", "seed=4294967295", "--set", "seeds=2"],

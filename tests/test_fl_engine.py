@@ -326,6 +326,34 @@ def test_seeds_run_side_by_side_on_one_partition(ray_session, tmp_path):
         stated = re.search(r"held-out audit: [^(]*\(flip rate ([+-][\d.]+) ± ([\d.]+)", verdict)
         assert [float(stated[1]), float(stated[2])] == pytest.approx(list(mean_interval(pairs)), abs=1e-4)
     assert not any(line.startswith("- Uniform vs Uniform") for line in summary.splitlines())
+    assert "interval, over seeds on one federation (partition seed 5), so it covers training's randomness" in summary
+
+
+def test_each_seed_can_draw_its_own_federation_and_trains_as_a_run_of_that_seed_alone(ray_session, tmp_path):
+    """data.partition_seed: each: seed 6's clients hold the data of partition 6 (their own audit split, validation
+    split and test subsets), so its rows are those of a run of seed 6 alone, while seed 5 keeps partition 5; the
+    summary says the interval covers the federation's draw, and names each seed's federation in its notes."""
+    extra = ["fl.rounds=1", "data.validation_fraction=0.2", "data.partition=dirichlet"]  # 2 GAN epochs: the
+    # second sees the first's D, trained on the audit split's images
+    both = small_run(tmp_path, "each", extra + ["seeds=[5,6]", "data.partition_seed=each"])
+    alone = small_run(tmp_path, "alone", extra + ["seed=6"])
+    config = load_config(None, SMALL + extra)
+    clients = pd.read_parquet(both / "clients.parquet")
+    for seed in (5, 6):
+        federation = build_federation(config, partition_seed=seed)
+        held = clients[(clients.seed == seed) & (clients.method == "fedavg")].sort_values("client")
+        assert held["num_samples"].tolist() == federation.num_samples
+        assert held["test_samples"].tolist() == [len(c.test_index) for c in federation.clients]
+    sizes = clients[clients.method == "fedavg"].groupby("seed")["num_samples"].apply(tuple)
+    assert sizes[5] != sizes[6]  # two federations
+    for table in ("rounds.parquet", "clients.parquet", "audit.parquet"):
+        mine = pd.read_parquet(both / table).query("seed == 6").drop(columns=["seconds"], errors="ignore")
+        reference = pd.read_parquet(alone / table).drop(columns=["seconds"], errors="ignore")
+        pd.testing.assert_frame_equal(mine.reset_index(drop=True), reference.reset_index(drop=True))
+    summary = (both / "summary.md").read_text()
+    assert "seeds that each drew their own federation (`data.partition_seed: each`" in summary
+    for seed in (5, 6):
+        assert f"- Seed {seed}'s federation: A validation split of" in summary
 
 
 def test_qffl_reports_losses_before_training_and_weights_by_their_shares(ray_session, tmp_path):

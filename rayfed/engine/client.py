@@ -42,52 +42,56 @@ class UpdateReceipt:
 
 @ray.remote
 class ClientActor:
-    """Holds its clients' data on its device for the whole run (placed in the object store once by the driver)."""
+    """Holds its clients' data on its device for the whole run (placed in the object store once by the driver):
+    one set per federation the run's seeds train on (one, unless data.partition_seed is `each`)."""
 
     def __init__(
         self,
         settings: ClientSettings,
-        client_refs: list[ray.ObjectRef],
+        client_refs: list[list[ray.ObjectRef]],
         test_ref: list[ray.ObjectRef],
-        validation_ref: list[ray.ObjectRef | None],
+        validation_refs: list[ray.ObjectRef | None],
     ):
+        """client_refs[k]: its clients' ClientData in federation k; validation_refs[k]: federation k's validation
+        split (None without one); test_ref: [the test set], shared by every federation."""
         self.settings = settings
         self.device = setup_worker(settings.threads)
         self.model = on_device(build_classifier(settings.model_name, settings.shape, settings.num_classes), self.device)
         self.pad = None if settings.augment_pad is None else settings.augment_pad.to(self.device)
-        self.clients: dict[int, ClientData] = {}
-        for client in ray.get(client_refs):
-            self.clients[client.client_id] = ClientData(
-                client.client_id,
-                client.x.to(self.device),
-                client.y.to(self.device),
-                client.test_index,
-                client.validation_index,
-            )
+        self.clients: list[dict[int, ClientData]] = [
+            {
+                c.client_id: ClientData(
+                    c.client_id, c.x.to(self.device), c.y.to(self.device), c.test_index, c.validation_index
+                )
+                for c in ray.get(refs)
+            }
+            for refs in client_refs
+        ]
         # the test (and validation) images its clients are scored on, once for all of them
-        hosted = list(self.clients.values())
+        hosted = [c for clients in self.clients for c in clients.values()]
         self.test = SharedImages.of(ray.get(test_ref[0]), [c.test_index for c in hosted], self.device)
-        self.validation = (
+        self.validation = [
             None
-            if validation_ref[0] is None
-            else SharedImages.of(ray.get(validation_ref[0]), [c.validation_index for c in hosted], self.device)
-        )
+            if ref is None
+            else SharedImages.of(ray.get(ref), [c.validation_index for c in clients.values()], self.device)
+            for ref, clients in zip(validation_refs, self.clients)
+        ]
         with warnings.catch_warnings():  # Ray's own property calls a deprecated accessor
             warnings.simplefilter("ignore", DeprecationWarning)
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
 
     @ray.method(num_returns=2)
     def train(
-        self, round_index: int, run_seed: int, global_state: NumpyState, client_ids: list[int]
+        self, round_index: int, run_seed: int, global_state: NumpyState, client_ids: list[int], federation: int = 0
     ) -> tuple[list[UpdateReceipt], list[LocalResult]]:
-        """Phase 1 for each of client_ids from Theta_old. Two results: small receipts for the driver, and the
-        updates (dw_i as numpy, with F_i(Theta_old)), which only the server fetches."""
+        """Phase 1 for each of client_ids (of federation `federation`) from Theta_old. Two results: small receipts
+        for the driver, and the updates (dw_i as numpy, with F_i(Theta_old)), which only the server fetches."""
         state = to_torch(global_state, self.device)
         results = []
         for cid in client_ids:
             result = client_update(
                 self.model,
-                self.clients[cid],
+                self.clients[federation][cid],
                 state,
                 self.settings.training,
                 run_seed=run_seed,
@@ -104,16 +108,18 @@ class ClientActor:
     # calls are not retried): a round that dropped this actor's updates still needs its clients' accuracies,
     # and the call may reach it while it restarts. An actor out of restarts still raises.
     @ray.method(max_task_retries=-1)
-    def evaluate(self, round_index: int, run_seed: int, global_state: NumpyState) -> list[ClientEvaluation]:
-        """The accuracies of every hosted client under Theta (see `evaluate_clients`)."""
+    def evaluate(
+        self, round_index: int, run_seed: int, global_state: NumpyState, federation: int = 0
+    ) -> list[ClientEvaluation]:
+        """The accuracies of every hosted client of federation `federation` under Theta (see `evaluate_clients`)."""
         self.restarted = False  # a restart that reran this call recomputed no update (under `drop`, the first
         # call a restarted actor runs is this round's evaluation; the next round's updates are no retry)
         return evaluate_clients(
             self.model,
             to_torch(global_state, self.device),
-            list(self.clients.values()),
+            list(self.clients[federation].values()),
             self.test,
-            self.validation,
+            self.validation[federation],
             eval_batch_size=self.settings.training.eval_batch_size,
             augment_pad=self.pad,
             run_seed=run_seed,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,11 +77,22 @@ STALL_POLL_S = 5.0
 class FederatedEngine:
     """Starts the client actors and the audit servers, and runs rounds on them."""
 
-    def __init__(self, config: Config, federation: Federation):
-        self.config, self.federation = config, federation
+    def __init__(self, config: Config, federations: Federation | Mapping[int, Federation]):
+        """federations: the one federation every seed trains on, or each run seed's (`build_federations`)."""
+        self.config = config
+        if isinstance(federations, Federation):
+            federations = dict.fromkeys(config.seed_list, federations)
+        self.federations: list[Federation] = list({id(f): f for f in federations.values()}.values())
+        """The distinct federations; the actors hold each one's data, index k in their calls."""
+        index = {id(f): k for k, f in enumerate(self.federations)}
+        self.federation_index = {seed: index[id(f)] for seed, f in federations.items()}
+        """run seed -> its federation's index (a seed outside the config trains on the first)."""
         self.last_progress = time.monotonic()
         """When a step the engine waits on last finished (or work was last submitted): the stall watchdog's clock."""
-        r, fl, d = config.resources, config.fl, federation.data
+        first = self.federations[0]
+        if any(f.data is not first.data for f in self.federations):
+            raise ValueError("the federations must share one dataset (build_federations loads it once)")
+        r, fl, d = config.resources, config.fl, first.data
         ids = list(range(config.data.num_clients))
         per_actor = r.actor_capacity(len(ids), cluster_cpus(), cluster_gpus())
         self.groups = [ids[i : i + per_actor] for i in range(0, len(ids), per_actor)]
@@ -97,23 +109,30 @@ class FederatedEngine:
             fl.local_epochs, fl.lr, fl.momentum, fl.weight_decay, config.data.batch_size, config.data.eval_batch_size
         )
         settings = ClientSettings(
-            config.model.name, d.shape, d.num_classes, training, federation.augment_pad, r.torch_threads
+            config.model.name, d.shape, d.num_classes, training, first.augment_pad, r.torch_threads
         )
         retries = fl.max_retries
         task_retries = retries if fl.on_client_failure == "retry" else 0
-        # Each partition enters the object store once; the engine keeps the refs so restarted actors find them.
-        self.client_refs = [ray.put(c) for c in federation.clients]
+        # Each client's data enters the object store once; the engine keeps the refs so restarted actors find them.
+        self.client_refs = [[ray.put(c) for c in f.clients] for f in self.federations]
         self.test_ref = ray.put((d.test_x, d.test_y))
-        validation = federation.validation
-        self.validation_ref = None if validation is None else ray.put(validation)
+        validations = [f.validation for f in self.federations]
+        self.validation_refs = [None if v is None else ray.put(v) for v in validations]
         self.actors = [
             ClientActor.options(
                 num_cpus=cpus, num_gpus=gpus, max_restarts=retries, max_task_retries=task_retries
-            ).remote(settings, [self.client_refs[cid] for cid in group], [self.test_ref], [self.validation_ref])
+            ).remote(
+                settings,
+                [[refs[cid] for cid in group] for refs in self.client_refs],
+                [self.test_ref],
+                self.validation_refs,
+            )
             for group in self.groups
         ]
-        split = federation.split
-        self.server_data = ray.put((d.train_x[split.audit], d.train_y[split.audit], d.test_x, d.test_y, validation))
+        self.split_refs = [
+            ray.put((d.train_x[f.split.audit], d.train_y[f.split.audit], v))
+            for f, v in zip(self.federations, validations)
+        ]
         self.servers = [
             AuditServer.options(
                 num_cpus=cpus if r.server_cpus == "auto" else r.server_cpus,
@@ -125,8 +144,9 @@ class FederatedEngine:
                 d.shape,
                 d.num_classes,
                 config.audit,
-                federation.space,
-                [self.server_data],
+                first.space,
+                [self.test_ref],
+                self.split_refs,
                 config.data.eval_batch_size,
                 r.server_threads,
                 num_servers,
@@ -154,17 +174,22 @@ class FederatedEngine:
         by_actor: dict[int, list[int]] = {}
         for cid in selected:
             by_actor.setdefault(self.actor_of[cid], []).append(cid)
-        trains = {a: self.actors[a].train.remote(round_index, seed, state_ref, cids) for a, cids in by_actor.items()}
+        k = self.federation_of(seed)
+        trains = {a: self.actors[a].train.remote(round_index, seed, state_ref, cids, k) for a, cids in by_actor.items()}
         self.last_progress = time.monotonic()  # new work: the watchdog's clock starts from its submission
         server = self.server_of.get((run.file_label, seed), 0)  # a run outside the config: the first server
         probes_ref, gan_ref = (
-            self.servers[server].audit.remote(round_index, seed, state_ref, gan_state)
+            self.servers[server].audit.remote(round_index, seed, state_ref, gan_state, k)
             if run.needs_audit
             else (None, None)
         )
         return PendingRound(
             round_index, run, seed, state_ref, server, time.perf_counter(), by_actor, trains, probes_ref, gan_ref
         )
+
+    def federation_of(self, seed: int) -> int:
+        """The index of the federation that the run seeded `seed` trains on."""
+        return self.federation_index.get(seed, 0)
 
     def _wait(self, refs: Any, what: str, p: PendingRound, droppable: bool = False) -> Any:
         """`wait_for` of one round's step, naming the round."""
@@ -221,12 +246,13 @@ class FederatedEngine:
         for cid, count in retries.items():
             if count:
                 log.warning("round %d: client %d was recomputed on a restarted actor", p.round_index, cid)
+        k = self.federation_of(p.seed)
         outcome_ref, new_state_ref = self.servers[p.server].score_and_aggregate.remote(
-            p.run, p.state_ref, delivered, p.probes_ref
+            p.run, p.state_ref, delivered, p.probes_ref, k
         )
         outcome: RoundOutcome = self._wait(outcome_ref, "the audit server's scoring and aggregation", p)
         batches = self._wait(
-            [actor.evaluate.remote(p.round_index, p.seed, new_state_ref) for actor in self.actors],
+            [actor.evaluate.remote(p.round_index, p.seed, new_state_ref, k) for actor in self.actors],
             "the clients' evaluations",
             p,
         )
@@ -249,7 +275,7 @@ class FederatedEngine:
             **weight_figures(outcome.weights, outcome.scores),
             **validation_figures(
                 outcome.validation_accuracy,
-                [evaluations[c.client_id].validation_accuracy for c in self.federation.clients],
+                [evaluations[c.client_id].validation_accuracy for c in self.federations[k].clients],
             ),
             seconds=time.perf_counter() - p.started,
         )
@@ -261,7 +287,7 @@ class FederatedEngine:
     ) -> list[dict[str, Any]]:
         index = {cid: i for i, cid in enumerate(outcome.client_ids)}
         rows = []
-        for client in self.federation.clients:
+        for client in self.federations[self.federation_of(p.seed)].clients:
             cid, i = client.client_id, index.get(client.client_id)
             rows.append(
                 as_dict(
@@ -308,7 +334,7 @@ class FederatedEngine:
         each on the run's own server, all submitted before any is collected."""
         refs = [
             self.servers[self.server_of.get((run.file_label, seed), 0)].held_out_audit.remote(
-                seed, state_ref, self.config.metrics
+                seed, state_ref, self.config.metrics, self.federation_of(seed)
             )
             for (run, seed), state_ref in zip(seeded, state_refs)
         ]

@@ -20,7 +20,7 @@ from rayfed.engine.runtime import init_ray
 from rayfed.errors import UserError
 from rayfed.fl.report import unheld_classes_sentence, validation_sentence, write_outputs
 from rayfed.fl.rows import AUDIT_FIGURES, AuditRow, ClientRow, RoundRow, schema, with_held_out
-from rayfed.fl.setup import build_federation, initial_model_state
+from rayfed.fl.setup import Federation, build_federations, initial_model_state
 from rayfed.fl.state import NumpyState, to_numpy, to_torch
 from rayfed.fl.strategies import Strategy, seeded_runs
 from rayfed.fl.strategies.qffl import lipschitz_sentence
@@ -142,14 +142,14 @@ def execute(
     receives each round's rows once its checkpoint is on disk (Ray Tune trials report through it). Returns the
     summary rows.
     """
-    federation = build_federation(config)
-    unheld = unheld_classes_sentence(config, federation.unheld_classes, federation.held_test_percent)
-    if unheld is not None:
-        log.warning(unheld)
+    federations = build_federations(config)
+    notes = federation_notes(config, federations)
+    for note in notes["unheld"]:
+        log.warning(note)
     runs = [SeededRun(run, seed) for run, seed in seeded_runs(config)]
     started_ray = init_ray(config.resources.address)
-    engine = FederatedEngine(config, federation)
-    initial = {seed: to_numpy(initial_model_state(config, federation, seed)) for seed in config.seed_list}
+    engine = FederatedEngine(config, federations)
+    initial = {seed: to_numpy(initial_model_state(config, federations[seed], seed)) for seed in config.seed_list}
     state_refs = {r.key: ray.put(progress.states.get(r.key, initial[r.seed])) for r in runs}
     trackers = {
         r.key: Tracker(config, f"{r.run.label} seed {r.seed}", run_dir.path, group=run_dir.path.name) for r in runs
@@ -202,10 +202,31 @@ def execute(
         engine.shutdown()
         if started_ray:
             ray.shutdown()
-    split = federation.split
-    validation = validation_sentence(config, len(split.validation), [len(i) for i in split.client_validation or []])
-    notes = [note for note in (unheld, lipschitz_sentence(config, federation.num_samples), validation) if note]
-    return write_outputs(config, run_dir, progress.round_rows, progress.client_rows, audit_rows, notes)
+    return write_outputs(
+        config, run_dir, progress.round_rows, progress.client_rows, audit_rows, [n for ns in notes.values() for n in ns]
+    )
+
+
+def federation_notes(config: Config, federations: dict[int, Federation]) -> dict[str, list[str]]:
+    """summary.md's sentences about the federations (each kind, in order: `unheld` classes, q-FFL's `lipschitz`
+    constant, the `validation` split), one per distinct federation, each naming its seed when the seeds drew
+    their own."""
+    distinct = {id(f): (seed, f) for seed, f in reversed(federations.items())}  # each federation's first seed
+    notes: dict[str, list[str]] = {"unheld": [], "lipschitz": [], "validation": []}
+    for seed, federation in sorted(distinct.values(), key=lambda item: item[0]):
+        split = federation.split
+        sentences = {
+            "unheld": unheld_classes_sentence(config, federation.unheld_classes, federation.held_test_percent),
+            "lipschitz": lipschitz_sentence(config, federation.num_samples),
+            "validation": validation_sentence(
+                config, len(split.validation), [len(i) for i in split.client_validation or []]
+            ),
+        }
+        prefix = f"Seed {seed}'s federation: " if len(distinct) > 1 else ""
+        for kind, sentence in sentences.items():
+            if sentence is not None:
+                notes[kind].append(prefix + sentence)
+    return notes
 
 
 def run_fl(config: Config, run_dir: RunDirectory, on_round: RoundCallback | None = None) -> list[dict[str, Any]]:

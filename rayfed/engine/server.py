@@ -37,8 +37,9 @@ def to_cpu(value: Any) -> Any:
 
 @ray.remote
 class AuditServer:
-    """Holds the audit split (never any client's data), the global test set and the validation split, if any.
-    One of `servers` audit servers: without `threads`, it takes its share of the node's cores."""
+    """Holds the audit split (never any client's data), the global test set and the validation split, if any:
+    an audit and validation split per federation the run's seeds train on. One of `servers` audit servers:
+    without `threads`, it takes its share of the node's cores."""
 
     def __init__(
         self,
@@ -47,17 +48,21 @@ class AuditServer:
         num_classes: int,
         audit: AuditConfig,
         space: PixelSpace,
-        data_ref: list[ray.ObjectRef],
+        test_ref: list[ray.ObjectRef],
+        split_refs: list[ray.ObjectRef],
         eval_batch_size: int,
         threads: int | None,
         servers: int = 1,
     ):
+        """test_ref: [the test set's (images, labels)]; split_refs[k]: federation k's (audit images, audit labels,
+        validation split or None)."""
         self.device = setup_worker(threads or max(1, (os.cpu_count() or 1) // servers))
-        audit_x, audit_y, test_x, test_y, validation = ray.get(data_ref[0])
-        self.audit_x, self.audit_y, self.test_x, self.test_y = (
-            t.to(self.device) for t in (audit_x, audit_y, test_x, test_y)
-        )
-        self.validation = None if validation is None else tuple(t.to(self.device) for t in validation)
+        self.test_x, self.test_y = (t.to(self.device) for t in ray.get(test_ref[0]))
+        self.audit_splits: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.validation: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for audit_x, audit_y, validation in ray.get(split_refs):
+            self.audit_splits.append((audit_x.to(self.device), audit_y.to(self.device)))
+            self.validation.append(None if validation is None else tuple(t.to(self.device) for t in validation))
         self.model = on_device(build_classifier(model_name, shape, num_classes), self.device)
         self.evaluator = FoldedEvaluator(self.model)
         self.buffers = frozenset(name for name, _ in self.model.named_buffers())
@@ -67,10 +72,15 @@ class AuditServer:
 
     @ray.method(num_returns=2)
     def audit(
-        self, round_index: int, run_seed: int, global_state: NumpyState, gan_state: dict[str, Any] | None = None
+        self,
+        round_index: int,
+        run_seed: int,
+        global_state: NumpyState,
+        gan_state: dict[str, Any] | None = None,
+        federation: int = 0,
     ) -> tuple[Probes, dict[str, Any] | None]:
-        """Phase 2: train G (and D) against the frozen Theta_old and draw the probe set P. It needs nothing
-        from the clients, so the engine starts it with their local training.
+        """Phase 2: train G (and D) on federation `federation`'s audit split against the frozen Theta_old and draw
+        the probe set P. It needs nothing from the clients, so the engine starts it with their local training.
 
         Returns the probes (for `score_and_aggregate`) and, with warm start, G, D and their optimizers' states
         (for the driver's next round and checkpoint), both on the CPU."""
@@ -78,8 +88,7 @@ class AuditServer:
         gan = train_audit(
             self.model,
             to_torch(global_state, self.device),
-            self.audit_x,
-            self.audit_y,
+            *self.audit_splits[federation],
             a,
             self.space,
             self.num_classes,
@@ -100,9 +109,11 @@ class AuditServer:
         global_state: NumpyState,
         update_refs: list[ray.ObjectRef],
         probes: Probes | None = None,
+        federation: int = 0,
     ) -> tuple[RoundOutcome, NumpyState]:
         """Check the updates, weight them by `strategy` (with this round's `probes` from `audit` if it needs
-        them), apply them, evaluate Theta_new on the test set (and the validation split). Returns the outcome (with
+        them), apply them, evaluate Theta_new on the test set (and federation `federation`'s validation split).
+        Returns the outcome (with
         those accuracies; its `state` emptied, as Theta_new travels separately as the second result)."""
         state = to_torch(global_state, self.device)
         results = [u for batch in ray.get(update_refs) for u in batch]
@@ -118,21 +129,22 @@ class AuditServer:
         outcome = score_and_aggregate(strategy, state, results, evidence, self.buffers)
         self.model.load_state_dict(outcome.state)
         outcome.test_accuracy = accuracy(self.model, self.test_x, self.test_y, self.eval_batch_size)
-        if self.validation is not None:
-            outcome.validation_accuracy = accuracy(self.model, *self.validation, self.eval_batch_size)
+        if self.validation[federation] is not None:
+            outcome.validation_accuracy = accuracy(self.model, *self.validation[federation], self.eval_batch_size)
         new_state = to_numpy(outcome.state)
         outcome.state = {}
         return outcome, new_state
 
     def held_out_audit(
-        self, run_seed: int, state: NumpyState, metrics: MetricsConfig
+        self, run_seed: int, state: NumpyState, metrics: MetricsConfig, federation: int = 0
     ) -> tuple[HeldOutAudit, HeldOutAudit | None]:
-        """Audit a final model with the seed's auditors (`held_out_audit`): on the held-out test split, and on the
-        validation split when the run has one (else None), for at least as many GAN steps as on the test split. A pure
+        """Audit a final model with the seed's auditors (`held_out_audit`): on the held-out test split, and on
+        federation `federation`'s validation split when the run has one (else None), for at least as many GAN
+        steps as on the test split. A pure
         function of its arguments, so a restarted server gives the same result. The server's round GAN, when it
         has one, is re-initialised for each."""
         weights = to_torch(state, self.device)
-        splits = {"test": (self.test_x, self.test_y), "validation": self.validation}
+        splits = {"test": (self.test_x, self.test_y), "validation": self.validation[federation]}
         audits = {
             split: held_out_audit(
                 self.model,

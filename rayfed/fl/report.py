@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rayfed.config import Config
+from rayfed.config import EACH_SEED, Config
 from rayfed.fl.rows import client_accuracy_column, with_held_out
 from rayfed.fl.strategies import Strategy, strategy_for, strategy_runs
 from rayfed.plots.fl import plot_fairness
@@ -440,6 +440,25 @@ def validation_sentence(config: Config, images: int, client_sizes: Sequence[int]
     )
 
 
+def interval_sentence(config: Config) -> str:
+    """What the ± of the summary measures: training's randomness on one federation, or over federations too
+    (data.partition_seed: each); or that one seed has none."""
+    if len(config.seed_list) == 1:
+        return "One seed: no interval; run with `seeds: 5` to tell effect from noise."
+    if config.data.partition_seed == EACH_SEED:
+        over = (
+            "seeds that each drew their own federation (`data.partition_seed: each`: partition, audit split, test "
+            "subsets), so it covers the federation's draw as well as training's randomness"
+        )
+    else:
+        over = (
+            f"seeds on one federation (partition seed {config.partition_seed_of(config.seed)}), so it covers "
+            "training's randomness (initial weights, SGD order, GANs), not the federation's draw "
+            "(`data.partition_seed: each` draws one per seed)"
+        )
+    return f"Values are means over seeds ± the half-width of a 95% Student-t interval, over {over}."
+
+
 def summary_markdown(
     config: Config,
     round_rows: list[dict[str, Any]],
@@ -457,14 +476,7 @@ def summary_markdown(
     parts = [
         f"# rayfed fl summary ({config.data.dataset}, {config.data.num_clients} clients, "
         f"{config.fl.rounds} rounds, seeds {', '.join(map(str, seeds))})\n",
-        basis_sentence(config, client_rows)
-        + " "
-        + (
-            "Values are means over seeds ± the half-width of a 95% Student-t interval."
-            if len(seeds) > 1
-            else "One seed: no interval; run with `seeds: 5` to tell effect from noise."
-        )
-        + "\n",
+        basis_sentence(config, client_rows) + " " + interval_sentence(config) + "\n",
         format_table(summary_table(round_rows, runs)),
     ]
     if audit_rows:

@@ -79,11 +79,11 @@ def initial_model_state(config: Config, federation: Federation, seed: int) -> St
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def build_federation(config: Config) -> Federation:
-    """Load the dataset, carve the audit split, partition the clients and draw their test subsets (all from
-    the partition seed)."""
+def build_federation(config: Config, partition_seed: int | None = None, data: ImageData | None = None) -> Federation:
+    """Load the dataset (unless given), carve the audit split, partition the clients and draw their test subsets,
+    all from `partition_seed` (default: the first seed's, `config.partition_seed_of(config.seed)`)."""
     d = config.data
-    data = load_dataset(d.dataset, d.root, d.download, d.augment)
+    data = data if data is not None else load_dataset(d.dataset, d.root, d.download, d.augment)
     split = split_federated(
         data.train_y.numpy(),
         data.test_y.numpy(),
@@ -92,7 +92,7 @@ def build_federation(config: Config) -> Federation:
         d.partition,
         d.audit_fraction,
         d.client_test_size,
-        config.partition_seed,
+        config.partition_seed_of(config.seed) if partition_seed is None else partition_seed,
         d.classes_per_client,
         d.dirichlet_alpha,
         d.shards_per_client,
@@ -104,6 +104,17 @@ def build_federation(config: Config) -> Federation:
         for cid, (idx, test, val) in enumerate(zip(split.clients, split.client_test, validation))
     ]
     return Federation(data, split, clients)
+
+
+def build_federations(config: Config) -> dict[int, Federation]:
+    """Each run seed's federation (data.partition_seed): one shared by every seed, or one drawn per seed, from
+    one load of the dataset."""
+    data = load_dataset(config.data.dataset, config.data.root, config.data.download, config.data.augment)
+    by_partition = {
+        partition: build_federation(config, partition, data)
+        for partition in dict.fromkeys(config.partition_seed_of(seed) for seed in config.seed_list)
+    }
+    return {seed: by_partition[config.partition_seed_of(seed)] for seed in config.seed_list}
 
 
 def select_clients(
