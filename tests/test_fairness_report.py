@@ -564,4 +564,6 @@ def test_classes_no_client_holds_and_the_global_accuracy_they_cap_hand_case():
     assert sentence.startswith("Classes 1, 3 are in no client's training data (`data.partition: extreme`, 2 clients)")
     assert "stays below about 83.33%" in sentence
     assert unheld_classes_sentence(config, [7], 90.0).startswith("Class 7 is in no client's")
+    assert "no method can learn it, so" in unheld_classes_sentence(config, [7], 90.0)
+    assert "no method can learn them, so" in sentence
     assert unheld_classes_sentence(config, [], 100.0) is None

@@ -419,10 +419,11 @@ def unheld_classes_sentence(config: Config, unheld: list[int], held_test_percent
     """What it means for the figures that some classes are in no client's training data (None when all are)."""
     if not unheld:
         return None
-    classes = f"Class {unheld[0]} is" if len(unheld) == 1 else f"Classes {', '.join(map(str, unheld))} are"
+    one = len(unheld) == 1
+    classes = f"Class {unheld[0]} is" if one else f"Classes {', '.join(map(str, unheld))} are"
     return (
-        f"{classes} in no client's training data (`data.partition: "
-        f"{config.data.partition}`, {config.data.num_clients} clients): no method can learn them, so Global Acc, "
+        f"{classes} in no client's training data (`data.partition: {config.data.partition}`, "
+        f"{config.data.num_clients} clients): no method can learn {'it' if one else 'them'}, so Global Acc, "
         f"over the whole test set, stays below about {held_test_percent:.2f}% (the test images of the other "
         "classes), while each client's test subset holds only the classes that client has."
     )
