@@ -26,6 +26,7 @@ from rayfed.fl.strategies.fedauditgan import FedAuditGan, softmax_weights, stand
 from rayfed.fl.strategies.fedavg import FedAvg
 from rayfed.fl.strategies.qffl import QFedAvg
 from rayfed.fl.strategies.uniform import Uniform
+from rayfed.plots.fl import final_client_accuracies
 from rayfed.stats import holm, interval_p_value, mean_interval
 
 
@@ -328,6 +329,30 @@ def test_a_client_a_run_never_served_is_named_and_what_it_does_to_the_worst_clie
     only_fedavg = never_served_note(client_rows[:5], runs, "test")
     assert "under FedAvg: " in only_fedavg and "so its worst client shows only that" in only_fedavg
     assert never_served_note(client_rows, runs, "train") is None
+    # a client at 0 in every seed, but not the same one (by chance, or each seed on its own federation): the
+    # worst client is 0 in every seed all the same
+    moving = rows("fedavg", None, {(1, 2, 0): 0.0, (1, 2, 1): 80.0, (2, 2, 0): 70.0, (2, 2, 1): 0.0})
+    note = never_served_note(moving + client_rows[5:], runs, "test")
+    assert note.startswith(
+        "In every seed a client got none of its held-out test images right at the last round under "
+        "FedAvg (seed 1: client 0; seed 2: client 1); gamma=2 (seed 1: client 0; seed 2: client 0): the worst "
+        "client is then 0 in every seed"
+    )
+
+
+def test_the_per_client_bars_pair_a_client_over_seeds_or_its_rank_where_each_seed_has_its_own_federation():
+    """Client 0 of seed 1 and client 0 of seed 2 are one client on a shared federation (a bar over seeds); with a
+    federation per seed they are two, so the bars are the worst, middle and best client of each seed."""
+    final = {(1, 0): 10.0, (1, 1): 50.0, (1, 2): 30.0, (2, 0): 90.0, (2, 1): 20.0, (2, 2): 60.0}
+    client_rows = [
+        {"method": "fedavg", "gamma": None, "q": None, "seed": seed, "round": 3, "client": client, "test_accuracy": acc}
+        for (seed, client), acc in final.items()
+    ] + [{"method": "fedavg", "gamma": None, "q": None, "seed": 1, "round": 2, "client": 0, "test_accuracy": 99.0}]
+    by_id = final_client_accuracies(client_rows, FedAvg(), 3, "test_accuracy", ranked=False)
+    assert by_id == {0: [10.0, 90.0], 1: [50.0, 20.0], 2: [30.0, 60.0]}
+    by_rank = final_client_accuracies(client_rows, FedAvg(), 3, "test_accuracy", ranked=True)
+    assert by_rank == {0: [10.0, 20.0], 1: [30.0, 60.0], 2: [50.0, 90.0]}
+    assert final_client_accuracies(client_rows, Uniform(), 3, "test_accuracy", ranked=True) == {}
 
 
 def test_weight_figures_hand_case():

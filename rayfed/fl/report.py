@@ -273,9 +273,11 @@ def unfair_baseline_notes(paired: list[dict[str, Any]], runs: list[Strategy], co
 
 
 def never_served_note(client_rows: list[dict[str, Any]], runs: list[Strategy], basis: str) -> str | None:
-    """The clients some method runs got none of right at their last round in every seed (accuracy on the
-    fairness basis `basis`): those runs' worst client is 0 in every seed, so a difference in it between two of
-    them is 0 by construction, not a sign of equal fairness (None when no run left a client at 0 throughout)."""
+    """The runs that got none of some client's images right at their last round in every seed (accuracy on the
+    fairness basis `basis`): their worst client is 0 in every seed, so a difference in it between two of them
+    is 0 by construction, not a sign of equal fairness. Names the clients: the same ones in every seed, or each
+    seed's (they differ by chance, and under data.partition_seed: each a client id means another client in
+    every seed). None when no run had a client at 0 in every seed."""
     column = client_accuracy_column(basis)
     last: dict[tuple[Strategy, int], int] = {}
     finals: dict[tuple[Strategy, int], list[dict[str, Any]]] = defaultdict(list)  # (run, seed) -> last round's rows
@@ -285,40 +287,42 @@ def never_served_note(client_rows: list[dict[str, Any]], runs: list[Strategy], b
             last[key], finals[key] = c["round"], []
         if c["round"] == last[key]:
             finals[key].append(c)
-    accuracies: dict[Strategy, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (run, _), rows in finals.items():
-        for c in rows:
-            accuracies[run][c["client"]].append(c[column])
-    unserved: dict[Strategy, set[int]] = {}
-    for run in runs:
-        zero = {client for client, values in accuracies[run].items() if all(v == 0 for v in values)}
-        if zero:
-            unserved[run] = zero
+    zeros: dict[Strategy, dict[int, tuple[int, ...]]] = {}  # run -> seed -> its clients at 0
+    for (run, seed), rows in finals.items():
+        zeros.setdefault(run, {})[seed] = tuple(sorted(c["client"] for c in rows if c[column] == 0))
+    unserved = {run: zeros[run] for run in runs if run in zeros and all(zeros[run].values())}
     if not unserved:
         return None
-    clients = sorted(set().union(*unserved.values()))
-    named = f"Client {clients[0]}" if len(clients) == 1 else f"Clients {', '.join(map(str, clients))}"
-    groups: dict[frozenset[int], list[str]] = defaultdict(list)
-    for run, ids in unserved.items():
-        groups[frozenset(ids)].append(run.label)
-    if len(groups) == 1:
-        listed = _and(next(iter(groups.values())))
-    else:
-        listed = "; ".join(
-            f"{_and(labels)} (client {', '.join(map(str, sorted(ids)))})" for ids, labels in groups.items()
-        )
     images = "held-out test" if basis == "test" else "training"
+    if all(len(set(by_seed.values())) == 1 for by_seed in unserved.values()):  # the same clients in every seed
+        groups: dict[tuple[int, ...], list[str]] = defaultdict(list)
+        for run, by_seed in unserved.items():
+            groups[next(iter(by_seed.values()))].append(run.label)
+        clients = sorted(set().union(*groups))
+        named = f"Client {clients[0]}" if len(clients) == 1 else f"Clients {', '.join(map(str, clients))}"
+        listed = (
+            _and(next(iter(groups.values())))
+            if len(groups) == 1
+            else "; ".join(f"{_and(labels)} (client {', '.join(map(str, ids))})" for ids, labels in groups.items())
+        )
+        subject = (
+            f"{named} got none of {'its' if len(clients) == 1 else 'their'} {images} images right at the last round "
+            f"in every seed under {listed}"
+        )
+    else:
+        by_seeds: dict[str, list[str]] = defaultdict(list)
+        for run, by_seed in unserved.items():
+            clients_of = (f"client{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}" for ids in by_seed.values())
+            by_seeds["; ".join(f"seed {seed}: {who}" for seed, who in zip(by_seed, clients_of))].append(run.label)
+        listed = "; ".join(f"{_and(labels)} ({where})" for where, labels in by_seeds.items())
+        subject = f"In every seed a client got none of its {images} images right at the last round under {listed}"
     consequence = (
         "so between two of them Δ Worst client is 0 by construction, not a sign of equal fairness; JFI and "
         "Variance still compare them."
         if len(unserved) > 1
         else "so its worst client shows only that; JFI and Variance compare it with the others."
     )
-    return (
-        f"{named} got none of {'its' if len(clients) == 1 else 'their'} {images} images right at the last round "
-        f"in every seed under {listed}: the worst client is then 0 in every seed and the gap the best client's "
-        f"accuracy, {consequence}"
-    )
+    return f"{subject}: the worst client is then 0 in every seed and the gap the best client's accuracy, {consequence}"
 
 
 def _and(words: list[str]) -> str:
@@ -540,7 +544,8 @@ def write_outputs(
     summary = summary_table(with_held_out(round_rows, list(audit_rows)), runs)
     text = summary_markdown(config, round_rows, client_rows, audit_rows, notes)
     run_dir.write_text("summary.md", text)
-    plot_fairness(round_rows, client_rows, runs, config.metrics.client_accuracy, run_dir.file("fairness.png"))
+    ranked = config.data.partition_seed == EACH_SEED  # a client id names another client in every seed
+    plot_fairness(round_rows, client_rows, runs, config.metrics.client_accuracy, run_dir.file("fairness.png"), ranked)
     tracker = Tracker(config, "Summary-Comparison", run_dir.path, group=run_dir.path.name)
     tracker.log_image("comparison_plot", run_dir.file("fairness.png"))
     tracker.log_table("summary_table", summary)

@@ -1,5 +1,6 @@
 """fairness.png: the Fed-AuditGAN notebook's six panels, from the rounds and clients tables; with several
-seeds, each curve is the mean over seeds with a 95% Student-t band, each bar the mean with its interval."""
+seeds, each curve is the mean over seeds with a 95% Student-t band, each bar the mean with its interval (of a
+client, or where each seed has its own federation, of the k-th worst client)."""
 
 from __future__ import annotations
 
@@ -41,11 +42,33 @@ def _same_run(row: dict[str, Any], run: Any) -> bool:
     return row["method"] == run.name and all(row.get(k) == v for k, v in run.parameters.items())
 
 
+def final_client_accuracies(
+    client_rows: list[dict[str, Any]], run: Any, round_index: int, column: str, ranked: bool
+) -> dict[int, list[float]]:
+    """The per-client panel's bars of one method run: client id -> its accuracy (`column`) at `round_index` in
+    each seed; `ranked`: k -> the k-th worst client's accuracy in each seed (k from 0)."""
+    by_seed: dict[int, dict[int, float]] = defaultdict(dict)  # seed -> client -> accuracy
+    for c in client_rows:
+        if _same_run(c, run) and c["round"] == round_index:
+            by_seed[c["seed"]][c["client"]] = c[column]
+    bars: dict[int, list[float]] = defaultdict(list)
+    for accuracies in by_seed.values():
+        for position, value in enumerate(sorted(accuracies.values())) if ranked else accuracies.items():
+            bars[position].append(value)
+    return dict(bars)
+
+
 def plot_fairness(
-    round_rows: list[dict[str, Any]], client_rows: list[dict[str, Any]], runs: list[Any], basis: str, path: Path
+    round_rows: list[dict[str, Any]],
+    client_rows: list[dict[str, Any]],
+    runs: list[Any],
+    basis: str,
+    path: Path,
+    ranked: bool = False,
 ) -> None:
     """Five curves over rounds and the final per-client accuracy bars (on the fairness basis), one colour per
-    method run; the fairness panels' titles name the basis."""
+    method run; the fairness panels' titles name the basis. `ranked` (each seed its own federation, where a
+    client id names another client in every seed): bar k is the k-th worst client of each seed."""
     fig, axes = plt.subplots(2, 3, figsize=(18, 10))
     colours = plt.cm.tab10(np.arange(len(runs)) % 10)
     for ax, (key, ylabel, title) in zip(axes.flat, PANELS):
@@ -72,10 +95,7 @@ def plot_fairness(
     width = 0.8 / max(1, len(runs))
     column = client_accuracy_column(basis)
     for i, (run, colour) in enumerate(zip(runs, colours)):
-        by_client: dict[int, list[float]] = defaultdict(list)
-        for c in client_rows:
-            if _same_run(c, run) and c["round"] == last_round:
-                by_client[c["client"]].append(c[column])
+        by_client = final_client_accuracies(client_rows, run, last_round, column, ranked)
         if not by_client:
             continue
         xs, mean, half = _band(by_client)
@@ -90,9 +110,10 @@ def plot_fairness(
             capsize=2,
         )
     ax.set(
-        xlabel="Client ID",
+        xlabel="Client, ranked worst to best in each seed" if ranked else "Client ID",
         ylabel="Accuracy (%)",
-        title=f"Per-Client {BASIS_NAMES[basis].capitalize()} Accuracy (Round {last_round})",
+        title=f"Per-Client {BASIS_NAMES[basis].capitalize()} Accuracy (Round {last_round})"
+        + ("\neach seed its own federation: clients ranked" if ranked else ""),
     )
     ax.legend()
     ax.grid(True, alpha=0.3)
