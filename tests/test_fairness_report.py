@@ -26,7 +26,7 @@ from rayfed.fl.strategies.fedauditgan import FedAuditGan, softmax_weights, stand
 from rayfed.fl.strategies.fedavg import FedAvg
 from rayfed.fl.strategies.qffl import QFedAvg
 from rayfed.fl.strategies.uniform import Uniform
-from rayfed.plots.fl import final_client_accuracies
+from rayfed.plots.fl import RANGES, band_edges, final_client_accuracies
 from rayfed.stats import holm, interval_p_value, mean_interval
 
 
@@ -353,6 +353,17 @@ def test_the_per_client_bars_pair_a_client_over_seeds_or_its_rank_where_each_see
     by_rank = final_client_accuracies(client_rows, FedAvg(), 3, "test_accuracy", ranked=True)
     assert by_rank == {0: [10.0, 20.0], 1: [30.0, 60.0], 2: [50.0, 90.0]}
     assert final_client_accuracies(client_rows, Uniform(), 3, "test_accuracy", ranked=True) == {}
+
+
+def test_the_drawn_bands_stop_where_the_figures_do():
+    """Two seeds at 10% and 60% accuracy: mean 35, t(1) 12.706 x 25 = 317.7, drawn as [0, 100], not [-282.7,
+    352.7]; a JFI band stays in [0, 1]; a variance band has no top; a narrow band is left as it is."""
+    mean, half = np.array([35.0, 50.0]), np.array([317.65, 2.0])
+    low, high = band_edges(mean, half, RANGES["accuracy"])
+    assert low.tolist() == [0.0, 48.0] and high.tolist() == [100.0, 52.0]
+    assert [x.tolist() for x in band_edges(np.array([0.75]), np.array([0.5]), RANGES["jfi"])] == [[0.25], [1.0]]
+    assert band_edges(np.array([500.0]), np.array([900.0]), RANGES["variance"])[1].tolist() == [1400.0]
+    assert RANGES["gap"] == RANGES["accuracy"] == (0.0, 100.0)
 
 
 def test_weight_figures_hand_case():

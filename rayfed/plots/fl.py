@@ -1,6 +1,6 @@
 """fairness.png: the Fed-AuditGAN notebook's six panels, from the rounds and clients tables; with several
 seeds, each curve is the mean over seeds with a 95% Student-t band, each bar the mean with its interval (of a
-client, or where each seed has its own federation, of the k-th worst client)."""
+client, or where each seed has its own federation, of the k-th worst client), both cut to the figure's range."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from rayfed.fl.rows import client_accuracy_column  # noqa: E402
@@ -24,6 +25,9 @@ PANELS = [
     ("variance", "Variance", "Per-Client Accuracy Variance (lower=fairer)"),
     ("gap", "Gap (%)", "Best-Worst Client Gap (lower=fairer)"),
 ]
+PERCENT = (0.0, 100.0)
+RANGES = {"accuracy": PERCENT, "jfi": (0.0, 1.0), "max_min": (0.0, 1.0), "variance": (0.0, np.inf), "gap": PERCENT}
+"""The values each panel's figure can take (a client's accuracy: PERCENT)."""
 BASIS_NAMES = {"test": "held-out test", "train": "own training"}
 
 
@@ -36,6 +40,12 @@ def _band(values_by_x: dict[int, list[float]]) -> tuple[np.ndarray, np.ndarray, 
         means.append(v.mean())
         halves.append(0.0 if len(v) < 2 else stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
     return xs, np.array(means), np.array(halves)
+
+
+def band_edges(mean: np.ndarray, half: np.ndarray, limits: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The drawn band mean ± half, cut to the values the figure can take: with few seeds a t-interval runs past
+    them (2 seeds: 12.7 standard errors), and the figure cannot lie there."""
+    return np.clip(mean - half, *limits), np.clip(mean + half, *limits)
 
 
 def _same_run(row: dict[str, Any], run: Any) -> bool:
@@ -82,12 +92,13 @@ def plot_fairness(
             xs, mean, half = _band(by_round)
             ax.plot(xs, mean, label=run.label, color=colour, linestyle="--" if run.reference else "-", linewidth=2)
             if half.any():
-                ax.fill_between(xs, mean - half, mean + half, color=colour, alpha=0.2)
+                ax.fill_between(xs, *band_edges(mean, half, RANGES[key]), color=colour, alpha=0.2)
         ax.set(
             xlabel="Round",
             ylabel=ylabel,
             title=title if key == "accuracy" else f"{title}\nover clients' {BASIS_NAMES[basis]} accuracy",
         )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
         ax.grid(True, alpha=0.3)
     ax = axes[1, 2]
@@ -99,11 +110,12 @@ def plot_fairness(
         if not by_client:
             continue
         xs, mean, half = _band(by_client)
+        low, high = band_edges(mean, half, PERCENT)
         ax.bar(
             xs + i * width,
             mean,
             width,
-            yerr=half if half.any() else None,
+            yerr=[mean - low, high - mean] if half.any() else None,
             label=run.label,
             color=colour,
             alpha=0.8,
