@@ -367,6 +367,12 @@ class Config:
         """`seeds` as the list of run seeds."""
         return list(self.seeds) if isinstance(self.seeds, list) else [self.seed + i for i in range(self.seeds)]
 
+    @property
+    def partition_seeds(self) -> list[int]:
+        """The seeds of the distinct federations the run's seeds train on (one unless data.partition_seed is
+        `each`), in seed order."""
+        return list(dict.fromkeys(self.partition_seed_of(seed) for seed in self.seed_list))
+
     def partition_seed_of(self, seed: int) -> int:
         """The seed of the federation that the run seeded `seed` trains on (data.partition_seed)."""
         if self.data.partition_seed == EACH_SEED:

@@ -170,6 +170,10 @@ def test_ranking_sentence_says_whether_the_sweep_separates_best_from_runner_up()
         "One seed a trial: the ranking by jfi is a single draw (0.9 against the runner-up a (audit.gamma=2.0)'s 0.85)"
     )
     assert ranking_sentence(apart.iloc[:1], "jfi", "max", ["audit.gamma"]) is None
+    # with the federations the seeds trained on reported: one shared, or one per seed (data.partition_seed: each)
+    for federations, said in ((1, "over 3 seeds on one federation)"), (3, "over 3 seeds, each on its own federation)")):
+        sentence = ranking_sentence(apart.assign(federations=federations), "jfi", "max", ["audit.gamma"])
+        assert f"(95% intervals {said}: the intervals are apart" in sentence
     # a trial ASHA stopped early (its figure of an earlier round) or an interrupted one never ranks either
     unfinished = _trials(("d", "EARLY_STOPPED", 8.0, 3, 0.99, 0.01), ("e", "INTERRUPTED", 16.0, 3, 0.98, 0.01))
     assert ranking_sentence(pd.concat([apart, unfinished]), "jfi", "max", ["audit.gamma"]) == text
@@ -348,6 +352,7 @@ def test_qffl_q_smoke_sweep_reports_q_ffl_beside_its_controls_over_seeds(ray_ses
     table = table.set_index("qffl.q")
     assert sorted(table.index) == [0, 5] and (table["status"] == "TERMINATED").all(), table["error"]
     assert (table["seeds"] == 2).all() and (table["min_accuracy_ci"] >= 0).all()
+    assert (table["federations"] == 1).all() and "(95% intervals over 2 seeds on one federation)" in printed
     assert (table["fairness_basis"] == "test").all()
     assert {"fedavg/jfi", "uniform/min_accuracy"} <= set(table.columns)
     assert abs(table.loc[0, "accuracy"] - table.loc[0, "uniform/accuracy"]) <= 0.5  # float rounding at most

@@ -110,10 +110,7 @@ def build_federations(config: Config) -> dict[int, Federation]:
     """Each run seed's federation (data.partition_seed): one shared by every seed, or one drawn per seed, from
     one load of the dataset."""
     data = load_dataset(config.data.dataset, config.data.root, config.data.download, config.data.augment)
-    by_partition = {
-        partition: build_federation(config, partition, data)
-        for partition in dict.fromkeys(config.partition_seed_of(seed) for seed in config.seed_list)
-    }
+    by_partition = {partition: build_federation(config, partition, data) for partition in config.partition_seeds}
     return {seed: by_partition[config.partition_seed_of(seed)] for seed in config.seed_list}
 
 

@@ -55,9 +55,13 @@ def ranking_sentence(table: pd.DataFrame, metric: str, mode: str, params: list[s
             f"{runner_up}'s {second[metric]:.4g}); `seeds: 3` or more in the base config gives intervals."
         )
     apart = abs(best[metric] - second[metric]) > best[ci] + second[ci]
+    seeds = int(best["seeds"])
+    where = ""  # a table from before `federations` was reported says nothing of them
+    if "federations" in ranked and pd.notna(best["federations"]):
+        where = ", each on its own federation" if int(best["federations"]) == seeds else " on one federation"
     return (
         f"By {metric}, the best trial {best['trial_id']}'s {best[metric]:.4g} ± {best[ci]:.2g} against {runner_up}'s "
-        f"{second[metric]:.4g} ± {second[ci]:.2g} (95% intervals over {int(best['seeds'])} seeds): "
+        f"{second[metric]:.4g} ± {second[ci]:.2g} (95% intervals over {seeds} seeds{where}): "
         + (
             "the intervals are apart, so the sweep separates them."
             if apart

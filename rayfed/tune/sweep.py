@@ -144,7 +144,7 @@ def sweep_rows(results: tune.ResultGrid, spec: SweepSpec, setup: TrialSetup) -> 
                 key in RUN_METRICS[spec.run]
                 or "/" in key
                 or key.endswith("_ci")
-                or key in ("seeds", "fairness_basis", "started_at", "reported_at", "time_total_s")
+                or key in ("seeds", "federations", "fairness_basis", "started_at", "reported_at", "time_total_s")
             ):
                 row[key] = value
         row["run_dir"] = str(Path(setup.trials_dir) / trial.trial_id)

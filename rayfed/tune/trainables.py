@@ -96,15 +96,20 @@ def audit_figures(config: Config) -> tuple[str, ...]:
 class RoundReporter:
     """`on_round` callback of run_fl: reports each finished round to Tune with its checkpoint."""
 
-    def __init__(self, run_dir: RunDirectory, started_at: float, audit_figures: tuple[str, ...] = ()):
+    def __init__(
+        self, run_dir: RunDirectory, started_at: float, audit_figures: tuple[str, ...] = (), federations: int = 1
+    ):
         self.run_dir, self.started_at = run_dir, started_at
+        self.federations = federations
+        """How many federations the seeds trained on (one per seed under data.partition_seed: each)."""
         self.audit_figures = audit_figures
         """Reported as NaN until the last round measures them, so a sweep may choose on one (Tune checks that
         every report carries the metric)."""
 
     def metrics(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """The last method run's figures (mean over its seeds), plus the other method runs' (the references,
-        e.g. `fedavg/jfi`) under their file label, and `seeds` (how many each mean covers)."""
+        e.g. `fedavg/jfi`) under their file label, `seeds` (how many each mean covers) and `federations` (on how
+        many federations)."""
         by_run: dict[Strategy, list[dict[str, Any]]] = {}
         for row in rows:
             by_run.setdefault(strategy_for(row["method"], row), []).append(row)
@@ -121,6 +126,7 @@ class RoundReporter:
             **means(last, (*ROUND_METRICS, *AUDIT_FIGURES)),
             "round": last[0]["round"],
             "seeds": len(last),
+            "federations": self.federations,
             "fairness_basis": last[0]["fairness_basis"],
         }
         if len(last) > 1:  # the 95% Student-t half-widths over seeds, as in summary.md
@@ -156,7 +162,7 @@ def train_fl(params: dict[str, Any], setup: TrialSetup) -> None:
     started_at = time.time()
     config, _ = trial_config(setup, params)
     run_dir = _trial_run_dir(setup)
-    reporter = RoundReporter(run_dir, started_at, audit_figures(config))
+    reporter = RoundReporter(run_dir, started_at, audit_figures(config), len(config.partition_seeds))
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         run_fl(config, run_dir, on_round=reporter)
