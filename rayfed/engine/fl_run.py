@@ -211,9 +211,11 @@ def federation_notes(config: Config, federations: dict[int, Federation]) -> dict
     """summary.md's sentences about the federations (each kind, in order: `unheld` classes, q-FFL's `lipschitz`
     constant, the `validation` split), one per distinct federation, each naming its seed when the seeds drew
     their own."""
-    distinct = {id(f): (seed, f) for seed, f in reversed(federations.items())}  # each federation's first seed
+    distinct: dict[int, tuple[int, Federation]] = {}  # each federation, with the first seed that trains on it
+    for seed, federation in federations.items():
+        distinct.setdefault(id(federation), (seed, federation))
     notes: dict[str, list[str]] = {"unheld": [], "lipschitz": [], "validation": []}
-    for seed, federation in sorted(distinct.values(), key=lambda item: item[0]):
+    for seed, federation in distinct.values():
         split = federation.split
         sentences = {
             "unheld": unheld_classes_sentence(config, federation.unheld_classes, federation.held_test_percent),

@@ -452,8 +452,8 @@ def interval_sentence(config: Config) -> str:
         return "One seed: no interval; run with `seeds: 5` to tell effect from noise."
     if config.data.partition_seed == EACH_SEED:
         over = (
-            "seeds that each drew their own federation (`data.partition_seed: each`: partition, audit split, test "
-            "subsets), so it covers the federation's draw as well as training's randomness"
+            "seeds that each drew their own federation (`data.partition_seed: each`: partition, audit and "
+            "validation splits, test subsets), so it covers the federation's draw as well as training's randomness"
         )
     else:
         over = (
@@ -544,7 +544,7 @@ def write_outputs(
     summary = summary_table(with_held_out(round_rows, list(audit_rows)), runs)
     text = summary_markdown(config, round_rows, client_rows, audit_rows, notes)
     run_dir.write_text("summary.md", text)
-    ranked = config.data.partition_seed == EACH_SEED  # a client id names another client in every seed
+    ranked = len(config.partition_seeds) > 1  # a client id names another client in every federation
     plot_fairness(round_rows, client_rows, runs, config.metrics.client_accuracy, run_dir.file("fairness.png"), ranked)
     tracker = Tracker(config, "Summary-Comparison", run_dir.path, group=run_dir.path.name)
     tracker.log_image("comparison_plot", run_dir.file("fairness.png"))
