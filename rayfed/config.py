@@ -30,7 +30,7 @@ SISA_AGGREGATIONS = ("mean", "vote")
 SISA_SCHEDULES = ("union", "distributed")
 BIAS_SCORES = ("logits", "decisions")
 BACKDOOR_MODES = ("badnets", "clean_label")
-UNLEARN_BASELINES = ("finetune", "neggrad")
+UNLEARN_BASELINES = ("finetune", "neggrad", "scrub")
 TRIGGER_POSITIONS = ("bottom_right", "random")
 WANDB_MODES = ("disabled", "offline", "online")
 CLIENT_ACCURACY_BASES = ("test", "train")
@@ -215,12 +215,26 @@ class UnlearnConfig:
     """Points per side (member vs non-member) of the membership-inference audit; null = as many as the data
     allow (every test point as a non-member)."""
     baselines: list[str] = field(default_factory=list)
-    """Approximate unlearning on one unsharded model, compared with SISA (`baselines.parquet`): `finetune`
-    (train on the retained data) and/or `neggrad` (NegGrad+: descent on the retained, ascent on the forgotten)."""
+    """Approximate unlearning on one unsharded model, compared with SISA (`baselines.parquet`): any of
+    `finetune` (train on the retained data), `neggrad` (NegGrad+: descent on the retained, ascent on the
+    forgotten) and `scrub` (SCRUB: a student of the trained model, away from it on the forgotten, with it on the
+    retained)."""
     baseline_epochs: int = 1
-    """Epochs over the retained data of each approximate baseline."""
+    """Epochs over the retained data of `finetune` and `neggrad` (SCRUB has `scrub_epochs`)."""
     neggrad_alpha: float = 0.9
     """NegGrad+ loss alpha L(retained batch) - (1 - alpha) L(forgotten batch), in (0, 1)."""
+    scrub_epochs: int = 3
+    """SCRUB's epochs, each a min-step pass over the retained data (the authors' 3; its own count: its first
+    max-step meets a student equal to the teacher, where the KL's gradient is nil, so one epoch forgets little)."""
+    scrub_max_epochs: int = 2
+    """How many of SCRUB's epochs (the first ones) open with a max-step pass, ascent on the KL to the teacher
+    over the forget set (the authors' 2); 0 leaves only the min-steps (distillation on the retained data)."""
+    scrub_alpha: float = 0.001
+    """SCRUB's weight alpha of the KL to the teacher in a min-step, alpha d + gamma CE (the authors' 0.001)."""
+    scrub_gamma: float = 0.99
+    """SCRUB's weight gamma of the cross-entropy in a min-step (the authors' 0.99)."""
+    scrub_temperature: float = 4.0
+    """SCRUB's distillation temperature T of d = KL(softmax(t/T) || softmax(s/T)) T^2 (the authors' 4)."""
 
 
 @dataclass
@@ -711,6 +725,17 @@ def validate(c: Config) -> None:
     _require(len(set(u.baselines)) == len(u.baselines), f"unlearn.baselines: repeated method in {u.baselines}")
     _require(u.baseline_epochs >= 1, f"unlearn.baseline_epochs: must be >= 1, got {u.baseline_epochs}")
     _require(0 < u.neggrad_alpha < 1, f"unlearn.neggrad_alpha: must be in (0, 1), got {u.neggrad_alpha}")
+    _require(u.scrub_epochs >= 1, f"unlearn.scrub_epochs: must be >= 1, got {u.scrub_epochs}")
+    _require(
+        0 <= u.scrub_max_epochs <= u.scrub_epochs,
+        f"unlearn.scrub_max_epochs: must be in [0, unlearn.scrub_epochs = {u.scrub_epochs}], got {u.scrub_max_epochs}",
+    )
+    _finite_number("unlearn.scrub_alpha", u.scrub_alpha, zero_ok=True)
+    _finite_number("unlearn.scrub_gamma", u.scrub_gamma, zero_ok=True)
+    _require(
+        u.scrub_alpha + u.scrub_gamma > 0, "unlearn.scrub_alpha, unlearn.scrub_gamma: one must be > 0 (a min-step)"
+    )
+    _finite_number("unlearn.scrub_temperature", u.scrub_temperature)
 
     b = c.backdoor
     _one_of("backdoor.mode", b.mode, BACKDOOR_MODES)

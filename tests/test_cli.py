@@ -80,6 +80,11 @@ BAD_SETS = [
     (["--set", "audit.delta_scale=.inf"], "audit.delta_scale: must be a finite number > 0, got inf"),
     (["--set", "resources.stall_timeout=.inf"], "resources.stall_timeout"),
     (["--set", "resources.gpus_per_client=.inf"], "resources.gpus_per_client: must be a finite number >= 0"),
+    (["--set", "unlearn.baselines=[scrub,scrub]"], "unlearn.baselines: repeated method"),
+    (["--set", "unlearn.scrub_max_epochs=4"], "unlearn.scrub_max_epochs: must be in [0, unlearn.scrub_epochs = 3]"),
+    (["--set", "unlearn.scrub_temperature=0"], "unlearn.scrub_temperature: must be a finite number > 0, got 0"),
+    (["--set", "unlearn.scrub_alpha=.nan"], "unlearn.scrub_alpha: must be a finite number >= 0, got nan"),
+    (["--set", "unlearn.scrub_alpha=0", "--set", "unlearn.scrub_gamma=0"], "one must be > 0 (a min-step)"),
 ]
 
 

@@ -320,16 +320,28 @@ def test_forgetting_only_late_slice_points_retrains_from_that_checkpoint_exactly
     torch.set_num_threads(1)
 
 
-def test_approximate_baselines_count_their_samples_and_neggrad_ascends_on_the_forget_set(digits_subset):
-    from rayfed.sisa.approximate import finetune, neggrad_plus, train_unsharded
+@pytest.fixture(scope="module")
+def unsharded_model(digits_subset):
+    """One unsharded CNN trained 3 epochs on the 240 images: (settings, its state, the samples it counted)."""
+    from rayfed.sisa.approximate import train_unsharded
 
     torch.set_num_threads(1)
     x, y, data = digits_subset
     settings = TrainSettings(
         model="cnn", input_shape=data.shape, num_classes=10, epochs=(1,), lr=0.05, momentum=0.9, batch_size=32, seed=5
     )
+    return (settings, *train_unsharded(settings, 3, x, y, torch.device("cpu")))
+
+
+def test_approximate_baselines_count_their_samples_and_neggrad_ascends_on_the_forget_set(
+    digits_subset, unsharded_model
+):
+    from rayfed.sisa.approximate import finetune, neggrad_plus, train_unsharded
+
+    torch.set_num_threads(1)
+    x, y, _ = digits_subset
+    settings, state, samples = unsharded_model
     cpu = torch.device("cpu")
-    state, samples = train_unsharded(settings, 3, x, y, cpu)
     assert samples == 3 * 240
     again, _ = train_unsharded(settings, 3, x, y, cpu)
     assert _states_equal(state, again)  # seeded: the same model twice
@@ -355,3 +367,51 @@ def test_approximate_baselines_count_their_samples_and_neggrad_ascends_on_the_fo
     assert samples == 100 + 4 * 1
     assert forget_loss(alone) > forget_loss(state) + 0.5
     assert all(not torch.equal(state[k], alone[k]) for k in state if k.endswith("running_mean"))
+
+
+def test_scrub_ascends_the_kl_to_its_teacher_on_the_forget_set_and_descends_it_with_the_labels_elsewhere():
+    """SCRUB's d at T = 2 on a hand case, and the gradients its two steps put on the student's logits: the
+    max-step's is -d', the min-step's alpha d' + gamma CE', with d' = T (p_s - p_t) / B and CE' = (softmax(s) -
+    onehot(y)) / B per row (B = 2 rows)."""
+    from rayfed.sisa.approximate import distillation_kl, scrub_loss
+
+    # teacher logits (2 ln 3, 0) at T = 2: softmax(t/T) = (3/4, 1/4); the student's (0, 0): (1/2, 1/2); the
+    # second row is the same for both, so its KL is 0
+    teacher = torch.tensor([[2 * math.log(3), 0.0], [1.0, 2.0]])
+    student = torch.tensor([[0.0, 0.0], [1.0, 2.0]], requires_grad=True)
+    y = torch.tensor([0, 1])
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # 0.1308
+    assert float(distillation_kl(student.detach(), teacher, 2.0)) == pytest.approx(2.0**2 * kl / 2)
+
+    def gradient(maximise: bool) -> list[list[float]]:
+        student.grad = None
+        scrub_loss(student, teacher, y, maximise, alpha=0.5, gamma=1.0, temperature=2.0).backward()
+        return student.grad.tolist()
+
+    d_prime = [[2.0 * (0.5 - 0.75) / 2, 2.0 * (0.5 - 0.25) / 2], [0.0, 0.0]]
+    second = math.e / (math.e + math.e**2)  # softmax(1, 2)'s first entry
+    ce_prime = [[(0.5 - 1) / 2, 0.5 / 2], [second / 2, (1 - second - 1) / 2]]
+    assert gradient(True) == [pytest.approx([-v for v in row]) for row in d_prime]
+    expected = [[0.5 * d + c for d, c in zip(rd, rc)] for rd, rc in zip(d_prime, ce_prime)]
+    assert gradient(False) == [pytest.approx(row) for row in expected]
+
+
+def test_scrub_counts_its_passes_and_leaves_its_teacher_alone(digits_subset, unsharded_model):
+    from rayfed.sisa.approximate import scrub
+
+    torch.set_num_threads(1)
+    x, y, _ = digits_subset
+    settings, state, _ = unsharded_model
+    cpu = torch.device("cpu")
+    teacher = {k: v.clone() for k, v in state.items()}
+    x_r, y_r, x_f, y_f = x[10:110], y[10:110], x[:10], y[:10]
+    student, samples = scrub(settings, 3, 2, 0.001, 0.99, 4.0, state, x_r, y_r, x_f, y_f, cpu)
+    assert samples == 3 * 100 + 2 * 10  # a min-step pass over D_r every epoch, a max-step pass over D_f in two
+    assert _states_equal(state, teacher) and not _states_equal(student, state)
+    again, _ = scrub(settings, 3, 2, 0.001, 0.99, 4.0, state, x_r, y_r, x_f, y_f, cpu)
+    assert _states_equal(student, again)  # seeded
+    distilled, samples = scrub(settings, 3, 0, 0.001, 0.99, 4.0, state, x_r, y_r, x_f, y_f, cpu)
+    assert samples == 3 * 100 and not _states_equal(distilled, student)  # no max-step: D_f untouched
+    # one forgotten point: its max-step normalises with BatchNorm's running statistics, as NegGrad+'s does
+    alone, samples = scrub(settings, 1, 1, 0.001, 0.99, 4.0, state, x_r, y_r, x[:1], y[:1], cpu)
+    assert samples == 100 + 1 and all(torch.isfinite(v).all() for v in alone.values())

@@ -118,14 +118,20 @@ def test_a_shard_actor_out_of_restarts_stops_the_step_with_one_error_naming_it(r
 @pytest.mark.slow
 def test_run_sisa_audits_show_what_they_must_on_an_overfitting_setting(ray_session, tmp_path):
     """Two shards overfit (6 epochs on every union), 150 points forgotten in 2 requests, 60 BadNets points, and
-    both approximate baselines: every table holds the values the audits promise."""
+    every approximate baseline: every table holds the values the audits promise."""
     from rayfed.engine.sisa_run import run_sisa
 
     config = build_config(
         [
             {
                 "sisa": {"shards": 2, "slices": 2, "epochs": 6, "schedule": "union"},
-                "unlearn": {"forget": 150, "requests": 2, "baselines": ["finetune", "neggrad"]},
+                "unlearn": {
+                    "forget": 150,
+                    "requests": 2,
+                    "baselines": ["finetune", "neggrad", "scrub"],
+                    "scrub_epochs": 2,
+                    "scrub_max_epochs": 1,
+                },
                 "backdoor": {"poison": 60},
                 "resources": {"torch_threads": 1},
             }
@@ -175,7 +181,7 @@ def check_audit_tables(tmp_path):
     ties = ensemble.loc[("trained", "vote"), "tie_rate"]
     assert 0 <= ties <= 1 and ensemble["tie_rate"].isna().sum() == 3  # null for the mean rows
     unsharded = metrics[metrics["model"] == "unsharded"].set_index("stage")
-    assert set(unsharded.index) == {"retrained", "trained", "finetune", "neggrad"}
+    assert set(unsharded.index) == {"retrained", "trained", "finetune", "neggrad", "scrub"}
     assert unsharded.loc["retrained", "accuracy"] > 85
 
     unlearning = pd.read_parquet(tmp_path / "unlearning.parquet")
@@ -212,12 +218,14 @@ def check_audit_tables(tmp_path):
     assert backdoor.loc[("unlearned", "mean"), "shards_retrained"] == 2
 
     baselines = pd.read_parquet(tmp_path / "baselines.parquet").set_index("method")
-    assert baselines.index.tolist() == ["sisa", "finetune", "neggrad", "retrained"]
+    assert baselines.index.tolist() == ["sisa", "finetune", "neggrad", "scrub", "retrained"]
     # SISA served the 2 requests one after another, each baseline unlearned the whole forget set once
-    assert baselines["requests"].tolist() == [2, 1, 1, 1] and baselines.loc["sisa", "aggregation"] == "mean"
+    assert baselines["requests"].tolist() == [2, 1, 1, 1, 1] and baselines.loc["sisa", "aggregation"] == "mean"
     assert baselines.loc["sisa", "samples_processed"] == unlearning["samples_processed"].sum()
     assert baselines.loc["retrained", "samples_processed"] == 6 * (n - 150)
     assert baselines.loc["finetune", "samples_processed"] == n - 150  # one epoch over the retained data
+    # SCRUB: a min-step pass over the retained data in each of its 2 epochs, the first opening with a max-step pass
+    assert baselines.loc["scrub", "samples_processed"] == 2 * (n - 150) + 150
     assert baselines.loc["sisa", "exact"] and baselines.loc["retrained", "exact"]
     assert baselines.loc["sisa", "forget_mia_auc"] == retrained["auc"]
     assert baselines.loc["retrained", "asr_after"] < 5 and baselines.loc["retrained", "asr_before"] > 80

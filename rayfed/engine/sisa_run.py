@@ -38,7 +38,7 @@ from rayfed.errors import UserError
 from rayfed.plots.sisa import plot_seed_differences, plot_sisa
 from rayfed.results import RunDirectory, Tracker
 from rayfed.seeds import Stream, stream_seed
-from rayfed.sisa.approximate import finetune, neggrad_plus, timed, train_unsharded
+from rayfed.sisa.approximate import finetune, neggrad_plus, scrub, timed, train_unsharded
 from rayfed.sisa.ensemble import classification_metrics, combine_shards, ensemble_loss, shard_probs, vote_ties
 from rayfed.sisa.findings import main_aggregation, sisa_findings
 from rayfed.sisa.plan import Layout, affected_shards, make_layout, resolve_forget
@@ -54,6 +54,11 @@ from rayfed.sisa.train import TrainSettings, model_from_state
 
 SUMMARY = "summary.md"
 SEEDS_TABLE = "seeds.parquet"
+DIVERGENCE_HINTS = {
+    "neggrad": "; a small forget set makes NegGrad+'s ascent unbounded: raise `unlearn.neggrad_alpha` (less ascent)",
+    "scrub": "; SCRUB's max-steps ascend an unbounded KL: lower `unlearn.scrub_max_epochs` or `sisa.lr`",
+}
+"""What to try when an approximate method's weights end non-finite (its ascent ran away)."""
 
 
 @dataclass
@@ -520,6 +525,20 @@ class SisaExperiment:
             jobs = {
                 "finetune": (finetune, settings, u.baseline_epochs, state, x_r, y_r),
                 "neggrad": (neggrad_plus, settings, u.baseline_epochs, u.neggrad_alpha, state, x_r, y_r, x_f, y_f),
+                "scrub": (
+                    scrub,
+                    settings,
+                    u.scrub_epochs,
+                    u.scrub_max_epochs,
+                    u.scrub_alpha,
+                    u.scrub_gamma,
+                    u.scrub_temperature,
+                    state,
+                    x_r,
+                    y_r,
+                    x_f,
+                    y_f,
+                ),
             }
             for method in u.baselines:
                 refs[method] = self.workers.call(timed, *jobs[method], num_returns=2)
@@ -540,8 +559,8 @@ class SisaExperiment:
             result["diverged"] = not all(torch.isfinite(p).all() for p in result["probs"].values())
             if result["diverged"]:  # its argmax over NaN would score as a model that always says class 0
                 self.warnings.append(
-                    f"unlearn.baselines: {method} diverged (non-finite outputs), so it has no figures; a small "
-                    "forget set makes NegGrad+'s ascent unbounded: raise `unlearn.neggrad_alpha` (less ascent)"
+                    f"unlearn.baselines: {method} diverged (non-finite outputs), so it has no figures"
+                    + DIVERGENCE_HINTS.get(method, "")
                 )
                 continue
             row = _metric_rows(method, result["probs"]["test"], data.test_y, ["mean"])[0]

@@ -104,7 +104,8 @@ def plot_baselines(baselines: list[dict], path: Path) -> None:
     frame = pd.DataFrame(baselines)
     colours = [f"C{i}" for i in range(len(frame))]
     asr = frame["asr_after"].astype(float)
-    fig, axes = plt.subplots(1, 4 if asr.notna().any() else 3, figsize=(16, 4))
+    panels = 4 if asr.notna().any() else 3
+    fig, axes = plt.subplots(1, panels, figsize=(panels * max(4.0, 0.9 * len(frame)), 4))
     axes[0].bar(frame["method"], frame["samples_processed"], color=colours)
     axes[0].set_ylabel("samples processed to unlearn")
     axes[1].bar(frame["method"], frame["accuracy"].astype(float), color=colours)  # a diverged method: no bar

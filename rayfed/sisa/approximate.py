@@ -7,7 +7,12 @@
   drifts away from the forget set D_f.
 - `neggrad_plus` (Kurmanji et al., NeurIPS 2023): per step, minimise alpha L(b_r) - (1 - alpha) L(b_f) for a
   minibatch b_r of D_r and one b_f of D_f (cycled), i.e. descent on the retained and ascent on the forgotten.
-Each returns the new state dict (on the CPU) and the samples processed (both minibatches count for NegGrad+).
+- `scrub` (SCRUB, the same paper): a student w_u starts as the trained model w_o (the teacher, frozen) and
+  alternates a max-step, ascending d(x; w_u) = KL(p(x; w_o) || p(x; w_u)) over D_f, with a min-step,
+  descending alpha d(x_r; w_u) + gamma CE(f(x_r; w_u), y_r) over D_r: it moves away from the teacher on the
+  forgotten points and stays with it on the retained.
+Each returns the new state dict (on the CPU) and the samples processed (the model's training passes: both
+minibatches count for NegGrad+, every max- and min-step batch for SCRUB; its teacher's forward passes do not).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from rayfed.seeds import Stream, stream_seed
 from rayfed.sisa.train import TrainSettings
 from rayfed.training import autocast, grad_scaler, minibatches, on_device, running_batchnorm, sgd, sgd_epochs
 
-TRAIN, FINETUNE, NEGGRAD = 0, 1, 2
+TRAIN, FINETUNE, NEGGRAD, SCRUB = 0, 1, 2, 3
 """Parts of the UNSHARDED_TRAINING stream (training and retraining from scratch share part 0: the same
 procedure on other data)."""
 
@@ -123,6 +128,84 @@ def neggrad_plus(
             scaler.update()
             samples += len(batch) + len(forget)
     return _cpu_state(model), samples
+
+
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SCRUB's d over a batch: mean_x KL(softmax(t(x)/T) || softmax(s(x)/T)) * T^2 (the T^2 of Hinton et al.'s
+    distillation keeps the gradient's scale as T changes)."""
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
+def scrub_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    y: torch.Tensor,
+    maximise: bool,
+    alpha: float,
+    gamma: float,
+    temperature: float,
+) -> torch.Tensor:
+    """One SCRUB step's loss: -d on a forget batch (the max-step ascends d), alpha d + gamma CE on a retained
+    batch (the min-step), d = `distillation_kl` at `temperature`."""
+    divergence = distillation_kl(student_logits, teacher_logits, temperature)  # d(x; w_u)
+    if maximise:
+        return -divergence
+    return alpha * divergence + gamma * F.cross_entropy(student_logits.float(), y)
+
+
+def scrub(
+    settings: TrainSettings,
+    epochs: int,
+    max_epochs: int,
+    alpha: float,
+    gamma: float,
+    temperature: float,
+    state: dict[str, Any],
+    x_retain: torch.Tensor,
+    y_retain: torch.Tensor,
+    x_forget: torch.Tensor,
+    y_forget: torch.Tensor,
+    device: torch.device,
+) -> tuple[dict[str, Any], int]:
+    """SCRUB from `state` (Kurmanji et al., NeurIPS 2023, Algorithm 1): `epochs` epochs, the first `max_epochs`
+    of them opening with a max-step pass over the forget set, each then a min-step pass over the retained data;
+    one optimizer (a fresh SGD, the shards' lr and momentum) takes both kinds of step. The teacher is the model
+    at `state`, in eval mode."""
+    student, optimizer = _model(settings, device, state)
+    teacher = on_device(build_classifier(settings.model, settings.input_shape, settings.num_classes), device)
+    teacher.load_state_dict(state)
+    teacher.eval().requires_grad_(False)
+    generator = torch.Generator(device=device).manual_seed(stream_seed(settings.seed, Stream.UNSHARDED_TRAINING, SCRUB))
+    x_r, y_r, x_f, y_f = (t.to(device) for t in (x_retain, y_retain, x_forget, y_forget))
+    scaler = grad_scaler(device)
+    student.train()
+
+    def step(x: torch.Tensor, y: torch.Tensor, maximise: bool) -> int:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device):
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            with running_batchnorm(student, len(y) == 1):  # a forget set of one point
+                logits = student(x)
+            loss = scrub_loss(logits, teacher_logits, y, maximise, alpha, gamma, temperature)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return len(y)
+
+    samples = 0
+    for epoch in range(epochs):
+        if epoch < max_epochs:  # max-step: away from the teacher on D_f
+            samples += sum(
+                step(x_f[b], y_f[b], True) for b in minibatches(len(y_f), settings.batch_size, generator, device)
+            )
+        # min-step: with the teacher, and right, on D_r
+        samples += sum(
+            step(x_r[b], y_r[b], False) for b in minibatches(len(y_r), settings.batch_size, generator, device)
+        )
+    return _cpu_state(student), samples
 
 
 def timed(job: Callable, *args: Any, device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
