@@ -19,9 +19,10 @@ Departures from the notebook's code, all on purpose:
 - seeds: each loader shuffles with a torch.Generator seeded from (seed, round, client), the GAN's z and labels
   and the probes are drawn from seeded generators and moved to the device (as rayfed does), so that on CPU
   the port reproduces rayfed's numbers and `tests/test_benchmarks.py` can compare them;
-- a trailing minibatch of one image joins the one before it (rayfed's guard: BatchNorm cannot train on one
-  sample once the feature map is 1x1; the notebook's CIFAR loaders rarely hit it, digits clients would).
-  SISA merges it too (`rayfed.training.sgd_epochs`);
+- a trailing minibatch of one image joins the one before it, and one under an eighth of the batch size shares
+  the last two batches evenly with it (rayfed's guards, `rayfed.training.minibatches`: BatchNorm cannot train
+  on one sample once the feature map is 1x1, and a few samples skew its running statistics); the clients' and
+  SISA's training both;
 - augmentation (when the dataset has it) is rayfed's crop + flip on tensors, applied per sample in the
   dataset (cheaper than the notebook's PIL transforms, so the baseline is, if anything, flattered).
 """
@@ -47,6 +48,7 @@ from rayfed.fl.setup import Federation, initial_model_state, select_clients
 from rayfed.models import Discriminator, FairnessGenerator, build_classifier
 from rayfed.models.layers import use_reference_ops
 from rayfed.seeds import Stream, stream_seed
+from rayfed.training import classifier_smallest_batch, steps_per_epoch
 
 PHASES = ("local training", "GAN training", "probe generation", "scoring", "aggregation", "evaluation")
 
@@ -96,24 +98,34 @@ class AugmentedTensorDataset(Dataset):
 
 class ShuffledBatches(Sampler[list[int]]):
     """shuffle=True + batch_size as a batch sampler: torch.randperm(n, generator) (what RandomSampler draws),
-    cut into batches; a trailing batch of one joins the one before (`merge_single`) or is dropped."""
+    cut into batches; a trailing batch of one is kept (`single="keep"`), dropped (`"drop"`) or joins the one
+    before (`"merge"`, which also shares the last two batches evenly where the last has fewer than `smallest`),
+    as in `rayfed.training.minibatches`."""
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, single: str = "merge"):
+    def __init__(
+        self, n: int, batch_size: int, generator: torch.Generator, single: str = "merge", smallest: int = 2
+    ) -> None:
         self.n, self.batch_size, self.generator, self.single = n, batch_size, generator, single
+        self.smallest = smallest if single == "merge" else 2
 
     def _batches(self) -> list[list[int]]:
         batches = [b.tolist() for b in torch.randperm(self.n, generator=self.generator).split(self.batch_size)]
-        if len(batches[-1]) == 1:
-            if self.single == "merge" and len(batches) > 1:
-                batches[-2:] = [batches[-2] + batches[-1]]
-            elif self.single == "drop":
-                batches.pop()
+        tail = batches[-2] + batches[-1] if len(batches) > 1 else []
+        if self.single == "merge" and len(batches[-1]) == 1 and tail:
+            batches[-2:] = [tail]
+        elif self.single == "merge" and len(batches[-1]) < self.smallest and tail:
+            half = (len(tail) + 1) // 2  # torch.tensor_split's halves: the first takes the odd sample
+            batches[-2:] = [tail[:half], tail[half:]]
+        elif self.single == "drop" and len(batches[-1]) == 1:
+            batches.pop()
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches())
 
     def __len__(self) -> int:
+        if self.single == "merge":
+            return steps_per_epoch(self.n, self.batch_size)
         full, rest = divmod(self.n, self.batch_size)
         return full + (rest > 1 or (rest == 1 and self.single == "keep") or (full == 0 and rest == 1))
 
@@ -164,7 +176,10 @@ class NotebookFedAuditGan:
             DataLoader(
                 Subset(self.TRAIN_DATA, self.CLIENT_IDX[cid]),
                 batch_sampler=ShuffledBatches(
-                    len(self.CLIENT_IDX[cid]), config.data.batch_size, self.client_generators[cid]
+                    len(self.CLIENT_IDX[cid]),
+                    config.data.batch_size,
+                    self.client_generators[cid],
+                    smallest=classifier_smallest_batch(config.data.batch_size),
                 ),
                 **kwargs,
             )
@@ -476,7 +491,12 @@ def sisa_training(
             generator = torch.Generator().manual_seed(stage_seed(config.seed, s, r))
             loader = DataLoader(
                 Subset(trainset, union_indices),
-                batch_sampler=ShuffledBatches(len(union_indices), s_cfg.batch_size, generator),
+                batch_sampler=ShuffledBatches(
+                    len(union_indices),
+                    s_cfg.batch_size,
+                    generator,
+                    smallest=classifier_smallest_batch(s_cfg.batch_size),
+                ),
                 **loader_kwargs(device, workers),
             )
             model = train_model(model, loader, criterion, optimizer, epochs[r], device)

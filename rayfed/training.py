@@ -58,12 +58,26 @@ def sgd(
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
 
 
-def minibatches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
-    """A seeded shuffle of range(n) cut into `steps_per_epoch(n, batch_size)` batches; a last batch of one
-    sample joins the one before it (BatchNorm cannot train on a single sample once the feature map is 1x1)."""
+def classifier_smallest_batch(batch_size: int) -> int:
+    """The smallest last batch a classifier's training keeps: one under an eighth of `batch_size` (of two
+    samples or more) shares the last two batches evenly with the one before. BatchNorm updates its running
+    statistics from every training batch with the same weight, and from a few samples they end far from the
+    model's activations (the digits CNN at batch 64 scored 25.84% after epochs that end on a batch of 2: README,
+    "Small last batches")."""
+    return max(2, batch_size // 8)
+
+
+def minibatches(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device, smallest: int = 2
+) -> list[torch.Tensor]:
+    """A seeded shuffle of range(n) cut into `steps_per_epoch(n, batch_size)` batches: a last batch of one
+    sample joins the one before it (BatchNorm cannot train on a single sample once the feature map is 1x1), and
+    one of fewer than `smallest` samples shares the last two batches evenly with it."""
     batches = list(torch.randperm(n, generator=generator, device=generator.device).to(device).split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2:] = [torch.cat(batches[-2:])]
+    elif len(batches) > 1 and len(batches[-1]) < smallest:
+        batches[-2:] = list(torch.cat(batches[-2:]).tensor_split(2))
     return batches
 
 
@@ -103,7 +117,9 @@ def sgd_epochs(
 
     Every random draw (minibatch order, augmentation, dropout) comes from `seed`, so the same model, optimizer
     state, data and seed give the same weights. `augment_pad` turns on random crop + flip, padding with those
-    per-channel values. A single image cannot give batch statistics, so BatchNorm then uses its running ones.
+    per-channel values. A last batch under an eighth of `batch_size` shares the last two batches evenly with
+    the one before (`classifier_smallest_batch`); a single image cannot give batch statistics, so BatchNorm then
+    uses its running ones.
     The draws come from a generator on x's device (on a GPU, no host work or sync per step; on the CPU, the
     draws of a CPU generator).
     """
@@ -116,7 +132,7 @@ def sgd_epochs(
     samples = 0
     with running_batchnorm(model, len(y) == 1):
         for _ in range(epochs):
-            for batch in minibatches(len(y), batch_size, generator, device):
+            for batch in minibatches(len(y), batch_size, generator, device, classifier_smallest_batch(batch_size)):
                 inputs = x[batch] if pad is None else augment_batch(x[batch], pad, generator)
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device):

@@ -12,7 +12,7 @@ from rayfed.data import black_level
 from rayfed.fl.metrics import accuracy
 from rayfed.fl.round import training_loss
 from rayfed.models import build_classifier
-from rayfed.training import minibatches, on_device, sgd, sgd_epochs, steps_per_epoch
+from rayfed.training import classifier_smallest_batch, minibatches, on_device, sgd, sgd_epochs, steps_per_epoch
 
 SHAPE = (3, 16, 16)
 CPU = torch.device("cpu")
@@ -70,9 +70,39 @@ def test_loss_and_accuracy_summed_on_the_device_equal_the_per_batch_host_sums(da
 
 def test_steps_per_epoch_counts_the_batches_of_an_epoch():
     """q-FFL's automatic L counts the local steps without training: it must agree with `minibatches`, which
-    joins a last batch of one sample to the one before it."""
+    joins a last batch of one sample to the one before it and shares the last two batches evenly where the last
+    has fewer than `smallest` (a classifier's: an eighth of the batch)."""
     generator = torch.Generator().manual_seed(0)
-    for batch_size in (1, 2, 5, 16):
-        for n in range(1, 40):
-            assert steps_per_epoch(n, batch_size) == len(minibatches(n, batch_size, generator, CPU)), (n, batch_size)
+    for batch_size in (1, 2, 5, 16, 64):
+        for smallest in (2, classifier_smallest_batch(batch_size)):
+            for n in range(1, 140):
+                batches = minibatches(n, batch_size, generator, CPU, smallest)
+                assert steps_per_epoch(n, batch_size) == len(batches), (n, batch_size, smallest)
+                assert sorted(torch.cat(batches).tolist()) == list(range(n))  # every sample, once
+                assert min(len(b) for b in batches) >= min(n, smallest, batch_size), (n, batch_size, smallest)
     assert [steps_per_epoch(n, 16) for n in (16, 17, 18, 33)] == [1, 1, 2, 2]
+
+    def sizes(n: int, batch_size: int = 64) -> list[int]:
+        return [len(b) for b in minibatches(n, batch_size, generator, CPU, classifier_smallest_batch(batch_size))]
+
+    assert [sizes(n) for n in (65, 66, 71, 72, 130)] == [[65], [33, 33], [36, 35], [64, 8], [64, 33, 33]]
+    assert sizes(18, 16) == [16, 2]  # 16 // 8 = 2: the clients' default batch keeps a last batch of two
+
+
+def test_a_classifier_trained_on_epochs_that_end_on_a_few_samples_keeps_usable_batchnorm_statistics():
+    """Every BatchNorm updates its running statistics from each batch with the same weight: epochs of the
+    digits CNN that end on a batch of 2 (1346 = 21 x 64 + 2) left them so far off that the model scored 25.84%
+    on the test images; training now ends those epochs on two batches of 33."""
+    from rayfed.data import load_dataset
+    from rayfed.sisa.approximate import train_unsharded
+    from rayfed.sisa.train import TrainSettings, model_from_state
+
+    data = load_dataset("digits")
+    settings = TrainSettings(
+        model="cnn", input_shape=data.shape, num_classes=10, epochs=(1,), lr=0.01, momentum=0.9, batch_size=64, seed=42
+    )
+    state, samples = train_unsharded(settings, 5, data.train_x[:1346], data.train_y[:1346], CPU)
+    assert samples == 5 * 1346  # every sample of every epoch
+    with torch.no_grad():
+        predicted = model_from_state(settings, state)(data.test_x).argmax(1)
+    assert (predicted == data.test_y).float().mean() > 0.97

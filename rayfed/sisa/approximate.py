@@ -28,7 +28,16 @@ from torch import nn
 from rayfed.models import build_classifier
 from rayfed.seeds import Stream, stream_seed
 from rayfed.sisa.train import TrainSettings
-from rayfed.training import autocast, grad_scaler, minibatches, on_device, running_batchnorm, sgd, sgd_epochs
+from rayfed.training import (
+    autocast,
+    classifier_smallest_batch,
+    grad_scaler,
+    minibatches,
+    on_device,
+    running_batchnorm,
+    sgd,
+    sgd_epochs,
+)
 
 TRAIN, FINETUNE, NEGGRAD, SCRUB = 0, 1, 2, 3
 """Parts of the UNSHARDED_TRAINING stream (training and retraining from scratch share part 0: the same
@@ -46,6 +55,11 @@ def _model(settings: TrainSettings, device: torch.device, state: dict[str, Any] 
 
 def _cpu_state(model: nn.Module) -> dict[str, Any]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _batches(n: int, settings: TrainSettings, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """An epoch's minibatches of n samples at the shards' batch size, cut as a classifier's training cuts them."""
+    return minibatches(n, settings.batch_size, generator, device, classifier_smallest_batch(settings.batch_size))
 
 
 def _sgd(
@@ -113,9 +127,9 @@ def neggrad_plus(
     forget_batches: list[torch.Tensor] = []
     samples = 0
     for _ in range(epochs):
-        for batch in minibatches(len(y_r), settings.batch_size, generator, device):
+        for batch in _batches(len(y_r), settings, generator, device):
             if not forget_batches:
-                forget_batches = minibatches(len(y_f), settings.batch_size, generator, device)
+                forget_batches = _batches(len(y_f), settings, generator, device)
             forget = forget_batches.pop(0)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
@@ -198,13 +212,9 @@ def scrub(
     samples = 0
     for epoch in range(epochs):
         if epoch < max_epochs:  # max-step: away from the teacher on D_f
-            samples += sum(
-                step(x_f[b], y_f[b], True) for b in minibatches(len(y_f), settings.batch_size, generator, device)
-            )
+            samples += sum(step(x_f[b], y_f[b], True) for b in _batches(len(y_f), settings, generator, device))
         # min-step: with the teacher, and right, on D_r
-        samples += sum(
-            step(x_r[b], y_r[b], False) for b in minibatches(len(y_r), settings.batch_size, generator, device)
-        )
+        samples += sum(step(x_r[b], y_r[b], False) for b in _batches(len(y_r), settings, generator, device))
     return _cpu_state(student), samples
 
 
