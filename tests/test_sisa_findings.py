@@ -201,6 +201,15 @@ def test_approximate_baselines_are_read_against_the_unsharded_model_retrained_fr
     clean = [{**r, "asr_before": None, "asr_after": None} for r in rows]
     assert "attack success" not in baselines_finding(clean, 20)
     assert baselines_finding([rows[0], rows[3]], 20) is None
+    # neggrad 5.00 points below the reference's 97.33% (DAMAGED_MODEL_POINTS): its low figures are damage;
+    # 4.99 below is not flagged
+    damaged = [{**r, "accuracy": 92.33} if r["method"] == "neggrad" else r for r in rows]
+    assert (
+        "neggrad 2680 samples (2.5x fewer), test accuracy 92.33% (**5.00 points below the reference: a damaged "
+        "model**, its low figures not forgetting), forget-set accuracy 85.0%" in baselines_finding(damaged, 20)
+    )
+    almost = [{**r, "accuracy": 92.34} if r["method"] == "neggrad" else r for r in rows]
+    assert "damaged" not in baselines_finding(almost, 20)
     # neggrad diverged: its row has no figures and the sentence says so instead of formatting them; SISA served
     # 2 requests where each baseline unlearned the whole set once
     figures = ("accuracy", "forget_accuracy", "asr_after")

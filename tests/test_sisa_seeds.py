@@ -95,6 +95,11 @@ def test_sentences_over_seeds_count_only_differences_whose_interval_excludes_zer
     )
     assert "test accuracy -3.00 ± 0.00 points (a cost), forget-set accuracy -15.00 ± 0.00 points (below" in neggrad
     assert "+0.00 ± 2.48 points (no detectable backdoor left)" in neggrad
+    # neggrad 5 points below the reference in every seed (DAMAGED_MODEL_POINTS): its forget-set accuracy 15
+    # points under the reference's is the damage, not over-unlearning
+    damaged = [{**r, "neggrad/accuracy": r["retrained/accuracy"] - 5.0} for r in SEEDS]
+    neggrad = seeds_findings(damaged, [42, 43, 44])[-1]
+    assert "test accuracy -5.00 ± 0.00 points (**a damaged model**: its low forget-set figures and attack " in neggrad
 
 
 def test_sentences_over_seeds_say_when_an_audit_shows_nothing_or_a_seed_is_not_exact():

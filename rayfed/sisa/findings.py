@@ -14,6 +14,11 @@ WEAK_BACKDOOR_POINTS = 20.0
 """A backdoor that raises the attack success rate by fewer percentage points than this over the clean floor has
 barely taken hold: its removal then shows little."""
 
+DAMAGED_MODEL_POINTS = 5.0
+"""An approximate method whose test accuracy falls this many percentage points or more below the model retrained
+from scratch has damaged the model: its low forget-set accuracy and attack success then show the damage, not
+forgetting."""
+
 MIA_POINTS_FOR_POWER = 100
 """Points a side below which the membership audit's interval is wide (its TPR at 1% FPR is null there too)."""
 
@@ -218,7 +223,11 @@ def baselines_finding(baselines: Rows, forgotten: int) -> str | None:
         cost = f"{row['method']} {row['samples_processed']} samples ({saving:.1f}x fewer)"
         if row.get("diverged"):
             return f"{cost}, **diverged** (no figures)"
-        text = f"{cost}, test accuracy {row['accuracy']:.2f}%, forget-set accuracy {row['forget_accuracy']:.1f}%"
+        text = f"{cost}, test accuracy {row['accuracy']:.2f}%"
+        below = reference["accuracy"] - row["accuracy"]
+        if below >= DAMAGED_MODEL_POINTS:
+            text += f" (**{below:.2f} points below the reference: a damaged model**, its low figures not forgetting)"
+        text += f", forget-set accuracy {row['forget_accuracy']:.1f}%"
         return text + (_backdoor_after(row, reference) if backdoor else "")
 
     text = (

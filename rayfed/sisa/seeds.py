@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayfed.results import RunDirectory, read_table
-from rayfed.sisa.findings import NOTHING_FORGOTTEN, WEAK_BACKDOOR_POINTS
+from rayfed.sisa.findings import DAMAGED_MODEL_POINTS, NOTHING_FORGOTTEN, WEAK_BACKDOOR_POINTS
 from rayfed.stats import mean_interval, signed_interval
 
 SEED_FIGURES = (
@@ -218,7 +218,10 @@ def _baseline_sentence(rows: list[dict[str, float]], method: str) -> str:
         return _interval(rows, f"{method}/{key}", f"retrained/{key}")
 
     accuracy, forget = against("accuracy"), against("forget_accuracy")
-    cost = "a cost" if accuracy[0] < 0 else "a gain"
+    if accuracy[0] <= -DAMAGED_MODEL_POINTS:
+        cost = "**a damaged model**: its low forget-set figures and attack success are not forgetting"
+    else:
+        cost = "a cost" if accuracy[0] < 0 else "a gain"
     text = (
         f"{method} against the unsharded model retrained from scratch ({len(rows)} paired seeds): test accuracy "
         f"{signed_interval(*accuracy)} points ({cost if _detected(*accuracy) else 'no detectable change'}), "
