@@ -112,7 +112,8 @@ class FLConfig:
     """Local SGD weight decay."""
     methods: list[str] = field(default_factory=lambda: ["fedavg", "uniform", "fedauditgan"])
     """Methods to run, in order (`rayfed.fl.strategies`): `fedavg` (size weights), `uniform` (1/K),
-    `fedauditgan` (one run per value of audit.gamma), `qffl` (q-FedAvg, one run per value of qffl.q)."""
+    `fedauditgan` (one run per value of audit.gamma), `qffl` (q-FedAvg, one run per value of qffl.q), `term`
+    (client-level tilted averaging, one run per value of term.tilt)."""
     clients_per_round: int | None = None
     """Clients sampled per round: a count (1 = one client), or null for all (see also client_fraction)."""
     client_fraction: float | None = None
@@ -175,6 +176,14 @@ class QFFLConfig:
     is client k's gradient when it holds through its tau_k local steps of momentum SGD (m: how far they move the
     weights per unit of gradient; `rayfed.fl.strategies.qffl`); null = 1 / fl.lr, the paper's choice, which is
     that L for one local step of plain SGD; or a number."""
+
+
+@dataclass
+class TermConfig:
+    tilt: float | list[float] = field(default_factory=lambda: [1.0])
+    """TERM's tilt t: client k weighs exp(t F_k) / sum_j exp(t F_j), F_k its loss at the global model (0 =
+    uniform averaging; larger = more weight on high-loss clients; `rayfed.fl.strategies.term`); a list runs term
+    once per value."""
 
 
 @dataclass
@@ -364,6 +373,7 @@ class Config:
     fl: FLConfig = field(default_factory=FLConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     qffl: QFFLConfig = field(default_factory=QFFLConfig)
+    term: TermConfig = field(default_factory=TermConfig)
     sisa: SisaConfig = field(default_factory=SisaConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
@@ -677,6 +687,10 @@ def validate(c: Config) -> None:
     _require(len(qs) >= 1, "qffl.q: needs at least one value")
     for q in qs:
         _finite_number("qffl.q", q, zero_ok=True)
+    tilts = c.term.tilt if isinstance(c.term.tilt, list) else [c.term.tilt]
+    _require(len(tilts) >= 1, "term.tilt: needs at least one value")
+    for tilt in tilts:
+        _finite_number("term.tilt", tilt, zero_ok=True)
     _distinct_runs(c, REGISTRY.values())
     lipschitz = c.qffl.lipschitz
     _require(

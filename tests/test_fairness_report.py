@@ -576,6 +576,48 @@ def test_qffl_gives_high_loss_clients_more_weight_as_q_grows():
     assert shares[1][2] > shares[0][2] and shares[2][2] > 0.9  # the worst client dominates at q = 5
 
 
+# ---------------------------------------------------------------------------------------------- TERM
+
+
+def test_term_two_client_hand_case():
+    """One parameter w = 1, t = 1, F = (2, 1), dw = (-0.1, 0.2): alpha = (e^2, e^1) / (e^2 + e^1) =
+    (e / (e + 1), 1 / (e + 1)) = (0.7310586, 0.2689414); w' = 1 - 0.1 * 0.7310586 + 0.2 * 0.2689414 = 0.9806824.
+    At t = 0 the weights are 1/K whatever the losses; at t = 20 the worse client has all but e^-20 of them."""
+    from rayfed.fl.strategies.term import TiltedAverage
+
+    state = {"w": torch.tensor([1.0])}
+    updates = [
+        LocalResult(0, 5, {"w": torch.tensor([-0.1])}, 2.0),
+        LocalResult(1, 50, {"w": torch.tensor([0.2])}, 1.0),  # size plays no part
+    ]
+    decision = TiltedAverage(1.0).aggregate(state, updates, None, frozenset())
+    assert decision.weights == pytest.approx([math.e / (math.e + 1), 1 / (math.e + 1)], rel=1e-12)
+    assert decision.weights == pytest.approx([0.7310586, 0.2689414], abs=1e-7)
+    assert decision.state["w"].item() == pytest.approx(0.9806824, abs=1e-7)
+    assert TiltedAverage(0.0).aggregate(state, updates, None).weights == pytest.approx([0.5, 0.5])
+    assert TiltedAverage(20.0).aggregate(state, updates, None).weights[1] == pytest.approx(math.exp(-20), rel=1e-6)
+
+
+def test_term_is_a_control_of_fed_auditgan_and_flagged_when_less_fair_than_fedavg():
+    """TERM weighs by the clients' losses what Fed-AuditGAN weighs by their audit scores: the summary sets each
+    gamma against it as against uniform; and, a method built for fairness, it is flagged where it lowers the
+    worst client (80, 82, 84 under FedAvg, 50, 54, 52 under TERM: -30 ± 4.97, p 0.0015 unadjusted)."""
+    from rayfed.fl.strategies.term import TiltedAverage
+
+    fedavg = [_round("fedavg", None, seed, 2, 75.0, 0.99, worst, 15.0) for seed, worst in zip((1, 2, 3), (80, 82, 84))]
+    term = [
+        {**_round("term", None, seed, 2, 60.0, 0.9, w, 40.0), "tilt": 1.0} for seed, w in zip((1, 2, 3), (50, 54, 52))
+    ]
+    gan = [_round("fedauditgan", 2.0, seed, 2, 70.0, 0.95, 60.0, 20.0) for seed in (1, 2, 3)]
+    runs = [FedAvg(), TiltedAverage(1.0), FedAuditGan(2.0)]
+    controls = control_differences(fedavg + term + gan, runs)
+    assert [(row["Method"], row["vs"]) for row in controls] == [("gamma=2", "tilt=1")]
+    assert controls[0]["Δ Worst client"] == pytest.approx(8.0)
+    [note] = unfair_baseline_notes(paired_differences(fedavg + term, runs), runs, "none")
+    assert note.startswith("tilt=1 is less fair than FedAvg on the worst client (-30.00 ± 4.97, p 0.0015)")
+    assert "try a larger `term.tilt`" in note
+
+
 def test_classes_no_client_holds_and_the_global_accuracy_they_cap_hand_case():
     from rayfed.config import load_config
     from rayfed.data import ImageData

@@ -356,17 +356,19 @@ def test_each_seed_can_draw_its_own_federation_and_trains_as_a_run_of_that_seed_
         assert f"- Seed {seed}'s federation: A validation split of" in summary
 
 
-def test_qffl_reports_losses_before_training_and_weights_by_their_shares(ray_session, tmp_path):
-    """q-FFL through the actors, the held-out audit off (no audit.parquet, no held-out columns): each client's
-    `loss` is F_k(Theta_0) (measured here on the client's data with the initial weights: a loss taken after
-    local training would be far lower), its weight F_k^q / sum F^q."""
+def test_qffl_and_term_report_losses_before_training_and_weight_by_them(ray_session, tmp_path):
+    """q-FFL and TERM through the actors, the held-out audit off (no audit.parquet, no held-out columns): each
+    client's `loss` is F_k(Theta_0) (measured here on the client's data with the initial weights: a loss taken
+    after local training would be far lower), its weight F_k^q / sum F^q under q-FFL, exp(t F_k) / sum exp(t F)
+    under TERM."""
     from rayfed.fl.round import training_loss
     from rayfed.fl.setup import initial_model_state
     from rayfed.fl.strategies.qffl import heavy_ball_displacement
     from rayfed.models import build_classifier
     from rayfed.training import steps_per_epoch
 
-    extra = ["fl.rounds=1", "fl.methods=[uniform,qffl]", "qffl.q=[2.0]", "metrics.held_out_audit=false"]
+    extra = ["fl.rounds=1", "fl.methods=[uniform,qffl,term]", "qffl.q=[2.0]", "term.tilt=[2.0]"]
+    extra += ["metrics.held_out_audit=false"]
     path = small_run(tmp_path, "qffl", extra)
     assert not (path / "audit.parquet").exists() and "Flip rate" not in (path / "summary.md").read_text()
     config = load_config(None, SMALL + extra)
@@ -381,7 +383,12 @@ def test_qffl_reports_losses_before_training_and_weights_by_their_shares(ray_ses
     shares = [f**2 for f in before]
     assert clients["weight"].tolist() == pytest.approx([s / sum(shares) for s in shares], rel=1e-4)
     rounds = pd.read_parquet(path / "rounds.parquet").set_index("method")
+    tilted = table[table.method == "term"].sort_values("client")
+    assert tilted["loss"].tolist() == pytest.approx(before, rel=1e-4)
+    exp = [math.exp(2.0 * f) for f in before]
+    assert tilted["weight"].tolist() == pytest.approx([e / sum(exp) for e in exp], rel=1e-4)
     assert rounds.loc["qffl", "q"] == 2.0 and rounds["gamma"].isna().all() and rounds["bias"].isna().all()
+    assert rounds.loc["term", "tilt"] == 2.0 and rounds.loc[["uniform", "qffl"], "tilt"].isna().all()
     assert rounds.loc["uniform", "effective_clients"] == pytest.approx(3.0)
     assert rounds.loc["qffl", "effective_clients"] == pytest.approx(1 / sum((s / sum(shares)) ** 2 for s in shares))
     # the summary states the L it stepped with: auto's, over these clients' local steps (1 epoch, batch 16)
