@@ -615,7 +615,7 @@ def test_term_is_a_control_of_fed_auditgan_and_flagged_when_less_fair_than_fedav
     assert controls[0]["Δ Worst client"] == pytest.approx(8.0)
     [note] = unfair_baseline_notes(paired_differences(fedavg + term, runs), runs, "none")
     assert note.startswith("tilt=1 is less fair than FedAvg on the worst client (-30.00 ± 4.97, p 0.0015)")
-    assert "try a larger `term.tilt`" in note
+    assert "swings from one to the next (rounds.parquet's `max_weight`): try a smaller `term.tilt`" in note
 
 
 def test_classes_no_client_holds_and_the_global_accuracy_they_cap_hand_case():

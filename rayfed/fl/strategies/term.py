@@ -23,7 +23,10 @@ class TiltedAverage(WeightedAverage):
     title = "TERM"
     parameter = "tilt"
     parameter_key = "term.tilt"
-    unfair_hint = "try a larger `term.tilt` (more weight on the clients the global model serves worst)"
+    unfair_hint = (
+        "its tilt may hand each round to the clients with the highest loss, so that the global model swings from "
+        "one to the next (rounds.parquet's `max_weight`): try a smaller `term.tilt`"
+    )
 
     def weights(self, updates: Sequence[LocalResult]) -> list[float]:
         return softmax_weights([u.loss for u in updates], self.value)  # alpha_k = exp(t F_k) / sum_j exp(t F_j)
