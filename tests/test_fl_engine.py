@@ -66,6 +66,7 @@ def test_run_directory_holds_the_contract(two_runs):
         "method",
         "gamma",
         "q",
+        "tilt",
         "seed",
         "round",
         "accuracy",
@@ -107,7 +108,7 @@ def test_held_out_audit_of_every_final_model_is_what_the_saved_model_gives(two_r
 
     path = two_runs[0]
     audit = pd.read_parquet(path / "audit.parquet")
-    columns = ["method", "gamma", "q", "seed", "round", "bias", "flip_rate", "images"]
+    columns = ["method", "gamma", "q", "tilt", "seed", "round", "bias", "flip_rate", "images"]
     columns += ["val_bias", "val_flip_rate", "validation_images", "seconds"]
     assert list(audit.columns) == columns and sorted(audit["method"]) == ["fedauditgan", "fedavg"]
     assert (audit["round"] == 2).all() and (audit["seed"] == 5).all() and (audit["images"] == 449).all()
