@@ -27,7 +27,7 @@ from torch import nn
 
 from rayfed.models import build_classifier
 from rayfed.seeds import Stream, stream_seed
-from rayfed.sisa.train import TrainSettings
+from rayfed.sisa.train import TrainSettings, model_from_state
 from rayfed.training import (
     autocast,
     classifier_smallest_batch,
@@ -188,9 +188,7 @@ def scrub(
     one optimizer (a fresh SGD, the shards' lr and momentum) takes both kinds of step. The teacher is the model
     at `state`, in eval mode."""
     student, optimizer = _model(settings, device, state)
-    teacher = on_device(build_classifier(settings.model, settings.input_shape, settings.num_classes), device)
-    teacher.load_state_dict(state)
-    teacher.eval().requires_grad_(False)
+    teacher = on_device(model_from_state(settings, state), device).requires_grad_(False)  # eval mode
     generator = torch.Generator(device=device).manual_seed(stream_seed(settings.seed, Stream.UNSHARDED_TRAINING, SCRUB))
     x_r, y_r, x_f, y_f = (t.to(device) for t in (x_retain, y_retain, x_forget, y_forget))
     scaler = grad_scaler(device)
