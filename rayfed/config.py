@@ -113,7 +113,8 @@ class FLConfig:
     methods: list[str] = field(default_factory=lambda: ["fedavg", "uniform", "fedauditgan"])
     """Methods to run, in order (`rayfed.fl.strategies`): `fedavg` (size weights), `uniform` (1/K),
     `fedauditgan` (one run per value of audit.gamma), `qffl` (q-FedAvg, one run per value of qffl.q), `term`
-    (client-level tilted averaging, one run per value of term.tilt)."""
+    (client-level tilted averaging, one run per value of term.tilt), `afl` (agnostic federated learning, one run
+    per value of afl.lambda_lr)."""
     clients_per_round: int | None = None
     """Clients sampled per round: a count (1 = one client), or null for all (see also client_fraction)."""
     client_fraction: float | None = None
@@ -184,6 +185,15 @@ class TermConfig:
     """TERM's tilt t: client k weighs exp(t F_k) / sum_j exp(t F_j), F_k its loss at the global model (0 =
     uniform averaging; larger = more weight on high-loss clients; `rayfed.fl.strategies.term`); a list runs term
     once per value."""
+
+
+@dataclass
+class AFLConfig:
+    lambda_lr: float | list[float] = field(default_factory=lambda: [0.03])
+    """AFL's step eta for the mixture lambda over the clients, which ascends their losses each round: lambda <-
+    Proj_simplex(lambda + eta F) (0 = uniform averaging throughout; larger = lambda moves to the high-loss
+    clients faster, and the more so the more clients share lambda; `rayfed.fl.strategies.afl`); a list runs afl
+    once per value. The default is what a sweep on digits' validation split chose (README, "AFL")."""
 
 
 @dataclass
@@ -374,6 +384,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     qffl: QFFLConfig = field(default_factory=QFFLConfig)
     term: TermConfig = field(default_factory=TermConfig)
+    afl: AFLConfig = field(default_factory=AFLConfig)
     sisa: SisaConfig = field(default_factory=SisaConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
@@ -680,17 +691,12 @@ def validate(c: Config) -> None:
     _one_of("fl.on_client_failure", fl.on_client_failure, FAILURE_POLICIES)
     _require(fl.max_retries >= 0, f"fl.max_retries: must be >= 0, got {fl.max_retries}")
 
-    _require(len(c.gammas) >= 1, "audit.gamma: needs at least one value")
-    for gamma in c.gammas:
-        _finite_number("audit.gamma", gamma, zero_ok=True)
-    qs = c.qffl.q if isinstance(c.qffl.q, list) else [c.qffl.q]
-    _require(len(qs) >= 1, "qffl.q: needs at least one value")
-    for q in qs:
-        _finite_number("qffl.q", q, zero_ok=True)
-    tilts = c.term.tilt if isinstance(c.term.tilt, list) else [c.term.tilt]
-    _require(len(tilts) >= 1, "term.tilt: needs at least one value")
-    for tilt in tilts:
-        _finite_number("term.tilt", tilt, zero_ok=True)
+    for strategy in REGISTRY.values():  # audit.gamma, qffl.q, term.tilt, afl.lambda_lr
+        if strategy.parameter_key is not None:
+            values = strategy.parameter_values(c)
+            _require(len(values) >= 1, f"{strategy.parameter_key}: needs at least one value")
+            for value in values:
+                _finite_number(strategy.parameter_key, value, zero_ok=True)
     _distinct_runs(c, REGISTRY.values())
     lipschitz = c.qffl.lipschitz
     _require(

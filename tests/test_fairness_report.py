@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from simplex_reference import simplex_projection_by_bisection
 
 from rayfed.data.partition import client_test_indices, largest_test_size
 from rayfed.engine.fl_engine import weight_figures
@@ -598,24 +599,88 @@ def test_term_two_client_hand_case():
     assert TiltedAverage(20.0).aggregate(state, updates, None).weights[1] == pytest.approx(math.exp(-20), rel=1e-6)
 
 
-def test_term_is_a_control_of_fed_auditgan_and_flagged_when_less_fair_than_fedavg():
-    """TERM weighs by the clients' losses what Fed-AuditGAN weighs by their audit scores: the summary sets each
-    gamma against it as against uniform; and, a method built for fairness, it is flagged where it lowers the
-    worst client (80, 82, 84 under FedAvg, 50, 54, 52 under TERM: -30 ± 4.97, p 0.0015 unadjusted)."""
-    from rayfed.fl.strategies.term import TiltedAverage
-
+@pytest.mark.parametrize(
+    "run, column, key",
+    [
+        pytest.param(("term", 1.0), "tilt", "term.tilt", id="term"),
+        pytest.param(("afl", 1.0), "lambda_lr", "afl.lambda_lr", id="afl"),
+    ],
+)
+def test_loss_weighted_methods_are_controls_of_fed_auditgan_and_flagged_when_less_fair_than_fedavg(run, column, key):
+    """TERM and AFL weigh by the clients' losses what Fed-AuditGAN weighs by their audit scores: the summary sets
+    each gamma against them as against uniform; and, methods built for fairness, they are flagged where they
+    lower the worst client (80, 82, 84 under FedAvg, 50, 54, 52 under the method: -30 ± 4.97, p 0.0015
+    unadjusted)."""
+    method, value = run
+    control = REGISTRY[method](value)
     fedavg = [_round("fedavg", None, seed, 2, 75.0, 0.99, worst, 15.0) for seed, worst in zip((1, 2, 3), (80, 82, 84))]
-    term = [
-        {**_round("term", None, seed, 2, 60.0, 0.9, w, 40.0), "tilt": 1.0} for seed, w in zip((1, 2, 3), (50, 54, 52))
+    rows = [
+        {**_round(method, None, seed, 2, 60.0, 0.9, w, 40.0), column: value} for seed, w in zip((1, 2, 3), (50, 54, 52))
     ]
     gan = [_round("fedauditgan", 2.0, seed, 2, 70.0, 0.95, 60.0, 20.0) for seed in (1, 2, 3)]
-    runs = [FedAvg(), TiltedAverage(1.0), FedAuditGan(2.0)]
-    controls = control_differences(fedavg + term + gan, runs)
-    assert [(row["Method"], row["vs"]) for row in controls] == [("gamma=2", "tilt=1")]
+    runs = [FedAvg(), control, FedAuditGan(2.0)]
+    controls = control_differences(fedavg + rows + gan, runs)
+    assert [(row["Method"], row["vs"]) for row in controls] == [("gamma=2", f"{column}=1")]
     assert controls[0]["Δ Worst client"] == pytest.approx(8.0)
-    [note] = unfair_baseline_notes(paired_differences(fedavg + term, runs), runs, "none")
-    assert note.startswith("tilt=1 is less fair than FedAvg on the worst client (-30.00 ± 4.97, p 0.0015)")
-    assert "swings from one to the next (rounds.parquet's `max_weight`): try a smaller `term.tilt`" in note
+    [note] = unfair_baseline_notes(paired_differences(fedavg + rows, runs), runs, "none")
+    assert note.startswith(f"{column}=1 is less fair than FedAvg on the worst client (-30.00 ± 4.97, p 0.0015)")
+    assert f"swings from one to the next (rounds.parquet's `max_weight`): try a smaller `{key}`" in note
+
+
+# ---------------------------------------------------------------------------------------------- AFL
+
+
+def test_simplex_projection_hand_cases():
+    """(1.5, 1.0): theta = (2.5 - 1) / 2 = 0.75, so (0.75, 0.25); (2.5, 1.0): only the first stays, theta = 1.5,
+    so (1, 0); a point on the simplex stays; a point below it moves up evenly; and random points agree with a
+    bisection on theta."""
+    from rayfed.fl.strategies.afl import project_to_simplex
+
+    assert project_to_simplex(np.array([1.5, 1.0])) == pytest.approx([0.75, 0.25], abs=1e-15)
+    assert project_to_simplex(np.array([2.5, 1.0])) == pytest.approx([1.0, 0.0], abs=1e-15)
+    assert project_to_simplex(np.array([0.2, 0.5, 0.3])) == pytest.approx([0.2, 0.5, 0.3], abs=1e-15)
+    assert project_to_simplex(np.array([0.2, 0.3, 0.2])) == pytest.approx([0.3, 0.4, 0.3], abs=1e-15)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        v = rng.normal(0, 2, size=7)
+        assert project_to_simplex(v) == pytest.approx(simplex_projection_by_bisection(v), abs=1e-9)
+
+
+def test_afl_hand_case_weights_from_the_carried_mixture_and_ascent_on_the_losses():
+    """N = 4 clients, the round holds clients 0 and 2 (m = 2), lambda = (0.4, 0.3, 0.1, 0.2) carried in:
+    alpha = (0.4, 0.1) / 0.5 = (0.8, 0.2); w' = 1 + 0.8 * (-0.1) + 0.2 * 0.2 = 0.96 (sizes play no part).
+    With eta = 0.1 and F = (2, 1): v = (4 / 2) (2, 0, 1, 0) = (4, 0, 2, 0), lambda + eta v =
+    (0.8, 0.3, 0.3, 0.2), sum 1.6; all four stay positive, theta = 0.6 / 4 = 0.15: lambda' = (0.65, 0.15, 0.15,
+    0.05). The first round starts from the uniform 1/N; eta = 0 never leaves it."""
+    from rayfed.fl.strategies.afl import AgnosticAverage
+
+    state = {"w": torch.tensor([1.0])}
+    updates = [
+        LocalResult(0, 5, {"w": torch.tensor([-0.1])}, 2.0),
+        LocalResult(2, 50, {"w": torch.tensor([0.2])}, 1.0),
+    ]
+    decision = AgnosticAverage(0.1, 4).aggregate(state, updates, None, frozenset(), [0.4, 0.3, 0.1, 0.2])
+    assert decision.weights == pytest.approx([0.8, 0.2], abs=1e-12)
+    assert decision.state["w"].item() == pytest.approx(0.96, abs=1e-7)
+    assert decision.carried == pytest.approx([0.65, 0.15, 0.15, 0.05], abs=1e-12)
+    first = AgnosticAverage(0.1, 4).aggregate(state, updates, None)
+    assert first.weights == pytest.approx([0.5, 0.5]) and sum(first.carried) == pytest.approx(1.0)
+    # from 1/4 each: (0.25, 0.25, 0.25, 0.25) + 0.1 (4, 0, 2, 0) = (0.65, 0.25, 0.45, 0.25), theta 0.15
+    assert first.carried == pytest.approx([0.5, 0.1, 0.3, 0.1], abs=1e-12)
+    assert AgnosticAverage(0.0, 4).aggregate(state, updates, None).carried == pytest.approx([0.25] * 4)
+
+
+def test_afl_leaves_the_model_where_it_is_when_the_mixture_gives_the_round_nothing():
+    """lambda = (1, 0, 0): a round of clients 1 and 2 has no weight to share; Theta stays, lambda still ascends
+    (v = (3/2) (0, F_1, F_2))."""
+    from rayfed.fl.strategies.afl import AgnosticAverage
+
+    state = {"w": torch.tensor([1.0])}
+    updates = [LocalResult(1, 5, {"w": torch.tensor([-0.1])}, 2.0), LocalResult(2, 5, {"w": torch.tensor([0.2])}, 2.0)]
+    decision = AgnosticAverage(0.1, 3).aggregate(state, updates, None, frozenset(), [1.0, 0.0, 0.0])
+    assert decision.weights == [0.0, 0.0] and decision.state["w"].item() == 1.0
+    # (1, 0.3, 0.3), sum 1.6, theta 0.2: (0.8, 0.1, 0.1)
+    assert decision.carried == pytest.approx([0.8, 0.1, 0.1], abs=1e-12)
 
 
 def test_classes_no_client_holds_and_the_global_accuracy_they_cap_hand_case():

@@ -7,10 +7,12 @@ import math
 import re
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import ray
 import torch
+from simplex_reference import simplex_projection_by_bisection
 
 from rayfed.config import load_config
 from rayfed.engine.fl_run import FederatedEngine, run_fl
@@ -64,6 +66,7 @@ def test_run_directory_holds_the_contract(two_runs):
     rounds = pd.read_parquet(path / "rounds.parquet")
     contract = [
         "method",
+        "lambda_lr",
         "gamma",
         "q",
         "tilt",
@@ -108,7 +111,7 @@ def test_held_out_audit_of_every_final_model_is_what_the_saved_model_gives(two_r
 
     path = two_runs[0]
     audit = pd.read_parquet(path / "audit.parquet")
-    columns = ["method", "gamma", "q", "tilt", "seed", "round", "bias", "flip_rate", "images"]
+    columns = ["method", "lambda_lr", "gamma", "q", "tilt", "seed", "round", "bias", "flip_rate", "images"]
     columns += ["val_bias", "val_flip_rate", "validation_images", "seconds"]
     assert list(audit.columns) == columns and sorted(audit["method"]) == ["fedauditgan", "fedavg"]
     assert (audit["round"] == 2).all() and (audit["seed"] == 5).all() and (audit["images"] == 449).all()
@@ -396,6 +399,29 @@ def test_qffl_and_term_report_losses_before_training_and_weight_by_them(ray_sess
     displacements = [heavy_ball_displacement(steps_per_epoch(len(c.y), 16), 0.9) for c in federation.clients]
     lipschitz = 1 / (0.01 * sum(displacements) / len(displacements))
     assert f"q-FFL's L = {lipschitz:.4g} (`qffl.lipschitz: auto`" in (path / "summary.md").read_text()
+
+
+def test_afl_carries_its_mixture_from_round_to_round_through_the_actors(ray_session, tmp_path):
+    """AFL through the actors, 2 of 3 clients a round: round 1 averages its two clients evenly (lambda = 1/3
+    each), and each later round's weights are the mixture the earlier rounds' losses led to, recomputed here from
+    clients.parquet by the formula (v = (3/2) F over the round's two clients, projected onto the simplex by a
+    bisection, not by rayfed's code): the server carried lambda across rounds instead of starting afresh."""
+    extra = ["fl.methods=[afl]", "afl.lambda_lr=[0.05]", "fl.rounds=3", "fl.clients_per_round=2"]
+    path = small_run(tmp_path, "afl", [*extra, "metrics.held_out_audit=false"])
+    clients = pd.read_parquet(path / "clients.parquet").sort_values(["round", "client"])
+    mixture = np.full(3, 1 / 3)
+    for _, rnd in clients.groupby("round"):
+        ids = rnd.loc[rnd.participated, "client"].to_numpy()
+        assert len(ids) == 2
+        assert rnd.set_index("client").loc[ids, "weight"].tolist() == pytest.approx(
+            mixture[ids] / mixture[ids].sum(), rel=1e-9
+        )
+        ascent = np.zeros(3)
+        ascent[ids] = 3 / 2 * rnd.set_index("client").loc[ids, "loss"].to_numpy()
+        mixture = simplex_projection_by_bisection(mixture + 0.05 * ascent)
+    later = clients[clients["round"] > 1]
+    assert not np.allclose(later.loc[later.participated, "weight"], 0.5)  # lambda moved: the check has teeth
+    assert (pd.read_parquet(path / "rounds.parquet")["lambda_lr"] == 0.05).all()
 
 
 def test_compiled_gan_step_on_the_audit_server_matches_the_eager_run(two_runs, tmp_path, cpu_compiler):

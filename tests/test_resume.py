@@ -16,7 +16,8 @@ from rayfed.results import RunDirectory
 pytestmark = pytest.mark.slow
 
 SETS = [
-    "fl.methods=[fedavg,fedauditgan]",
+    "fl.methods=[fedavg,fedauditgan,afl]",  # AFL: its lambda, carried from round to round, must be checkpointed
+    "afl.lambda_lr=[0.05]",
     "data.num_clients=3",
     "fl.rounds=3",
     "fl.local_epochs=1",
@@ -80,8 +81,8 @@ def test_resume_can_extend_fl_rounds(resumed_and_reference, tmp_path):
     shutil.copytree(victim, longer)
     resume_fl(str(longer), None, ["fl.rounds=4"])  # in process: the fixture resumed through the CLI
     rounds = pd.read_parquet(longer / "rounds.parquet")
-    assert sorted(set(rounds["round"])) == [1, 2, 3, 4] and len(rounds) == 8
-    assert pd.read_parquet(longer / "audit.parquet")["round"].tolist() == [4, 4]  # the extended models audited
+    assert sorted(set(rounds["round"])) == [1, 2, 3, 4] and len(rounds) == 3 * 4  # 3 method runs x 4 rounds
+    assert pd.read_parquet(longer / "audit.parquet")["round"].tolist() == [4, 4, 4]  # the extended models audited
 
 
 def test_a_run_killed_after_its_last_round_resumes_with_the_held_out_audit(

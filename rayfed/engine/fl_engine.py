@@ -38,6 +38,8 @@ class RoundResult:
     client_rows: list[dict[str, Any]]
     gan_state: dict[str, Any] | None
     """The warm-started G, D and optimizers after this round (None without warm start)."""
+    carried: list[float] | None
+    """What the strategy carries into the next round (AFL's lambda; None for the others)."""
 
 
 @dataclass
@@ -57,6 +59,8 @@ class PendingRound:
     """actor -> (receipts, updates) refs."""
     probes_ref: ray.ObjectRef | None
     gan_ref: ray.ObjectRef | None
+    carried: list[float] | None
+    """What the strategy carried out of the previous round."""
 
 
 def weight_figures(weights: list[float], scores: list[float | None]) -> dict[str, float | None]:
@@ -164,9 +168,11 @@ class FederatedEngine:
         seed: int,
         state_ref: ray.ObjectRef,
         gan_state: dict[str, Any] | None = None,
+        carried: list[float] | None = None,
     ) -> PendingRound:
         """Submit Phase 1 on the selected clients' actors and, for an audited method, Phase 2 on the run's audit
-        server (it needs only Theta_old, so the server trains the audit GAN while the clients train)."""
+        server (it needs only Theta_old, so the server trains the audit GAN while the clients train). `gan_state`
+        and `carried`: what the previous round's result left (`RoundResult`), None in the first round."""
         config = self.config
         selected = select_clients(
             config.data.num_clients, config.fl.clients_per_round, config.fl.client_fraction, seed, round_index
@@ -184,7 +190,17 @@ class FederatedEngine:
             else (None, None)
         )
         return PendingRound(
-            round_index, run, seed, state_ref, server, time.perf_counter(), by_actor, trains, probes_ref, gan_ref
+            round_index,
+            run,
+            seed,
+            state_ref,
+            server,
+            time.perf_counter(),
+            by_actor,
+            trains,
+            probes_ref,
+            gan_ref,
+            carried,
         )
 
     def federation_of(self, seed: int) -> int:
@@ -248,7 +264,7 @@ class FederatedEngine:
                 log.warning("round %d: client %d was recomputed on a restarted actor", p.round_index, cid)
         k = self.federation_of(p.seed)
         outcome_ref, new_state_ref = self.servers[p.server].score_and_aggregate.remote(
-            p.run, p.state_ref, delivered, p.probes_ref, k
+            p.run, p.state_ref, delivered, p.probes_ref, k, p.carried
         )
         outcome: RoundOutcome = self._wait(outcome_ref, "the audit server's scoring and aggregation", p)
         batches = self._wait(
@@ -280,7 +296,7 @@ class FederatedEngine:
             seconds=time.perf_counter() - p.started,
         )
         gan_state = None if p.gan_ref is None else self._wait(p.gan_ref, "the audit GAN's state", p)
-        return RoundResult(new_state_ref, as_dict(row, p.run), client_rows, gan_state)
+        return RoundResult(new_state_ref, as_dict(row, p.run), client_rows, gan_state, outcome.carried)
 
     def _client_rows(
         self, p: PendingRound, outcome: RoundOutcome, evaluations: dict, retries: dict[int, int]
@@ -322,9 +338,10 @@ class FederatedEngine:
         seed: int,
         state_ref: ray.ObjectRef,
         gan_state: dict[str, Any] | None = None,
+        carried: list[float] | None = None,
     ) -> RoundResult:
         """One whole round: `start_round` then `finish_round`."""
-        return self.finish_round(self.start_round(round_index, run, seed, state_ref, gan_state))
+        return self.finish_round(self.start_round(round_index, run, seed, state_ref, gan_state, carried))
 
     def held_out_audits(
         self, seeded: list[tuple[Strategy, int]], state_refs: list[ray.ObjectRef], round_index: int

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ class Progress:
     """Each warm-started seeded run's G, D and optimizer states."""
     round_rows: list[dict[str, Any]]
     client_rows: list[dict[str, Any]]
+    carried: dict[str, list[float]] = field(default_factory=dict)
+    """What each seeded run's strategy carries into round next_round (AFL's lambda); absent for the others."""
 
 
 def _save_checkpoint(run_dir: RunDirectory, progress: Progress) -> None:
@@ -68,6 +70,7 @@ def _save_checkpoint(run_dir: RunDirectory, progress: Progress) -> None:
             "next_round": progress.next_round,
             "states": {key: to_torch(state) for key, state in progress.states.items()},
             "gans": progress.gans,
+            "carried": progress.carried,
             "rows": len(progress.round_rows),
             "client_rows": len(progress.client_rows),
         },
@@ -163,7 +166,14 @@ def execute(
             for round_index in range(progress.next_round, config.fl.rounds + 1):
                 bar.set_description(f"round {round_index}")
                 pending = [
-                    engine.start_round(round_index, r.run, r.seed, state_refs[r.key], progress.gans.get(r.key))
+                    engine.start_round(
+                        round_index,
+                        r.run,
+                        r.seed,
+                        state_refs[r.key],
+                        progress.gans.get(r.key),
+                        progress.carried.get(r.key),
+                    )
                     for r in runs
                 ]
                 # Each run's round is finished in its own thread (they wait on Ray), so a run whose updates are in
@@ -181,6 +191,8 @@ def execute(
                     _log_round(trackers[seeded.key], result.round_row, result.client_rows)
                     if result.gan_state is not None:
                         progress.gans[seeded.key] = result.gan_state
+                    if result.carried is not None:
+                        progress.carried[seeded.key] = result.carried
                 progress.next_round = round_index + 1
                 progress.states = {
                     key: engine.wait_for(ref, f"round {round_index}", "the new weights to checkpoint")
@@ -261,6 +273,7 @@ def load_progress(directory: Path) -> Progress:
         checkpoint["gans"],
         rounds,
         clients,
+        checkpoint.get("carried", {}),  # absent from the checkpoints of runs before AFL
     )
 
 

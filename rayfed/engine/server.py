@@ -110,11 +110,12 @@ class AuditServer:
         update_refs: list[ray.ObjectRef],
         probes: Probes | None = None,
         federation: int = 0,
+        carried: list[float] | None = None,
     ) -> tuple[RoundOutcome, NumpyState]:
         """Check the updates, weight them by `strategy` (with this round's `probes` from `audit` if it needs
-        them), apply them, evaluate Theta_new on the test set (and federation `federation`'s validation split).
-        Returns the outcome (with
-        those accuracies; its `state` emptied, as Theta_new travels separately as the second result)."""
+        them, and what it `carried` out of the previous round), apply them, evaluate Theta_new on the test set
+        (and federation `federation`'s validation split). Returns the outcome (with those accuracies; its
+        `state` emptied, as Theta_new travels separately as the second result)."""
         state = to_torch(global_state, self.device)
         results = [u for batch in ray.get(update_refs) for u in batch]
         for r in results:
@@ -126,7 +127,7 @@ class AuditServer:
             if strategy.needs_audit
             else None
         )
-        outcome = score_and_aggregate(strategy, state, results, evidence, self.buffers)
+        outcome = score_and_aggregate(strategy, state, results, evidence, self.buffers, carried)
         self.model.load_state_dict(outcome.state)
         outcome.test_accuracy = accuracy(self.model, self.test_x, self.test_y, self.eval_batch_size)
         if self.validation[federation] is not None:

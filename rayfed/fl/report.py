@@ -1,7 +1,7 @@
 """What a `rayfed fl` run concludes, from its rows: per method run the final round's figures (mean and 95%
 Student-t interval over seeds) with the held-out audit of the final models, paired differences against the
-reference method (FedAvg) and of the audited runs against the controls (uniform, q-FFL, TERM) on the same seeds,
-with a verdict each (p-values corrected over each table), and what the weights did; written as summary.md,
+reference method (FedAvg) and of the audited runs against the controls (uniform, q-FFL, TERM, AFL) on the same
+seeds, with a verdict each (p-values corrected over each table), and what the weights did; written as summary.md,
 fairness.png and their wandb copies."""
 
 from __future__ import annotations
@@ -128,9 +128,9 @@ def paired_differences(round_rows: list[dict[str, Any]], runs: list[Strategy]) -
 
 def control_differences(round_rows: list[dict[str, Any]], runs: list[Strategy]) -> list[dict[str, Any]]:
     """Per audited run (Fed-AuditGAN at each gamma) against each control that ran, every run that is neither
-    the reference nor audited (uniform weights; q-FFL, the fair-FL baseline; TERM, weights from the losses):
-    whether the audit does better than dropping size weights, than the field's fair baseline, or than weighing
-    clients by their losses, on the same seeds. Empty without both kinds."""
+    the reference nor audited (uniform weights; q-FFL, the fair-FL baseline; TERM, weights from the losses; AFL,
+    the minimax mixture): whether the audit does better than dropping size weights, than the field's fair
+    baselines, or than weighing clients by their losses, on the same seeds. Empty without both kinds."""
     finals = final_by_seed(round_rows)
     ran = [run for run in runs if run in finals]
     audited = [run for run in ran if type(run).needs_audit]

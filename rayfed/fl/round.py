@@ -163,6 +163,9 @@ class RoundOutcome:
     """Theta_new's accuracy on the global test set (percent), filled by whoever evaluates it."""
     validation_accuracy: float | None = None
     """Theta_new's accuracy on the validation split (percent), when the run has one."""
+    carried: list[float] | None = None
+    """What the strategy carries into the next round (`Aggregation.carried`; the round's own when it accepted
+    no update)."""
 
 
 def result_problem(result: LocalResult, reference: StateDict) -> str | None:
@@ -178,9 +181,11 @@ def score_and_aggregate(
     results: Sequence[LocalResult],
     audit: AuditEvidence | None,
     buffers: frozenset[str] = frozenset(),
+    carried: list[float] | None = None,
 ) -> RoundOutcome:
     """Phases 3-4: reject unusable results, let the strategy weigh the rest, apply them to Theta_old
-    (`buffers`: the model's buffer keys, for strategies that treat them apart from the parameters)."""
+    (`buffers`: the model's buffer keys, for strategies that treat them apart from the parameters; `carried`:
+    what the strategy carried out of the previous round)."""
     ids = [r.client_id for r in results]
     rejected = {r.client_id: why for r in results if (why := result_problem(r, global_state))}
     kept = [i for i, cid in enumerate(ids) if cid not in rejected]
@@ -192,10 +197,11 @@ def score_and_aggregate(
         rejected,
         biases=[None] * len(ids),
         scores=[None] * len(ids),
+        carried=carried,
     )
     if kept:
-        decision = strategy.aggregate(global_state, [results[i] for i in kept], audit, buffers)
-        outcome.state, outcome.bias_base = decision.state, decision.bias_base
+        decision = strategy.aggregate(global_state, [results[i] for i in kept], audit, buffers, carried)
+        outcome.state, outcome.bias_base, outcome.carried = decision.state, decision.bias_base, decision.carried
         for j, i in enumerate(kept):
             outcome.weights[i] = decision.weights[j]
             if decision.scores is not None:

@@ -51,6 +51,8 @@ class Aggregation:
     bias_base: float | None = None
     biases: list[float] | None = None
     scores: list[float] | None = None
+    carried: list[float] | None = None
+    """What the strategy carries into the next round (AFL's lambda over the clients); None if it carries nothing."""
 
 
 REGISTRY: dict[str, type[Strategy]] = {}
@@ -87,13 +89,18 @@ class Strategy:
             REGISTRY[cls.name] = cls
 
     @classmethod
+    def parameter_values(cls, config: Config) -> list[float]:
+        """The values of the method's parameter in `config` (its `parameter_key`, a number or a list)."""
+        section, key = cls.parameter_key.split(".")
+        values = getattr(getattr(config, section), key)
+        return [float(v) for v in (values if isinstance(values, list) else [values])]
+
+    @classmethod
     def runs(cls, config: Config) -> list[Strategy]:
         """One run per value of the parameter in `config` (or the one run of a method without one)."""
         if cls.parameter_key is None:
             return [cls()]
-        section, key = cls.parameter_key.split(".")
-        values = getattr(getattr(config, section), key)
-        return [cls(float(v)) for v in (values if isinstance(values, list) else [values])]
+        return [cls(value) for value in cls.parameter_values(config)]
 
     @property
     def label(self) -> str:
@@ -116,9 +123,11 @@ class Strategy:
         updates: Sequence[LocalResult],
         audit: AuditEvidence | None,
         buffers: frozenset[str] = frozenset(),
+        carried: list[float] | None = None,
     ) -> Aggregation:
         """Theta_new from Theta_old and this round's accepted updates (`audit` given iff `needs_audit`;
-        `buffers`: the state-dict keys that are buffers, not trainable parameters)."""
+        `buffers`: the state-dict keys that are buffers, not trainable parameters; `carried`: what the previous
+        round's aggregation carried, None in the first round)."""
         raise NotImplementedError
 
 

@@ -59,6 +59,7 @@ class FedAuditGan(Strategy):
         updates: Sequence[LocalResult],
         audit: AuditEvidence | None,
         buffers: frozenset[str] = frozenset(),
+        carried: list[float] | None = None,
     ) -> Aggregation:
         if audit is None:
             raise ValueError("fedauditgan needs this round's audit (probes and scoring template)")

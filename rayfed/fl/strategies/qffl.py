@@ -139,6 +139,7 @@ class QFedAvg(Strategy):
         updates: Sequence[LocalResult],
         audit: AuditEvidence | None,
         buffers: frozenset[str] = frozenset(),
+        carried: list[float] | None = None,
     ) -> Aggregation:
         losses = [u.loss for u in updates]
         shares = loss_shares(losses, self.value)

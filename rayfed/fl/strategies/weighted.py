@@ -21,6 +21,7 @@ class WeightedAverage(Strategy):
         updates: Sequence[LocalResult],
         audit: AuditEvidence | None,
         buffers: frozenset[str] = frozenset(),
+        carried: list[float] | None = None,
     ) -> Aggregation:
         alphas = self.weights(updates)
         return Aggregation(apply_weighted_updates(state, [u.delta for u in updates], alphas), alphas)
