@@ -191,9 +191,10 @@ class TermConfig:
 class AFLConfig:
     lambda_lr: float | list[float] = field(default_factory=lambda: [0.03])
     """AFL's step eta for the mixture lambda over the clients, which ascends their losses each round: lambda <-
-    Proj_simplex(lambda + eta F) (0 = uniform averaging throughout; larger = lambda moves to the high-loss
-    clients faster, and the more so the more clients share lambda; `rayfed.fl.strategies.afl`); a list runs afl
-    once per value. The default is what a sweep on digits' validation split chose (README, "AFL")."""
+    Proj_simplex(lambda + eta (N/m) F), F the losses of the round's m clients (0 = uniform averaging throughout;
+    larger = lambda moves to the high-loss clients faster, and the more so the more clients share lambda;
+    `rayfed.fl.strategies.afl`); a list runs afl once per value. The default is what a sweep on digits'
+    validation split chose (README, "AFL")."""
 
 
 @dataclass
