@@ -188,6 +188,17 @@ def test_docs_put_options_after_the_subcommand():
         assert set(options) <= {"-h", "--help"}, (doc, options)
 
 
+def test_readme_lists_every_config_section():
+    """The README's config paragraph names every top-level key of `Config` (it once fell behind a new method's)."""
+    from dataclasses import fields
+
+    from rayfed.config import Config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = re.search(r"Sections: (.*?)\. ", readme, re.S).group(1)
+    assert re.findall(r"`(\w+)(?:\.\*)?`", listed) == [f.name for f in fields(Config)]
+
+
 def test_existing_output_is_not_overwritten(rayfed_cli, tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
     assert_user_error(rayfed_cli.run("fl", "--out", str(tmp_path)), str(tmp_path))

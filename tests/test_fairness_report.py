@@ -683,6 +683,42 @@ def test_afl_leaves_the_model_where_it_is_when_the_mixture_gives_the_round_nothi
     assert decision.carried == pytest.approx([0.8, 0.1, 0.1], abs=1e-12)
 
 
+def test_the_mixture_afl_left_is_summarised_by_its_spread_and_largest_share_hand_case():
+    """Two seeds, 3 clients, the last round's lambda: seed 1 (0.5, 0.25, 0.25): 1/sum lambda^2 = 1/0.375 = 8/3;
+    seed 2 (0.2, 0.6, 0.2): 1/0.44 = 25/11. Spread 2.470 ± 12.706 * 0.197 = 2.5 ± 2.5 (t 12.706, sem = half the
+    difference), largest share 0.55 ± 12.706 * 0.05 = 0.550 ± 0.635; the largest is client 0's in seed 1 and
+    client 1's in seed 2. Round 1 is not the last; FedAvg carries no mixture (null, NaN as pandas reads it);
+    eta 0 stays uniform: every client alike, 3 of 3."""
+    from rayfed.fl.report import mixture_note
+    from rayfed.fl.strategies.afl import AgnosticAverage
+
+    def rows(method, value, seed, rnd, mixture):
+        return [
+            {"method": method, "lambda_lr": value, "seed": seed, "round": rnd, "client": client, "mixture": share}
+            for client, share in enumerate(mixture)
+        ]
+
+    afl = (
+        rows("afl", 0.1, 1, 1, [1.0, 0.0, 0.0])
+        + rows("afl", 0.1, 1, 2, [0.5, 0.25, 0.25])
+        + rows("afl", 0.1, 2, 2, [0.2, 0.6, 0.2])
+    )
+    fedavg = rows("fedavg", None, 1, 2, [None] * 3) + rows("fedavg", None, 2, 2, [math.nan] * 3)
+    runs = [FedAvg(), AgnosticAverage(0.1, 3), AgnosticAverage(0.0, 3)]
+    note = mixture_note(fedavg + afl, runs)
+    assert note == (
+        "The mixture AFL carries at the last round (`mixture` in clients.parquet; 1/Σλ² clients, 3 when uniform, 1 "
+        "when one client holds it all): lambda_lr=0.1 spreads over 2.5 ± 2.5 of the 3 clients and gives its largest "
+        "share, 0.550 ± 0.635, to clients that differ by seed (seed 1: client 0; seed 2: client 1)."
+    )
+    assert mixture_note(fedavg, runs) is None
+    uniform = rows("afl", 0.0, 1, 2, [1 / 3] * 3) + rows("afl", 0.0, 2, 2, [1 / 3] * 3)
+    assert mixture_note(uniform, runs).endswith(
+        "lambda_lr=0 spreads over 3.0 ± 0.0 of the 3 clients and gives its largest share, 0.333 ± 0.000, to every "
+        "client alike in every seed."
+    )
+
+
 def test_classes_no_client_holds_and_the_global_accuracy_they_cap_hand_case():
     from rayfed.config import load_config
     from rayfed.data import ImageData

@@ -98,6 +98,7 @@ def test_run_directory_holds_the_contract(two_runs):
     fedavg, audit = rounds[rounds.method == "fedavg"], rounds[rounds.method == "fedauditgan"]
     assert fedavg["gamma"].isna().all() and fedavg["bias"].isna().all()
     assert (audit["gamma"] == 2.0).all() and (audit["bias"] > 0).all()
+    assert pd.read_parquet(path / "clients.parquet")["mixture"].isna().all()  # neither method carries a mixture
     state = torch.load(path / "model_fedauditgan_gamma2.pt", weights_only=True)
     assert state["convs.0.weight"].shape[1] == 1
 
@@ -405,7 +406,9 @@ def test_afl_carries_its_mixture_from_round_to_round_through_the_actors(ray_sess
     """AFL through the actors, 2 of 3 clients a round: round 1 averages its two clients evenly (lambda = 1/3
     each), and each later round's weights are the mixture the earlier rounds' losses led to, recomputed here from
     clients.parquet by the formula (v = (3/2) F over the round's two clients, projected onto the simplex by a
-    bisection, not by rayfed's code): the server carried lambda across rounds instead of starting afresh."""
+    bisection, not by rayfed's code): the server carried lambda across rounds instead of starting afresh. The
+    `mixture` column is that lambda after each round, for the client left out of the round too; the summary
+    reports the last round's."""
     extra = ["fl.methods=[afl]", "afl.lambda_lr=[0.05]", "fl.rounds=3", "fl.clients_per_round=2"]
     path = small_run(tmp_path, "afl", [*extra, "metrics.held_out_audit=false"])
     clients = pd.read_parquet(path / "clients.parquet").sort_values(["round", "client"])
@@ -419,9 +422,12 @@ def test_afl_carries_its_mixture_from_round_to_round_through_the_actors(ray_sess
         ascent = np.zeros(3)
         ascent[ids] = 3 / 2 * rnd.set_index("client").loc[ids, "loss"].to_numpy()
         mixture = simplex_projection_by_bisection(mixture + 0.05 * ascent)
+        assert rnd["mixture"].tolist() == pytest.approx(mixture.tolist(), abs=1e-9)
     later = clients[clients["round"] > 1]
     assert not np.allclose(later.loc[later.participated, "weight"], 0.5)  # lambda moved: the check has teeth
     assert (pd.read_parquet(path / "rounds.parquet")["lambda_lr"] == 0.05).all()
+    spread = 1 / np.sum(mixture**2)
+    assert f"lambda_lr=0.05 spreads over {spread:.1f} of the 3 clients" in (path / "summary.md").read_text()
 
 
 def test_compiled_gan_step_on_the_audit_server_matches_the_eager_run(two_runs, tmp_path, cpu_compiler):

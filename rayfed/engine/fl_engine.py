@@ -302,6 +302,7 @@ class FederatedEngine:
         self, p: PendingRound, outcome: RoundOutcome, evaluations: dict, retries: dict[int, int]
     ) -> list[dict[str, Any]]:
         index = {cid: i for i, cid in enumerate(outcome.client_ids)}
+        mixture = p.run.mixture(outcome.carried)
         rows = []
         for client in self.federations[self.federation_of(p.seed)].clients:
             cid, i = client.client_id, index.get(client.client_id)
@@ -322,6 +323,7 @@ class FederatedEngine:
                         bias=None if i is None else outcome.biases[i],
                         score=None if i is None else outcome.scores[i],
                         weight=0.0 if i is None else outcome.weights[i],
+                        mixture=None if mixture is None else mixture[cid],
                         participated=i is not None and cid not in outcome.rejected,
                         retries=retries.get(cid, 0),
                         rejected=outcome.rejected.get(cid),

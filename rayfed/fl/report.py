@@ -273,6 +273,67 @@ def unfair_baseline_notes(paired: list[dict[str, Any]], runs: list[Strategy], co
     return notes
 
 
+def last_round_clients(client_rows: list[dict[str, Any]]) -> dict[tuple[Strategy, int], list[dict[str, Any]]]:
+    """(run, seed) -> the client rows of that run's last round in that seed."""
+    last: dict[tuple[Strategy, int], int] = {}
+    finals: dict[tuple[Strategy, int], list[dict[str, Any]]] = defaultdict(list)
+    for c in client_rows:
+        key = (_run_of(c), c["seed"])
+        if c["round"] > last.get(key, 0):
+            last[key], finals[key] = c["round"], []
+        if c["round"] == last[key]:
+            finals[key].append(c)
+    return finals
+
+
+def mixture_note(client_rows: list[dict[str, Any]], runs: list[Strategy]) -> str | None:
+    """Where the runs that carry a mixture over the clients (AFL's lambda, `clients.parquet`'s `mixture`) left it
+    at the last round: over how many clients it spreads, 1/sum lambda_k^2 (N when uniform, 1 at a vertex), and
+    its largest share with the clients holding it in each seed (a client id names another client in every seed
+    under data.partition_seed: each). Means ± 95% intervals over seeds; None when no run carries a mixture."""
+    spread: dict[Strategy, list[float]] = defaultdict(list)
+    largest: dict[Strategy, list[float]] = defaultdict(list)
+    holders: dict[Strategy, dict[int, tuple[int, ...]]] = defaultdict(dict)  # run -> seed -> the largest's holders
+    clients = 0
+    for (run, seed), rows in last_round_clients(client_rows).items():
+        if rows[0].get("mixture") is None or np.isnan(rows[0]["mixture"]):  # null (NaN when read by pandas)
+            continue
+        shares = {c["client"]: c["mixture"] for c in rows}
+        clients = len(shares)
+        spread[run].append(1.0 / sum(x * x for x in shares.values()))
+        top = max(shares.values())
+        largest[run].append(top)
+        holders[run][seed] = tuple(sorted(c for c, share in shares.items() if share >= top - 1e-12))
+    ordered = [run for run in runs if run in spread]
+    if not ordered:
+        return None
+
+    def figure(values: list[float], digits: int) -> str:
+        mean, half = mean_interval(values)
+        return f"{mean:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
+
+    def named(ids: tuple[int, ...]) -> str:
+        if len(ids) == clients:
+            return "every client alike"
+        return f"client{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
+
+    def held_by(by_seed: dict[int, tuple[int, ...]]) -> str:
+        if len(set(by_seed.values())) == 1:
+            return named(next(iter(by_seed.values()))) + (" in every seed" if len(by_seed) > 1 else "")
+        return "clients that differ by seed (" + "; ".join(f"seed {s}: {named(c)}" for s, c in by_seed.items()) + ")"
+
+    described = "; ".join(
+        f"{run.label} spreads over {figure(spread[run], 1)} of the {clients} clients and gives its largest share, "
+        f"{figure(largest[run], 3)}, to {held_by(holders[run])}"
+        for run in ordered
+    )
+    carriers = _and(sorted({run.title for run in ordered}))
+    return (
+        f"The mixture {carriers} carries at the last round (`mixture` in clients.parquet; 1/Σλ² clients, "
+        f"{clients} when uniform, 1 when one client holds it all): {described}."
+    )
+
+
 def never_served_note(client_rows: list[dict[str, Any]], runs: list[Strategy], basis: str) -> str | None:
     """The runs that got none of some client's images right at their last round in every seed (accuracy on the
     fairness basis `basis`): their worst client is 0 in every seed, so a difference in it between two of them
@@ -280,16 +341,8 @@ def never_served_note(client_rows: list[dict[str, Any]], runs: list[Strategy], b
     seed's (they differ by chance, and under data.partition_seed: each a client id means another client in
     every seed). None when no run had a client at 0 in every seed."""
     column = client_accuracy_column(basis)
-    last: dict[tuple[Strategy, int], int] = {}
-    finals: dict[tuple[Strategy, int], list[dict[str, Any]]] = defaultdict(list)  # (run, seed) -> last round's rows
-    for c in client_rows:
-        key = (_run_of(c), c["seed"])
-        if c["round"] > last.get(key, 0):
-            last[key], finals[key] = c["round"], []
-        if c["round"] == last[key]:
-            finals[key].append(c)
     zeros: dict[Strategy, dict[int, tuple[int, ...]]] = {}  # run -> seed -> its clients at 0
-    for (run, seed), rows in finals.items():
+    for (run, seed), rows in last_round_clients(client_rows).items():
         zeros.setdefault(run, {})[seed] = tuple(sorted(c["client"] for c in rows if c[column] == 0))
     unserved = {run: zeros[run] for run in runs if run in zeros and all(zeros[run].values())}
     if not unserved:
@@ -474,8 +527,8 @@ def summary_markdown(
 ) -> str:
     """summary.md: the summary table, the paired differences with each method's verdict against the reference
     and each audited run's against the controls (`verdict_sentences`), and the notes: fair baselines found less
-    fair than the reference (`unfair_baseline_notes`), clients a run never served (`never_served_note`), then
-    `notes` (sentences about the federation itself)."""
+    fair than the reference (`unfair_baseline_notes`), clients a run never served (`never_served_note`), where
+    AFL left its mixture (`mixture_note`), then `notes` (sentences about the federation itself)."""
     runs = strategy_runs(config)
     seeds = config.seed_list
     round_rows = with_held_out(round_rows, list(audit_rows))
@@ -500,9 +553,11 @@ def summary_markdown(
             parts += [f"## {heading}\n", format_table(paired)]
             parts += [f"- {sentence}\n" for sentence in verdict_sentences(paired, config.metrics.correction)]
     never_served = never_served_note(client_rows, runs, config.metrics.client_accuracy)
+    mixture = mixture_note(client_rows, runs)
     notes = [
         *unfair_baseline_notes(against_reference, runs, config.metrics.correction),
         *([never_served] if never_served else []),
+        *([mixture] if mixture else []),
         *notes,
     ]
     parts += [f"- {note}\n" for note in notes]

@@ -86,6 +86,9 @@ class ClientRow:
     """S_i = B_base - B_i (null without the audit)."""
     weight: float
     """The strategy's weight of the update (alpha_i; 0 when the client did not take part)."""
+    mixture: float | None
+    """Its share of the mixture the strategy carries out of the round, whether it took part or not (AFL's
+    lambda_i after the round's ascent); null for the strategies that carry none."""
     participated: bool
     retries: int
     rejected: str | None

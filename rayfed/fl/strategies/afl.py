@@ -70,7 +70,7 @@ class AgnosticAverage(Strategy):
         buffers: frozenset[str] = frozenset(),
         carried: list[float] | None = None,
     ) -> Aggregation:
-        mixture = np.full(self.num_clients, 1.0 / self.num_clients) if carried is None else np.asarray(carried)
+        mixture = np.asarray(self.mixture(carried))
         ids = [u.client_id for u in updates]
         in_round = mixture[ids]
         total = float(in_round.sum())
@@ -79,3 +79,7 @@ class AgnosticAverage(Strategy):
         new = apply_weighted_updates(state, [u.delta for u in updates], alphas)
         mixture = ascend_mixture(mixture, ids, [u.loss for u in updates], self.value)
         return Aggregation(new, alphas, carried=mixture.tolist())
+
+    def mixture(self, carried: list[float] | None) -> list[float]:
+        """lambda: what the last round carried, or the uniform start (1/N each) before any round accepted one."""
+        return [1.0 / self.num_clients] * self.num_clients if carried is None else list(carried)

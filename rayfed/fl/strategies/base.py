@@ -130,6 +130,11 @@ class Strategy:
         round's aggregation carried, None in the first round)."""
         raise NotImplementedError
 
+    def mixture(self, carried: list[float] | None) -> list[float] | None:
+        """Each client's share (by client id) of the mixture the strategy carries out of a round, given what the
+        round `carried`: AFL's lambda; None for strategies that weigh every round afresh."""
+        return None
+
 
 def parameter_columns() -> list[str]:
     """The table columns of all registered strategies' parameters, in registration order."""
