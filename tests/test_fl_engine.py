@@ -235,6 +235,30 @@ def test_wandb_offline_logs_every_method_and_the_summary(two_runs):
     assert not (two_runs[0] / "wandb").exists()  # disabled by default
 
 
+def test_wandb_gets_each_client_s_weight_and_afl_s_mixture_where_there_is_one():
+    """A round's wandb log: every client's accuracies and weight, its score where the audit scored it, its share
+    of AFL's lambda where the method carries one; nothing null is logged."""
+    from rayfed.engine.fl_run import _log_round
+
+    class Logged:
+        def log(self, data):
+            self.data = data
+
+    row = dict.fromkeys(["round", "accuracy", "jfi", "max_min", "variance", "min_accuracy", "max_accuracy"], 1.0)
+    row |= {"effective_clients": 2.0, "max_weight": 0.6, "score_spread": None, "gap": 5.0, "bias": None}
+    row["fairness_basis"] = "test"
+    clients = [
+        {"client": k, "accuracy": 90.0, "test_accuracy": 80.0, "score": None, "weight": w, "mixture": m}
+        for k, w, m in ((0, 0.6, 0.5), (1, 0.4, 0.3), (2, 0.0, 0.2))
+    ]
+    afl, fedavg = Logged(), Logged()
+    _log_round(afl, row, clients)
+    _log_round(fedavg, row, [c | {"mixture": None} for c in clients])
+    assert [afl.data[f"client_{k}_mixture"] for k in range(3)] == [0.5, 0.3, 0.2]
+    assert afl.data["client_2_weight"] == 0.0 and "client_0_score" not in afl.data and "bias" not in afl.data
+    assert fedavg.data.keys() == {k for k in afl.data if not k.endswith("_mixture")}
+
+
 def test_same_seed_gives_identical_tables(two_runs, assert_same_run):
     assert_same_run(*two_runs)
 

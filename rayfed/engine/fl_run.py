@@ -100,6 +100,7 @@ def _log_round(tracker: Tracker, row: dict[str, Any], client_rows: list[dict[str
         if c["score"] is not None:
             data[f"client_{c['client']}_score"] = c["score"]
         data[f"client_{c['client']}_weight"] = c["weight"]
+        data[f"client_{c['client']}_mixture"] = c["mixture"]  # AFL's lambda_i; None (left out below) elsewhere
     tracker.log({k: v for k, v in data.items() if v is not None})
 
 
