@@ -37,7 +37,8 @@ def test_bundled_sweep_files_validate(path):
 
 def test_every_sweep_has_a_smoke_twin_on_digits():
     full = [p for p in TUNE_CONFIGS if not p.stem.endswith("_smoke")]
-    assert {p.stem for p in full} == {"fedaudit_gamma", "fedaudit_lambda", "qffl_q", "sisa_grid"}
+    fair_baselines = {"qffl_q", "term_tilt", "afl_lambda"}
+    assert {p.stem for p in full} == {"fedaudit_gamma", "fedaudit_lambda", "sisa_grid"} | fair_baselines
     for path in full:
         twin = path.with_name(f"{path.stem}_smoke.yaml")
         spec, smoke = load_sweep(path), load_sweep(twin)
@@ -51,12 +52,21 @@ def test_notebook_settings_of_the_full_sweeps():
     assert (c.data.num_clients, c.fl.rounds, c.fl.local_epochs, c.data.batch_size, c.fl.lr) == (20, 50, 3, 512, 0.01)
     assert (c.audit.gan_epochs, c.audit.n_probes, c.data.partition, c.model.name) == (20, 2000, "extreme", "cnn")
     assert gamma.params[0].values == [0.5, 1, 2, 4, 8, 16] and c.fl.methods == ["fedavg", "fedauditgan"]
-    for name in ("fedaudit_gamma", "fedaudit_lambda", "qffl_q", "sisa_grid"):  # chosen on validation, reported on test
+    names = ("fedaudit_gamma", "fedaudit_lambda", "qffl_q", "term_tilt", "afl_lambda", "sisa_grid")
+    for name in names:  # chosen on validation, reported on test
         for sweep in (load_sweep(ROOT / "tune_configs" / f"{name}{twin}.yaml") for twin in ("", "_smoke")):
             assert sweep.metric.startswith("val_") and sweep.base_config.data.validation_fraction == 0.1
-    qffl = load_sweep(ROOT / "tune_configs" / "qffl_q.yaml")
-    assert qffl.params[0].key == "qffl.q" and qffl.params[0].values == [0, 0.1, 1, 5]
-    assert qffl.base_config.fl.methods[-1] == "qffl" and qffl.base_config.seed_list == [42, 43, 44]
+    grids = {"qffl_q": ("qffl.q", [0, 0.1, 1, 5]), "term_tilt": ("term.tilt", [0.25, 0.5, 1, 2, 5])}
+    grids["afl_lambda"] = ("afl.lambda_lr", [0.003, 0.01, 0.03, 0.1, 0.3])
+    for name, (key, values) in grids.items():  # a fair-FL baseline's sweep: the method last (the trial reports
+        # its figures), FedAvg, uniform and gamma = 2 beside it, 3 seeds, the gamma sweep's notebook settings
+        sweep = load_sweep(ROOT / "tune_configs" / f"{name}.yaml")
+        c, method = sweep.base_config, key.split(".")[0]
+        assert [(p.key, p.values) for p in sweep.params] == [(key, values)] and sweep.metric == "val_min_accuracy"
+        assert c.fl.methods == ["fedavg", "uniform", "fedauditgan", method] and c.seed_list == [42, 43, 44]
+        assert (c.data, c.model) == (gamma.base_config.data, gamma.base_config.model)
+        assert (c.fl.rounds, c.fl.local_epochs, c.fl.lr) == (50, 3, 0.01)
+        assert (c.audit.gamma, c.audit.gan_epochs, c.audit.n_probes) == (2.0, 20, 2000)
     sisa = load_sweep(ROOT / "tune_configs" / "sisa_grid.yaml").base_config
     assert (sisa.model.name, sisa.sisa.epochs, sisa.sisa.schedule, sisa.sisa.lr) == ("resnet18", 5, "union", 0.001)
 

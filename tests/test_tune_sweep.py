@@ -331,35 +331,52 @@ def test_sisa_sweep_says_whether_every_trial_forgot_exactly():
     assert exactness_sentence(exact.iloc[2:], ["sisa.shards"]) is None
 
 
+FAIR_BASELINES = {  # smoke sweep -> (its key, the method, the column naming its value in rounds.parquet, a grid)
+    "qffl_q_smoke.yaml": ("qffl.q", "qffl", "q", [0, 5]),
+    "term_tilt_smoke.yaml": ("term.tilt", "term", "tilt", [0, 5]),
+    "afl_lambda_smoke.yaml": ("afl.lambda_lr", "afl", "lambda_lr", [0, 1]),
+}
+
+
 @pytest.mark.slow
-def test_qffl_q_smoke_sweep_reports_q_ffl_beside_its_controls_over_seeds(ray_session, tmp_path, capsys):
-    """qffl.q swept: each trial's metrics are q-FFL's, means over its 2 seeds with 95% half-widths, beside
-    FedAvg's and uniform's; at q = 0 q-FFL is the uniform average, so its figures are uniform's. The sweep ranks
-    on the validation split and prints, from its own table, whether its intervals separate the best trial from
-    the runner-up, and the best trial's test figure to report."""
+@pytest.mark.parametrize("name", sorted(FAIR_BASELINES))
+def test_a_fair_baseline_s_smoke_sweep_reports_it_beside_its_controls_over_seeds(ray_session, tmp_path, name, capsys):
+    """q-FFL's q, TERM's tilt and AFL's step swept: each trial's metrics are that method's, means over its 2 seeds
+    with 95% half-widths, beside FedAvg's and uniform's; at 0 each method is the uniform average, so its figures
+    are uniform's, and above 0 it weighs the clients otherwise. The sweep ranks on the validation split and
+    prints, from its own table, whether its intervals separate the best trial from the runner-up, and the best
+    trial's test figure to report."""
     from rayfed.tune.sweep import run_sweep_file
 
-    grid = ["param_space.qffl.q={grid_search: [0, 5]}"]  # the file's [0, 1, 5] less one trial: two run at once
-    table = run_sweep_file(str(ROOT / "tune_configs" / "qffl_q_smoke.yaml"), grid, str(tmp_path / "out"))
+    key, method, column, values = FAIR_BASELINES[name]
+    grid = [f"param_space.{key}={{grid_search: {values}}}"]  # the file's grid less one trial: two run at once
+    table = run_sweep_file(str(ROOT / "tune_configs" / name), grid, str(tmp_path / "out"))
     ranked = table.sort_values("val_min_accuracy", ascending=False, kind="stable")
     best, second = ranked.iloc[0], ranked.iloc[1]
     printed = capsys.readouterr().out
     stated = f"{best['val_min_accuracy']:.4g} ± {best['val_min_accuracy_ci']:.2g}"
     assert f"By val_min_accuracy, the best trial {best['trial_id']}'s {stated}" in printed
-    assert f"runner-up {second['trial_id']} (qffl.q={second['qffl.q']})'s {second['val_min_accuracy']:.4g}" in printed
+    assert f"runner-up {second['trial_id']} ({key}={second[key]})'s {second['val_min_accuracy']:.4g}" in printed
     test = f"{best['min_accuracy']:.4g} ± {best['min_accuracy_ci']:.2g}"
     assert f"the best trial's test min_accuracy, {test}, is the unbiased figure to report" in printed
-    table = table.set_index("qffl.q")
-    assert sorted(table.index) == [0, 5] and (table["status"] == "TERMINATED").all(), table["error"]
+    table = table.set_index(key)
+    assert sorted(table.index) == values and (table["status"] == "TERMINATED").all(), table["error"]
     assert (table["seeds"] == 2).all() and (table["min_accuracy_ci"] >= 0).all()
     assert (table["federations"] == 1).all() and "(95% intervals over 2 seeds on one federation)" in printed
     assert (table["fairness_basis"] == "test").all()
     assert {"fedavg/jfi", "uniform/min_accuracy"} <= set(table.columns)
-    assert abs(table.loc[0, "accuracy"] - table.loc[0, "uniform/accuracy"]) <= 0.5  # float rounding at most
-    for q in (0, 5):
-        rounds = pd.read_parquet(Path(table.loc[q, "run_dir"]) / "rounds.parquet")
-        assert rounds.loc[rounds.method == "qffl", "q"].unique().tolist() == [q]
+    for value in values:
+        run_dir = Path(table.loc[value, "run_dir"])
+        rounds, clients = (pd.read_parquet(run_dir / f"{t}.parquet") for t in ("rounds", "clients"))
+        assert rounds.loc[rounds.method == method, column].unique().tolist() == [value]
         assert sorted(rounds["seed"].unique()) == [42, 43]
+        last = rounds[(rounds.method == method) & (rounds["round"] == rounds["round"].max())]
+        assert table.loc[value, "min_accuracy"] == pytest.approx(last["min_accuracy"].mean())  # the method's own
+        weights = clients[(clients.method == method) & (clients["round"] == clients["round"].max())]["weight"].tolist()
+        uniform = weights == pytest.approx([1 / 3] * 6, abs=1e-6)  # the last round's, 3 clients in 2 seeds
+        assert uniform if value == 0 else not uniform, weights
+    zero = table.loc[0]
+    assert abs(zero["accuracy"] - zero["uniform/accuracy"]) <= 0.5  # float rounding at most
 
 
 def test_an_fl_trial_reports_the_held_out_audit_at_its_last_round_beside_its_references():
