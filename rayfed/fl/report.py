@@ -308,10 +308,6 @@ def mixture_note(client_rows: list[dict[str, Any]], runs: list[Strategy]) -> str
     if not ordered:
         return None
 
-    def figure(values: list[float], digits: int) -> str:
-        mean, half = mean_interval(values)
-        return f"{mean:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
-
     def named(ids: tuple[int, ...]) -> str:
         if len(ids) == clients:
             return "every client alike"
@@ -323,8 +319,8 @@ def mixture_note(client_rows: list[dict[str, Any]], runs: list[Strategy]) -> str
         return "clients that differ by seed (" + "; ".join(f"seed {s}: {named(c)}" for s, c in by_seed.items()) + ")"
 
     described = "; ".join(
-        f"{run.label} spreads over {figure(spread[run], 1)} of the {clients} clients and gives its largest share, "
-        f"{figure(largest[run], 3)}, to {held_by(holders[run])}"
+        f"{run.label} spreads over {_cell(*mean_interval(spread[run]), digits=1)} of the {clients} clients and gives "
+        f"its largest share, {_cell(*mean_interval(largest[run]), digits=3)}, to {held_by(holders[run])}"
         for run in ordered
     )
     carriers = _and(sorted({run.title for run in ordered}))
@@ -401,12 +397,14 @@ def uniform_weight_runs(client_rows: list[dict[str, Any]]) -> dict[Strategy, flo
     return {run: d for run, d in deviation.items() if d <= UNIFORM_TOLERANCE}
 
 
-def _cell(mean: Any, half: Any = None) -> str:
+def _cell(mean: Any, half: Any = None, digits: int | None = None) -> str:
+    """`mean ± half` (`mean` without a half-width) to `digits` places: 4 under 10, else 2, unless given."""
     if mean is None:
         return "-"
     if not isinstance(mean, float):
         return str(mean)
-    digits = 4 if abs(mean) < 10 else 2
+    if digits is None:
+        digits = 4 if abs(mean) < 10 else 2
     return f"{mean:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
 
 
