@@ -415,3 +415,16 @@ def test_scrub_counts_its_passes_and_leaves_its_teacher_alone(digits_subset, uns
     # one forgotten point: its max-step normalises with BatchNorm's running statistics, as NegGrad+'s does
     alone, samples = scrub(settings, 1, 1, 0.001, 0.99, 4.0, state, x_r, y_r, x[:1], y[:1], cpu)
     assert samples == 100 + 1 and all(torch.isfinite(v).all() for v in alone.values())
+
+
+def test_retrain_gap_is_the_mean_absolute_accuracy_gap_to_the_retrained_model_by_hand():
+    """(|60 - 80| + |95 - 97| + |88 - 91|) / 3 = 25 / 3 points; the retrained model's own gap is 0; a missing
+    figure (no validation split, a diverged model) gives no gap rather than one over fewer figures. Test
+    accuracy is not among the figures: a setting chosen on the gap never sees a test image."""
+    from rayfed.sisa.approximate import retrain_gap
+
+    retrained = {"forget_accuracy": 80.0, "retained_accuracy": 97.0, "val_accuracy": 91.0, "accuracy": 90.0}
+    unlearned = {"forget_accuracy": 60.0, "retained_accuracy": 95.0, "val_accuracy": 88.0, "accuracy": 10.0}
+    assert retrain_gap(unlearned, retrained) == pytest.approx(25 / 3)
+    assert retrain_gap(retrained, retrained) == 0
+    assert retrain_gap({**unlearned, "val_accuracy": None}, retrained) is None

@@ -38,7 +38,8 @@ def test_bundled_sweep_files_validate(path):
 def test_every_sweep_has_a_smoke_twin_on_digits():
     full = [p for p in TUNE_CONFIGS if not p.stem.endswith("_smoke")]
     fair_baselines = {"qffl_q", "term_tilt", "afl_lambda"}
-    assert {p.stem for p in full} == {"fedaudit_gamma", "fedaudit_lambda", "sisa_grid"} | fair_baselines
+    unlearning = {"sisa_grid", "neggrad_alpha"}
+    assert {p.stem for p in full} == {"fedaudit_gamma", "fedaudit_lambda"} | fair_baselines | unlearning
     for path in full:
         twin = path.with_name(f"{path.stem}_smoke.yaml")
         spec, smoke = load_sweep(path), load_sweep(twin)
@@ -52,10 +53,12 @@ def test_notebook_settings_of_the_full_sweeps():
     assert (c.data.num_clients, c.fl.rounds, c.fl.local_epochs, c.data.batch_size, c.fl.lr) == (20, 50, 3, 512, 0.01)
     assert (c.audit.gan_epochs, c.audit.n_probes, c.data.partition, c.model.name) == (20, 2000, "extreme", "cnn")
     assert gamma.params[0].values == [0.5, 1, 2, 4, 8, 16] and c.fl.methods == ["fedavg", "fedauditgan"]
-    names = ("fedaudit_gamma", "fedaudit_lambda", "qffl_q", "term_tilt", "afl_lambda", "sisa_grid")
+    names = ("fedaudit_gamma", "fedaudit_lambda", "qffl_q", "term_tilt", "afl_lambda", "sisa_grid", "neggrad_alpha")
     for name in names:  # chosen on validation, reported on test
         for sweep in (load_sweep(ROOT / "tune_configs" / f"{name}{twin}.yaml") for twin in ("", "_smoke")):
-            assert sweep.metric.startswith("val_") and sweep.base_config.data.validation_fraction == 0.1
+            assert (
+                sweep.metric.rpartition("/")[2].startswith("val_") and sweep.base_config.data.validation_fraction == 0.1
+            )
     grids = {"qffl_q": ("qffl.q", [0, 0.1, 1, 5]), "term_tilt": ("term.tilt", [0.25, 0.5, 1, 2, 5])}
     grids["afl_lambda"] = ("afl.lambda_lr", [0.003, 0.01, 0.03, 0.1, 0.3])
     for name, (key, values) in grids.items():  # a fair-FL baseline's sweep: the method last (the trial reports
@@ -69,6 +72,11 @@ def test_notebook_settings_of_the_full_sweeps():
         assert (c.audit.gamma, c.audit.gan_epochs, c.audit.n_probes) == (2.0, 20, 2000)
     sisa = load_sweep(ROOT / "tune_configs" / "sisa_grid.yaml").base_config
     assert (sisa.model.name, sisa.sisa.epochs, sisa.sisa.schedule, sisa.sisa.lr) == ("resnet18", 5, "union", 0.001)
+    neggrad = load_sweep(ROOT / "tune_configs" / "neggrad_alpha.yaml")  # NegGrad+ at sisa_grid's settings
+    n = neggrad.base_config
+    assert (n.data, n.model, n.sisa) == (sisa.data, sisa.model, sisa.sisa) and n.seed_list == [42, 43, 44]
+    assert n.unlearn.baselines == ["neggrad"] and (neggrad.metric, neggrad.mode) == ("neggrad/val_retrain_gap", "min")
+    assert [(p.key, p.values) for p in neggrad.params] == [("unlearn.neggrad_alpha", [0.5, 0.9, 0.95, 0.99, 0.999])]
 
 
 def test_overrides_address_the_sweep_file_and_config_keys_are_base_shorthand(tmp_path):
@@ -145,6 +153,34 @@ def test_bad_sweep_files_name_the_key(tmp_path, change, needle):
     with pytest.raises(UserError, match=needle.replace(".", r"\.")) as info:
         load_sweep(path)
     assert "sweep.yaml" in str(info.value)
+
+
+SISA_MINIMAL = {
+    "run": "sisa",
+    "base": {"data": {"validation_fraction": 0.1}, "unlearn": {"baselines": ["neggrad"]}},
+    "param_space": {"unlearn.neggrad_alpha": {"grid_search": [0.9, 0.99]}},
+    "tune_config": {"metric": "neggrad/val_retrain_gap", "mode": "min"},
+}
+BAD_BASELINE_METRICS = [
+    ({"unlearn": {"baselines": ["scrub"]}}, "neggrad/val_retrain_gap needs neggrad in unlearn.baselines of base"),
+    ({"unlearn": {"baselines": ["neggrad"], "forget": 0}}, "needs unlearn.baselines and a forget set"),
+    ({"data": {"validation_fraction": 0.0}}, "neggrad/val_retrain_gap is measured on the validation split"),
+]
+
+
+def test_a_sisa_sweep_may_rank_on_an_approximate_baseline_s_figure(tmp_path):
+    """`<method>/<figure>` of a method the base runs is a sisa metric (the retrained reference's too); one the
+    trials would not report is refused before Ray starts, naming what the base config lacks."""
+    spec = load_sweep(write_sweep(tmp_path, SISA_MINIMAL))
+    assert (spec.metric, spec.mode) == ("neggrad/val_retrain_gap", "min")
+    reference = {**SISA_MINIMAL, "tune_config": {"metric": "retrained/val_accuracy"}}
+    assert load_sweep(write_sweep(tmp_path, reference)).metric == "retrained/val_accuracy"
+    with pytest.raises(UserError, match="'neggrad/nonsense' is not reported by sisa trials"):
+        load_sweep(write_sweep(tmp_path, {**SISA_MINIMAL, "tune_config": {"metric": "neggrad/nonsense"}}))
+    for base, needle in BAD_BASELINE_METRICS:
+        document = {**SISA_MINIMAL, "base": {**SISA_MINIMAL["base"], **base}}
+        with pytest.raises(UserError, match=needle):
+            load_sweep(write_sweep(tmp_path, document))
 
 
 def test_an_fl_sweep_with_a_validation_split_selects_on_validation_unless_told_otherwise(tmp_path):

@@ -426,3 +426,38 @@ def test_a_sweep_whose_start_stopped_before_tune_began_starts_afresh(tmp_path):
     (tmp_path / "trials" / "t1").mkdir(parents=True)
     with pytest.raises(UserError, match="holds a sweep's trials, but no Tune experiment"):
         continues_experiment(str(tmp_path / "tune" / "x"), sweep_dir)
+
+
+@pytest.mark.slow
+def test_neggrad_s_smoke_sweep_ranks_its_alpha_on_the_gap_to_retraining(ray_session, tmp_path):
+    """neggrad_alpha_smoke.yaml: each trial's metric is its run's baselines.parquet NegGrad+ row's
+    val_retrain_gap, which is the mean |difference| to the retrained row's forget-set, retained-sample and
+    validation accuracies (0 for the retrained row itself); SISA's validation accuracy there is the unlearned
+    ensemble's in validation.parquet; each alpha reached NegGrad+ (two alphas, two models) and the best config
+    holds the alpha of the smallest gap."""
+    from rayfed.tune.sweep import run_sweep_file
+
+    table = run_sweep_file(str(ROOT / "tune_configs" / "neggrad_alpha_smoke.yaml"), [], str(tmp_path / "out"))
+    assert table["status"].tolist() == ["TERMINATED"] * 2, table["error"].tolist()
+    models = []
+    for trial in table.to_dict("records"):
+        run = Path(trial["run_dir"])
+        rows = pd.read_parquet(run / "baselines.parquet").set_index("method")
+        assert rows.index.tolist() == ["sisa", "neggrad", "retrained"]
+        gaps = [
+            sum(
+                abs(rows.loc[m, f] - rows.loc["retrained", f])
+                for f in ("forget_accuracy", "retained_accuracy", "val_accuracy")
+            )
+            / 3
+            for m in ("sisa", "neggrad")
+        ]
+        assert rows["val_retrain_gap"].tolist() == pytest.approx([*gaps, 0.0])
+        assert trial["neggrad/val_retrain_gap"] == rows.loc["neggrad", "val_retrain_gap"] > 0
+        validation = pd.read_parquet(run / "validation.parquet").set_index(["stage", "aggregation"])
+        assert rows.loc["sisa", "val_accuracy"] == validation.loc[("unlearned", "mean"), "accuracy"]
+        models.append(tuple(rows.loc["neggrad", ["accuracy", "forget_accuracy", "retained_accuracy", "val_accuracy"]]))
+    assert sorted(table["unlearn.neggrad_alpha"]) == [0.9, 0.999] and models[0] != models[1]
+    best = table.loc[table["neggrad/val_retrain_gap"].idxmin(), "unlearn.neggrad_alpha"]
+    chosen = yaml.safe_load((tmp_path / "out" / "best_config.yaml").read_text())
+    assert chosen["unlearn"]["neggrad_alpha"] == best

@@ -38,7 +38,7 @@ from rayfed.errors import UserError
 from rayfed.plots.sisa import plot_seed_differences, plot_sisa
 from rayfed.results import RunDirectory, Tracker
 from rayfed.seeds import Stream, stream_seed
-from rayfed.sisa.approximate import finetune, neggrad_plus, scrub, timed, train_unsharded
+from rayfed.sisa.approximate import finetune, neggrad_plus, retrain_gap, scrub, timed, train_unsharded
 from rayfed.sisa.ensemble import classification_metrics, combine_shards, ensemble_loss, shard_probs, vote_ties
 from rayfed.sisa.findings import main_aggregation, sisa_findings
 from rayfed.sisa.plan import Layout, affected_shards, make_layout, resolve_forget
@@ -156,12 +156,15 @@ def _members(layout: Layout, removed: list[int]) -> list[int]:
 MODEL_FIGURES = (
     "accuracy",
     "forget_accuracy",
+    "retained_accuracy",
+    "val_accuracy",
     "forget_mia_n",
     "forget_mia_auc",
     "forget_mia_auc_low",
     "forget_mia_auc_high",
 )
-"""The figures of a baselines.parquet row that its model's predictions give (null where the model diverged)."""
+"""The figures of a baselines.parquet row that its model's predictions give (null where the model diverged;
+`val_accuracy` null without a validation split)."""
 
 
 def _metric_rows(stage: str, probs: torch.Tensor, y: torch.Tensor, aggregations: list[str]) -> list[dict]:
@@ -397,9 +400,9 @@ class SisaExperiment:
         self.tables["metrics"] += _metric_rows(
             stage, self.probs[stage]["test"], self.setup.data.test_y, self.aggregations
         )
-        if self.setup.validation is not None:
-            x, y = self.setup.validation
-            self.tables["validation"] += _metric_rows(stage, ensemble.probs(x), y, self.aggregations)
+        if "validation" in self.probes:
+            y = self.probes["validation"][1]
+            self.tables["validation"] += _metric_rows(stage, self.probs[stage]["validation"], y, self.aggregations)
 
     def train(self) -> None:
         """Train the ensemble on every training point; draw the membership samples."""
@@ -418,6 +421,8 @@ class SisaExperiment:
         }
         if forget:
             self.probes["forget"] = (x[forget], y[forget])
+        if self.setup.validation is not None:
+            self.probes["validation"] = self.setup.validation
         self._predict("trained", ShardEnsemble(self.setup.settings, self.pool.states(), config.data.eval_batch_size))
 
     def unlearn(self) -> None:
@@ -695,24 +700,43 @@ class SisaExperiment:
             figures = self._baseline_figures(method, probs, aggregation, diverged)
             row |= figures | {"asr_before": asr_before, "asr_after": asr_after, "poison_samples": poison_samples}
             self.tables["baselines"].append(row)
+        retrained = next(r for r in self.tables["baselines"] if r["method"] == "retrained")
+        for row in self.tables["baselines"]:
+            row["val_retrain_gap"] = retrain_gap(row, retrained)
 
     def _baseline_figures(
         self, method: str, probs: dict[str, torch.Tensor], aggregation: str, diverged: bool
     ) -> dict[str, Any]:
-        """A baselines.parquet row's figures of one model's probe probabilities (`MODEL_FIGURES`: test and
-        forget-set accuracy, forget-vs-test membership AUC with its interval); all null for a diverged model."""
+        """A baselines.parquet row's figures of one model's probe probabilities (`MODEL_FIGURES`: test,
+        forget-set, retained-sample and validation accuracy, forget-vs-test membership AUC with its interval); all
+        null for a diverged model."""
         if diverged:
             return dict.fromkeys(MODEL_FIGURES)
         forget_y, nonmember_y = self.probes["forget"][1], self.probes["nonmember"][1]
-        forget_pred = combine_shards(probs["forget"], aggregation)[0]
+
+        def accuracy(probe: str) -> float | None:  # % of a probe set's points the model classifies right
+            if probe not in probs:
+                return None
+            return 100.0 * float(
+                (combine_shards(probs[probe], aggregation)[0] == self.probes[probe][1]).double().mean()
+            )
+
         nonmember = ensemble_loss(probs["nonmember"], nonmember_y).numpy()
         seed = stream_seed(self.config.seed, Stream.SISA_MEMBERSHIP, 2)
         mia = membership_row(
             method, "forget_vs_test", ensemble_loss(probs["forget"], forget_y).numpy(), nonmember, seed
         )
         test = classification_metrics(self.setup.data.test_y, *combine_shards(probs["test"], aggregation))
-        forget_accuracy = 100.0 * float((forget_pred == forget_y).float().mean())
-        values = (test["accuracy"], forget_accuracy, mia["n"], mia["auc"], mia["auc_low"], mia["auc_high"])
+        values = (
+            test["accuracy"],
+            accuracy("forget"),
+            accuracy("train"),  # the membership sample of training points, drawn from the retained ones
+            accuracy("validation"),
+            mia["n"],
+            mia["auc"],
+            mia["auc_low"],
+            mia["auc_high"],
+        )
         return dict(zip(MODEL_FIGURES, values))
 
     def report(self) -> None:

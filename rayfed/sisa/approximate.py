@@ -13,6 +13,8 @@
   forgotten points and stays with it on the retained.
 Each returns the new state dict (on the CPU) and the samples processed (the model's training passes: both
 minibatches count for NegGrad+, every max- and min-step batch for SCRUB; its teacher's forward passes do not).
+`retrain_gap` measures how far an unlearned model is from the one retrained from scratch, to choose the
+methods' settings on.
 """
 
 from __future__ import annotations
@@ -221,3 +223,21 @@ def timed(job: Callable, *args: Any, device: torch.device) -> tuple[dict[str, An
     start = time.perf_counter()
     state, samples = job(*args, device=device)
     return state, {"samples": samples, "seconds": time.perf_counter() - start}
+
+
+RETRAIN_GAP_FIGURES = ("forget_accuracy", "retained_accuracy", "val_accuracy")
+"""The accuracies (%) `retrain_gap` compares: on the forget set, on a sample of the retained training points,
+on the validation split."""
+
+
+def retrain_gap(figures: dict[str, float | None], retrained: dict[str, float | None]) -> float | None:
+    """Mean absolute difference, in points, between a model's and the retrained-from-scratch model's accuracies
+    on the forget set, the retained points and the validation split (`RETRAIN_GAP_FIGURES`): 0 for a model that
+    behaves as if it had never seen the forget set, as the retrained one has not. It is the "Avg. Gap" of Jia et
+    al. (NeurIPS 2023) and Fan et al. (SalUn, ICLR 2024) with validation accuracy in place of test accuracy and
+    without their membership-attack term (whose non-members here are test points), so a setting chosen on it
+    never saw a test image. None where a figure is missing (no validation split, a diverged model)."""
+    pairs = [(figures.get(k), retrained.get(k)) for k in RETRAIN_GAP_FIGURES]
+    if any(a is None or b is None for a, b in pairs):
+        return None
+    return sum(abs(a - b) for a, b in pairs) / len(pairs)  # (1/3) sum_f |f(w_u) - f(w_retrained)|

@@ -65,8 +65,17 @@ DIFFERENCES = (
         "backdoor left (ASR unlearned - never poisoned), points", "unlearned_backdoor_asr", "clean_backdoor_asr"
     ),
 )
-BASELINE_FIGURES = ("accuracy", "forget_accuracy", "asr_after", "samples_processed")
-"""What `run_figures` reports per unsharded method of baselines.parquet, as `<method>/<figure>`."""
+BASELINE_FIGURES = (
+    "accuracy",
+    "forget_accuracy",
+    "asr_after",
+    "samples_processed",
+    "retained_accuracy",
+    "val_accuracy",
+    "val_retrain_gap",
+)
+"""What `run_figures` reports per unsharded method of baselines.parquet, as `<method>/<figure>` (the `val_` ones
+with a validation split: a sweep chooses a method's settings on them)."""
 
 
 def run_figures(run_dir: RunDirectory, aggregation: str) -> dict[str, float]:
@@ -114,7 +123,7 @@ def run_figures(run_dir: RunDirectory, aggregation: str) -> dict[str, float]:
             figures[f"{prefixes[row['stage']]}backdoor_asr"] = row["asr"]
     for row in table("baselines"):
         if row["model"] == "unsharded":
-            figures.update({f"{row['method']}/{k}": row[k] for k in BASELINE_FIGURES if row[k] is not None})
+            figures.update({f"{row['method']}/{k}": row[k] for k in BASELINE_FIGURES if row.get(k) is not None})
     return figures
 
 

@@ -36,6 +36,7 @@ from rayfed.config import (
 )
 from rayfed.errors import UserError
 from rayfed.fl.rows import AUDIT_FIGURES, ROUND_METRICS
+from rayfed.sisa.seeds import BASELINE_FIGURES
 
 RUNS = ("fl", "sisa")
 SWEEP_KEYS = ("run", "base", "param_space", "tune_config", "run_config", "trial_resources")
@@ -72,12 +73,27 @@ SISA_METRICS = (
     "unlearned_backdoor_asr",
     "clean_backdoor_asr",
 )
-"""What a sisa trial reports once, at its end (rayfed.sisa.seeds.run_figures; `<method>/<figure>` of the
-approximate baselines come along, and over several seeds `<figure>_ci` and `seeds`)."""
+"""What a sisa trial reports once, at its end (rayfed.sisa.seeds.run_figures; over several seeds `<figure>_ci` and
+`seeds`). With `unlearn.baselines` also `<method>/<figure>` (BASELINE_FIGURES) of each approximate method and of
+`retrained`, the unsharded model retrained from scratch."""
 RUN_METRICS = {"fl": FL_METRICS, "sisa": SISA_METRICS}
 DEFAULT_METRIC = {"fl": ("jfi", "max"), "sisa": ("accuracy", "max")}
 """tune_config.metric and mode when the sweep file names none; a base config with a validation split selects
 on the metric's validation twin (`val_jfi`, `val_accuracy`)."""
+
+
+def _baseline_metric(metric: str, base_config: Config, file: Path) -> bool:
+    """Whether `metric` is `<method>/<figure>` of an approximate baseline that sisa trials report; a method the
+    base config does not run, or a run without a forget set, is an error naming what to set."""
+    method, _, figure = metric.rpartition("/")
+    if not method or figure not in BASELINE_FIGURES:
+        return False
+    where = _where(file, "tune_config.metric")
+    if method not in (*base_config.unlearn.baselines, "retrained"):
+        raise UserError(f"{where}: {metric} needs {method} in unlearn.baselines of base")
+    if not base_config.unlearn.baselines or base_config.unlearn.forget in (0, None):
+        raise UserError(f"{where}: {metric} needs unlearn.baselines and a forget set (unlearn.forget) in base")
+    return True
 
 
 @dataclass(frozen=True)
@@ -285,12 +301,12 @@ def load_sweep(path: str | Path, overrides: list[str] = (), config_file: str | P
     if base_config.data.validation_fraction > 0:
         default_metric = f"val_{default_metric}"  # choose where the choice does not touch the test set
     metric = tune_config.get("metric", default_metric)
-    if metric not in RUN_METRICS[run]:
+    if not (metric in RUN_METRICS[run] or (run == "sisa" and _baseline_metric(metric, base_config, file))):
         raise UserError(
             f"{_where(file, 'tune_config.metric')}: {metric!r} is not reported by {run} trials "
-            f"(choose from {', '.join(RUN_METRICS[run])})"
+            f"(choose from {', '.join(RUN_METRICS[run])}, or <method>/<figure> of a method of unlearn.baselines)"
         )
-    if metric.startswith("val_") and base_config.data.validation_fraction == 0:
+    if metric.rpartition("/")[2].startswith("val_") and base_config.data.validation_fraction == 0:
         raise UserError(
             f"{_where(file, 'tune_config.metric')}: {metric} is measured on the validation split, which the base "
             "config does not hold: set data.validation_fraction (e.g. 0.1) in base"
