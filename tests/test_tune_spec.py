@@ -38,7 +38,7 @@ def test_bundled_sweep_files_validate(path):
 def test_every_sweep_has_a_smoke_twin_on_digits():
     full = [p for p in TUNE_CONFIGS if not p.stem.endswith("_smoke")]
     fair_baselines = {"qffl_q", "term_tilt", "afl_lambda"}
-    unlearning = {"sisa_grid", "neggrad_alpha"}
+    unlearning = {"sisa_grid", "neggrad_alpha", "scrub_max_epochs"}
     assert {p.stem for p in full} == {"fedaudit_gamma", "fedaudit_lambda"} | fair_baselines | unlearning
     for path in full:
         twin = path.with_name(f"{path.stem}_smoke.yaml")
@@ -53,7 +53,8 @@ def test_notebook_settings_of_the_full_sweeps():
     assert (c.data.num_clients, c.fl.rounds, c.fl.local_epochs, c.data.batch_size, c.fl.lr) == (20, 50, 3, 512, 0.01)
     assert (c.audit.gan_epochs, c.audit.n_probes, c.data.partition, c.model.name) == (20, 2000, "extreme", "cnn")
     assert gamma.params[0].values == [0.5, 1, 2, 4, 8, 16] and c.fl.methods == ["fedavg", "fedauditgan"]
-    names = ("fedaudit_gamma", "fedaudit_lambda", "qffl_q", "term_tilt", "afl_lambda", "sisa_grid", "neggrad_alpha")
+    names = ("fedaudit_gamma", "fedaudit_lambda", "qffl_q", "term_tilt", "afl_lambda", "sisa_grid")
+    names += ("neggrad_alpha", "scrub_max_epochs")
     for name in names:  # chosen on validation, reported on test
         for sweep in (load_sweep(ROOT / "tune_configs" / f"{name}{twin}.yaml") for twin in ("", "_smoke")):
             assert (
@@ -72,11 +73,15 @@ def test_notebook_settings_of_the_full_sweeps():
         assert (c.audit.gamma, c.audit.gan_epochs, c.audit.n_probes) == (2.0, 20, 2000)
     sisa = load_sweep(ROOT / "tune_configs" / "sisa_grid.yaml").base_config
     assert (sisa.model.name, sisa.sisa.epochs, sisa.sisa.schedule, sisa.sisa.lr) == ("resnet18", 5, "union", 0.001)
-    neggrad = load_sweep(ROOT / "tune_configs" / "neggrad_alpha.yaml")  # NegGrad+ at sisa_grid's settings
-    n = neggrad.base_config
-    assert (n.data, n.model, n.sisa) == (sisa.data, sisa.model, sisa.sisa) and n.seed_list == [42, 43, 44]
-    assert n.unlearn.baselines == ["neggrad"] and (neggrad.metric, neggrad.mode) == ("neggrad/val_retrain_gap", "min")
-    assert [(p.key, p.values) for p in neggrad.params] == [("unlearn.neggrad_alpha", [0.5, 0.9, 0.95, 0.99, 0.999])]
+    grids = {"neggrad_alpha": ("unlearn.neggrad_alpha", [0.5, 0.9, 0.95, 0.99, 0.999])}
+    grids["scrub_max_epochs"] = ("unlearn.scrub_max_epochs", [0, 1, 2, 3])
+    for name, (key, values) in grids.items():  # an unlearning baseline's sweep: sisa_grid's settings, 3 seeds,
+        # ranked on the method's gap to the model retrained from scratch
+        sweep = load_sweep(ROOT / "tune_configs" / f"{name}.yaml")
+        c, method = sweep.base_config, name.split("_")[0]
+        assert (c.data, c.model, c.sisa) == (sisa.data, sisa.model, sisa.sisa) and c.seed_list == [42, 43, 44]
+        assert c.unlearn.baselines == [method] and (sweep.metric, sweep.mode) == (f"{method}/val_retrain_gap", "min")
+        assert [(p.key, p.values) for p in sweep.params] == [(key, values)]
 
 
 def test_overrides_address_the_sweep_file_and_config_keys_are_base_shorthand(tmp_path):

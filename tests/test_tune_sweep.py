@@ -1,6 +1,7 @@
 """The smoke sweeps, in process, on the session's faked 1-GPU Ray. fedaudit_gamma_smoke whole: trial run
 directories, the sweep table, figures, best config, resources that fit two trials at a time, a resumable
-checkpoint. The lambda and sisa smoke sweeps at one grid point each."""
+checkpoint. The lambda and sisa smoke sweeps at one grid point each; the fair-FL baselines' and NegGrad+'s smoke
+sweeps whole, checked against their run directories' tables."""
 
 import math
 from pathlib import Path
