@@ -210,6 +210,15 @@ def test_approximate_baselines_are_read_against_the_unsharded_model_retrained_fr
     )
     almost = [{**r, "accuracy": 92.34} if r["method"] == "neggrad" else r for r in rows]
     assert "damaged" not in baselines_finding(almost, 20)
+    # with a validation split each method's gap to the reference follows its forget-set accuracy, explained once
+    gaps = [{**r, "val_retrain_gap": gap} for r, gap in zip(rows, (4.0, 2.5, 7.95, 0.0))]
+    told = baselines_finding(gaps, 20)
+    assert (
+        "neggrad 2680 samples (2.5x fewer), test accuracy 93.32%, forget-set accuracy 85.0%, 7.95 points from " in told
+    )
+    assert "finetune 1340 samples (5.0x fewer), test accuracy 96.10%, forget-set accuracy 100.0%, 2.50 points " in told
+    assert "one far below it over-unlearned them. val_retrain_gap is the mean absolute gap" in told
+    assert "val_retrain_gap" not in text
     # neggrad diverged: its row has no figures and the sentence says so instead of formatting them; SISA served
     # 2 requests where each baseline unlearned the whole set once
     figures = ("accuracy", "forget_accuracy", "asr_after")

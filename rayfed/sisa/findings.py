@@ -208,7 +208,7 @@ def baselines_finding(baselines: Rows, forgotten: int) -> str | None:
     """Approximate unlearning of one unsharded model (each `unlearn.baselines` method) against the same model
     retrained from scratch without the forgotten points: the figures to match (test and forget-set accuracy;
     with a backdoor, attack success once the poison is unlearned), what each method reached and cost in
-    samples, and exact SISA's cost beside them."""
+    samples (with a validation split, its `val_retrain_gap`), and exact SISA's cost beside them."""
     reference = _row(baselines, method="retrained")
     approximate = [r for r in baselines if not r["exact"]]
     if reference is None or not approximate:
@@ -228,6 +228,8 @@ def baselines_finding(baselines: Rows, forgotten: int) -> str | None:
         if below >= DAMAGED_MODEL_POINTS:
             text += f" (**{below:.2f} points below the reference: a damaged model**, its low figures not forgetting)"
         text += f", forget-set accuracy {row['forget_accuracy']:.1f}%"
+        if row.get("val_retrain_gap") is not None:
+            text += f", {row['val_retrain_gap']:.2f} points from the reference (val_retrain_gap)"
         return text + (_backdoor_after(row, reference) if backdoor else "")
 
     text = (
@@ -241,9 +243,17 @@ def baselines_finding(baselines: Rows, forgotten: int) -> str | None:
         requests = sisa.get("requests", 1)
         served = f" over its {requests} requests" if requests > 1 else ""
         text += f"; exact SISA {sisa['samples_processed']} samples{served} for its ensemble ({ensemble})"
+    gap = any(r.get("val_retrain_gap") is not None for r in approximate)
     return text + (
         f". One forgotten point is {100 / forgotten:.1f} points of forget-set accuracy; a method that keeps it "
-        "above the reference's may still remember them (their membership AUCs are in baselines.parquet)."
+        "above the reference's may still remember them (their membership AUCs are in baselines.parquet)"
+        + (
+            ", and one far below it over-unlearned them. val_retrain_gap is the mean absolute gap to the "
+            "reference's forget-set, retained and validation accuracy: choose a method's settings on it "
+            "(tune_configs/neggrad_alpha.yaml)."
+            if gap
+            else "."
+        )
     )
 
 
