@@ -250,7 +250,7 @@ def baselines_finding(baselines: Rows, forgotten: int) -> str | None:
         + (
             ", and one far below it over-unlearned them. val_retrain_gap is the mean absolute gap to the "
             "reference's forget-set, retained and validation accuracy: choose a method's settings on it "
-            "(tune_configs/neggrad_alpha.yaml)."
+            "(tune_configs/neggrad_alpha.yaml, scrub_max_epochs.yaml)."
             if gap
             else "."
         )
