@@ -124,3 +124,20 @@ def test_sentences_over_seeds_say_when_an_audit_shows_nothing_or_a_seed_is_not_e
     assert "than the reference (they scored as less likely members), so it shows nothing" in found[2]
     unverified = [{k: v for k, v in r.items() if k != "exact"} for r in SEEDS]
     assert seeds_findings(unverified, [1, 2, 3])[0] == "Exactness not checked (`unlearn.verify: false`)."
+
+
+def test_a_method_that_diverged_in_some_seeds_is_judged_on_the_seeds_it_has():
+    """neggrad diverged (no figures) in seeds 43 and 44: its sentence counts the one seed it has, gives it no
+    interval and no verdict (one draw shows no difference), and says how many seeds it covers; in two seeds it
+    would be paired over two."""
+    one = [SEEDS[0], *({k: v for k, v in r.items() if not k.startswith("neggrad/")} for r in SEEDS[1:])]
+    neggrad = seeds_findings(one, [42, 43, 44])[-1]
+    assert neggrad.startswith("neggrad against the unsharded model retrained from scratch (1 of 3 seeds paired): ")
+    assert "test accuracy -3.00 (one seed, no interval) points (no detectable change)" in neggrad
+    assert "forget-set accuracy -15.00 (one seed, no interval) points (no detectable difference)" in neggrad
+    assert "poison -1.00 (one seed, no interval) points (no detectable backdoor left)" in neggrad
+    two = [*SEEDS[:2], one[2]]
+    assert "(2 of 3 seeds paired): test accuracy -3.00 ± 0.00 points (a cost)" in seeds_findings(two, [42, 43, 44])[-1]
+    # a figure of one seed in a run of several: no interval in the figures' sentences either
+    lone = [SEEDS[0], *({k: v for k, v in r.items() if k != "speedup_samples"} for r in SEEDS[1:])]
+    assert seeds_findings(lone, [42, 43, 44])[4].startswith("Unlearning saved 5.00x (one seed) in samples")

@@ -9,7 +9,7 @@ interval excludes 0."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from rayfed.results import RunDirectory, read_table
 from rayfed.sisa.findings import DAMAGED_MODEL_POINTS, NOTHING_FORGOTTEN, WEAK_BACKDOOR_POINTS
@@ -202,20 +202,51 @@ def seeds_tables(rows: list[dict[str, float]]) -> tuple[list[dict[str, Any]], li
     return figures, paired
 
 
-def _interval(rows: list[dict[str, float]], minuend: str, subtrahend: str | None = None) -> tuple[float, float]:
+class Estimate(NamedTuple):
+    """A figure or paired difference over seeds: its mean, the half-width of its 95% Student-t interval (None
+    from fewer than 2 seeds) and how many seeds (pairs) it covers."""
+
+    mean: float
+    half: float | None
+    n: int
+
+    def signed(self) -> str:
+        """`+m ± h`, or `+m (one seed, no interval)`."""
+        if self.half is None:
+            return f"{self.mean:+.2f} (one seed, no interval)"
+        return signed_interval(self.mean, self.half)
+
+    def detected(self) -> bool:
+        """Whether the sentences count it as a difference: its 95% interval excludes 0, which one seed cannot
+        show. A zero-width interval (the same nonzero difference in every seed) counts, unlike in `rayfed fl`,
+        whose verdicts give it the sign test (6 agreeing seeds to reach p < 0.05, rayfed.stats): here the
+        claims a user acts on are "no leak left" and "no backdoor left", which such a test would make easier to
+        claim (a backdoor at 100% attack success after unlearning in each of 5 seeds would be "not detected")."""
+        return self.half is not None and abs(self.mean) > self.half
+
+
+def _interval(rows: list[dict[str, float]], minuend: str, subtrahend: str | None = None) -> Estimate:
     values = _paired(rows, minuend, subtrahend) if subtrahend else _values(rows, minuend)
-    mean, half = mean_interval(values)
-    return mean, half or 0.0
+    return Estimate(*mean_interval(values), len(values))
 
 
 def _percent(rows: list[dict[str, float]], key: str) -> str:
-    mean, half = _interval(rows, key)
-    return f"{mean:.2f} ± {half:.2f}%"
+    estimate = _interval(rows, key)
+    if estimate.half is None:
+        return f"{estimate.mean:.2f}% (one seed)"
+    return f"{estimate.mean:.2f} ± {estimate.half:.2f}%"
 
 
-def _detected(mean: float, half: float) -> bool:
-    """The 95% interval of a paired difference excludes 0."""
-    return abs(mean) > half
+def _times(estimate: Estimate) -> str:
+    """`1.10 ± 0.18x`, or `1.10x (one seed)`."""
+    if estimate.half is None:
+        return f"{estimate.mean:.2f}x (one seed)"
+    return f"{estimate.mean:.2f} ± {estimate.half:.2f}x"
+
+
+def _seeds(estimate: Estimate, runs: int) -> str:
+    """`5 paired seeds`, or `3 of 5 seeds paired` where the others lack the figure."""
+    return f"{estimate.n} paired seeds" if estimate.n == runs else f"{estimate.n} of {runs} seeds paired"
 
 
 def _baseline_sentence(rows: list[dict[str, float]], method: str) -> str:
@@ -223,34 +254,34 @@ def _baseline_sentence(rows: list[dict[str, float]], method: str) -> str:
     accuracy, forget-set accuracy (above the reference: it still knows the points; below: it over-unlearned,
     which makes them stand out) and the backdoor left after unlearning the poison."""
 
-    def against(key: str) -> tuple[float, float]:
+    def against(key: str) -> Estimate:
         return _interval(rows, f"{method}/{key}", f"retrained/{key}")
 
     accuracy, forget = against("accuracy"), against("forget_accuracy")
-    if accuracy[0] <= -DAMAGED_MODEL_POINTS:
+    if accuracy.mean <= -DAMAGED_MODEL_POINTS:
         cost = "**a damaged model**: its low forget-set figures and attack success are not forgetting"
     else:
-        cost = "a cost" if accuracy[0] < 0 else "a gain"
+        cost = "a cost" if accuracy.mean < 0 else "a gain"
     text = (
-        f"{method} against the unsharded model retrained from scratch ({len(rows)} paired seeds): test accuracy "
-        f"{signed_interval(*accuracy)} points ({cost if _detected(*accuracy) else 'no detectable change'}), "
-        f"forget-set accuracy {signed_interval(*forget)} points ("
+        f"{method} against the unsharded model retrained from scratch ({_seeds(accuracy, len(rows))}): test "
+        f"accuracy {accuracy.signed()} points ({cost if accuracy.detected() else 'no detectable change'}), "
+        f"forget-set accuracy {forget.signed()} points ("
     )
-    if not _detected(*forget):
+    if not forget.detected():
         text += "no detectable difference)"
-    elif forget[0] > 0:
+    elif forget.mean > 0:
         text += "above the reference: it still knows the forgotten points)"
     else:
         text += "below the reference: it over-unlearned, which makes the forgotten points stand out)"
     if _paired(rows, f"{method}/asr_after", "retrained/asr_after"):
         left = against("asr_after")
-        if not _detected(*left):
+        if not left.detected():
             verdict = "no detectable backdoor left"
-        elif left[0] >= WEAK_BACKDOOR_POINTS:
+        elif left.mean >= WEAK_BACKDOOR_POINTS:
             verdict = "**the backdoor survives**"
         else:
             verdict = "a residual backdoor"
-        text += f", attack success after unlearning the poison {signed_interval(*left)} points ({verdict})"
+        text += f", attack success after unlearning the poison {left.signed()} points ({verdict})"
     return text + "."
 
 
@@ -258,7 +289,6 @@ def seeds_findings(rows: list[dict[str, float]], seeds: list[int]) -> list[str]:
     """What the seeds show together: exactness in how many seeds, the price of sharding, whether the
     membership attack could tell the forgotten points apart before unlearning (and after), the backdoor left,
     the unlearning speedup and each approximate method against the retrained unsharded model."""
-    n = len(rows)
     found = []
     exact = [s for s, r in zip(seeds, rows) if r.get("exact") == 1.0]
     checked = [s for s, r in zip(seeds, rows) if r.get("exact") is not None]
@@ -275,33 +305,32 @@ def seeds_findings(rows: list[dict[str, float]], seeds: list[int]) -> list[str]:
         missed = ", ".join(str(s) for s in checked if s not in exact)
         found.append(f"**Not exact** in {len(checked) - len(exact)} of {len(checked)} seeds (seed {missed}).")
     if _paired(rows, "unlearned_accuracy", "unsharded_accuracy"):
-        mean, half = _interval(rows, "unlearned_accuracy", "unsharded_accuracy")
-        price = (
-            f"sharding costs {-mean:.2f} ± {half:.2f} points"
-            if _detected(mean, half) and mean < 0
-            else f"no detectable price of sharding ({signed_interval(mean, half)} points)"
+        price = _interval(rows, "unlearned_accuracy", "unsharded_accuracy")
+        verdict = (
+            f"sharding costs {-price.mean:.2f} ± {price.half:.2f} points"
+            if price.detected() and price.mean < 0
+            else f"no detectable price of sharding ({price.signed()} points)"
         )
         found.append(
             f"Test accuracy after unlearning {_percent(rows, 'unlearned_accuracy')}, against "
-            f"{_percent(rows, 'unsharded_accuracy')} for one unsharded model retrained on the same data: {price} "
-            f"({n} paired seeds)."
+            f"{_percent(rows, 'unsharded_accuracy')} for one unsharded model retrained on the same data: {verdict} "
+            f"({_seeds(price, len(rows))})."
         )
     if _paired(rows, "forget_auc", "retrained_forget_auc"):
         before = _interval(rows, "forget_auc", "retrained_forget_auc")
         after = _interval(rows, "unlearned_forget_auc", "retrained_forget_auc")
         text = (
             f"Membership inference on the forgotten points, AUC against the reference that never saw them "
-            f"(paired over {n} seeds): {signed_interval(*before)} before unlearning, {signed_interval(*after)} "
-            "after."
+            f"({_seeds(before, len(rows))}): {before.signed()} before unlearning, {after.signed()} after."
         )
-        if _detected(*after):
+        if after.detected():
             text += " After unlearning the attack still scores them differently from the reference that never saw them."
-        elif _detected(*before) and before[0] > 0:
+        elif before.detected() and before.mean > 0:
             text += (
                 " The attack told the points apart before unlearning and not after: by this audit they are forgotten."
             )
         else:
-            held = "its interval holds 0" if not _detected(*before) else "they scored as less likely members"
+            held = "its interval holds 0" if not before.detected() else "they scored as less likely members"
             text += (
                 f" Even before unlearning the attack did not tell them apart better than the reference ({held}), "
                 "so it shows nothing here: the exactness check and the backdoor do."
@@ -315,20 +344,18 @@ def seeds_findings(rows: list[dict[str, float]], seeds: list[int]) -> list[str]:
             f"{_percent(rows, 'unlearned_backdoor_asr')} after unlearning it, "
             f"{_percent(rows, 'clean_backdoor_asr')} never poisoned: "
             + (
-                f"unlearning leaves {signed_interval(*left)} points over the floor."
-                if _detected(*left)
-                else f"no detectable backdoor left ({signed_interval(*left)} points over the floor)."
+                f"unlearning leaves {left.signed()} points over the floor."
+                if left.detected()
+                else f"no detectable backdoor left ({left.signed()} points over the floor)."
             )
         )
-        if strength[0] < WEAK_BACKDOOR_POINTS:
+        if strength.mean < WEAK_BACKDOOR_POINTS:
             text += " The backdoor barely took hold, so its removal shows little."
         found.append(text)
     if _values(rows, "speedup_samples"):
-        mean, half = _interval(rows, "speedup_samples")
-        expected = _interval(rows, "expected_speedup")
         found.append(
-            f"Unlearning saved {mean:.2f} ± {half:.2f}x in samples over retraining the ensemble (expected "
-            f"{expected[0]:.2f} ± {expected[1]:.2f}x)."
+            f"Unlearning saved {_times(_interval(rows, 'speedup_samples'))} in samples over retraining the ensemble "
+            f"(expected {_times(_interval(rows, 'expected_speedup'))})."
         )
     for method in approximate_methods(rows):
         found.append(_baseline_sentence(rows, method))
