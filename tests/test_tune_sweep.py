@@ -171,6 +171,12 @@ def test_ranking_sentence_says_whether_the_sweep_separates_best_from_runner_up()
         "One seed a trial: the ranking by jfi is a single draw (0.9 against the runner-up a (audit.gamma=2.0)'s 0.85)"
     )
     assert ranking_sentence(apart.iloc[:1], "jfi", "max", ["audit.gamma"]) is None
+    # several seeds but no interval: a sisa figure kept as its worst seed's, not a single draw
+    worst = _trials(("a", "TERMINATED", 2.0, 3, 0.0, None), ("b", "TERMINATED", 4.0, 3, 1.0, None))
+    assert ranking_sentence(worst, "jfi", "max", ["audit.gamma"]) == (
+        "By jfi, the worst of each trial's 3 seeds, which has no interval: the best trial b's 1 against the "
+        "runner-up a (audit.gamma=2.0)'s 0."
+    )
     # with the federations the seeds trained on reported: one shared, or one per seed (data.partition_seed: each)
     for federations, said in ((1, "over 3 seeds on one federation)"), (3, "over 3 seeds, each on its own federation)")):
         sentence = ranking_sentence(apart.assign(federations=federations), "jfi", "max", ["audit.gamma"])
@@ -407,6 +413,8 @@ def test_an_fl_trial_reports_the_held_out_audit_at_its_last_round_beside_its_ref
     assert metrics["val_flip_rate"] == pytest.approx(0.05) and metrics["val_held_out_bias"] == 1.0
     assert metrics["val_flip_rate_ci"] == pytest.approx(mean_interval([0.02, 0.08])[1])
     assert metrics["fedavg/flip_rate"] == pytest.approx(0.15) and "fedavg/bias" not in metrics
+    # every mean over seeds has its interval, whatever figure a sweep ranks on (here all 1.0: half-width 0)
+    assert {f"{k}_ci" for k in ROUND_METRICS if k != "round"} <= {k for k, v in metrics.items() if v == 0}
     assert metrics["fedavg/val_flip_rate"] == pytest.approx(0.2)
     first = [row("fedavg", None, 1), row("fedauditgan", 2.0, 1)]
     earlier = RoundReporter(None, 0.0, measured).metrics(first)

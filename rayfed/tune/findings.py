@@ -40,22 +40,27 @@ def _named(row: pd.Series, params: list[str]) -> str:
 
 
 def ranking_sentence(table: pd.DataFrame, metric: str, mode: str, params: list[str]) -> str | None:
-    """Whether an fl sweep separates its best trial from the runner-up by `metric`: their 95% intervals over
-    seeds (`<metric>_ci`) apart or overlapping; without intervals (one seed a trial), that the ranking is a
-    single draw. None with fewer than two trials that ran to the end and reported `metric` (`ranked_trials`)."""
+    """Whether a sweep separates its best trial from the runner-up by `metric`: their 95% intervals over
+    seeds (`<metric>_ci`) apart or overlapping; without intervals, that the ranking is a single draw (one seed a
+    trial) or of each trial's worst seed (a sisa figure such as `exact`). None with fewer than two trials that ran to the end and reported `metric` (`ranked_trials`)."""
     ranked = ranked_trials(table, metric, mode)
     if len(ranked) < 2:
         return None
     best, second = ranked.iloc[0], ranked.iloc[1]
     runner_up = f"the runner-up {_named(second, params)}"
     ci = f"{metric}_ci"
+    seeds = int(best["seeds"]) if "seeds" in ranked and pd.notna(best["seeds"]) else 1
     if ci not in ranked or pd.isna(best[ci]) or pd.isna(second[ci]):
+        if seeds > 1:  # a figure kept as its worst seed's (rayfed.sisa.seeds.WORST_OVER_SEEDS): no interval
+            return (
+                f"By {metric}, the worst of each trial's {seeds} seeds, which has no interval: the best trial "
+                f"{best['trial_id']}'s {best[metric]:.4g} against {runner_up}'s {second[metric]:.4g}."
+            )
         return (
             f"One seed a trial: the ranking by {metric} is a single draw ({best[metric]:.4g} against "
             f"{runner_up}'s {second[metric]:.4g}); `seeds: 3` or more in the base config gives intervals."
         )
     apart = abs(best[metric] - second[metric]) > best[ci] + second[ci]
-    seeds = int(best["seeds"])
     where = ""  # a table from before `federations` was reported says nothing of them
     if "federations" in ranked and pd.notna(best["federations"]):
         where = ", each on its own federation" if int(best["federations"]) == seeds else " on one federation"

@@ -42,6 +42,7 @@ from rayfed.tune.resources import TrialBudget, TrialPlan, plan_trial
 FL_RESUME_FILES = ("config.yaml", "rounds.parquet", "clients.parquet", CHECKPOINT)
 """What an fl trial's Tune checkpoint holds: enough for the run to continue after its last round."""
 PER_METHOD_METRICS = ("accuracy", "jfi", "gap", "min_accuracy", "bias", *AUDIT_FIGURES, *VALIDATION_FIGURES)
+"""The figures a trial reports of each method run besides its last (the references: `fedavg/jfi`, ...)."""
 
 
 @dataclass(frozen=True)
@@ -121,22 +122,17 @@ class RoundReporter:
             }
 
         last = by_run[runs[-1]]
+        averaged = means(last, (*ROUND_METRICS, *AUDIT_FIGURES))
         metrics: dict[str, Any] = {
             **dict.fromkeys(self.audit_figures, float("nan")),
-            **means(last, (*ROUND_METRICS, *AUDIT_FIGURES)),
+            **averaged,
             "round": last[0]["round"],
             "seeds": len(last),
             "federations": self.federations,
             "fairness_basis": last[0]["fairness_basis"],
         }
-        if len(last) > 1:  # the 95% Student-t half-widths over seeds, as in summary.md
-            metrics.update(
-                {
-                    f"{k}_ci": mean_interval([r[k] for r in last])[1]
-                    for k in PER_METHOD_METRICS
-                    if all(r.get(k) is not None for r in last)
-                }
-            )
+        if len(last) > 1:  # the 95% Student-t half-widths over seeds of every mean, as in summary.md
+            metrics.update({f"{k}_ci": mean_interval([r[k] for r in last])[1] for k in averaged if k != "round"})
         for run in runs[:-1]:
             metrics.update({f"{run.file_label}/{k}": v for k, v in means(by_run[run], PER_METHOD_METRICS).items()})
         return stamped(metrics, self.started_at)
