@@ -439,6 +439,15 @@ def test_summary_names_how_fed_auditgan_scored_only_where_it_left_the_specificat
     assert "weights softmax(gamma * S)." in decisions
 
 
+def test_summary_says_the_bias_column_is_of_the_model_entering_the_last_round():
+    from rayfed.config import load_config
+    from rayfed.fl.report import bias_sentence
+
+    assert bias_sentence(load_config(None, ["fl.methods=[fedavg]"])) is None
+    said = bias_sentence(load_config(None, []))
+    assert "last round's B_base" in said and "model entering the round (Theta_old" in said
+
+
 def test_uniform_strategy_averages_the_models():
     theta = {"w": torch.tensor([0.0, 0.0]), "n": torch.tensor(4)}
     updates = [

@@ -108,6 +108,7 @@ def test_held_out_audit_of_every_final_model_is_what_the_saved_model_gives(two_r
     what `held_out_audit` gives on the saved final weights with the seed's auditor (one thread, as the server
     runs); summary.md carries them and its verdict reads the flip rate."""
     from rayfed.fl.held_out_audit import held_out_audit
+    from rayfed.fl.report import bias_sentence
     from rayfed.models import build_classifier
 
     path = two_runs[0]
@@ -144,6 +145,7 @@ def test_held_out_audit_of_every_final_model_is_what_the_saved_model_gives(two_r
         torch.set_num_threads(threads)
     summary = (path / "summary.md").read_text()
     assert "Held-out B and Flip rate audit each final model" in summary and "| Flip rate |" in summary
+    assert bias_sentence(load_config(None, SMALL)) in summary  # what its Bias column is of
     assert "| Δ Flip rate |" in summary and "One seed: each difference above is a single draw" in summary
     flips = audit.set_index("method")["flip_rate"]
     assert f"| {flips['fedauditgan'] - flips['fedavg']:.4f} |" in summary  # the paired difference, one seed

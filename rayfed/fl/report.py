@@ -454,6 +454,18 @@ def held_out_sentence(config: Config, audit_rows: Sequence[dict[str, Any]]) -> s
     return sentence
 
 
+def bias_sentence(config: Config) -> str | None:
+    """What the summary's Bias column is a figure of (None without a fedauditgan run, which alone has it)."""
+    if "fedauditgan" not in config.fl.methods:
+        return None
+    return (
+        "Bias (audited runs only) is the last round's B_base, which that round's audit GAN measured on the model "
+        "entering the round (Theta_old, the one its client updates are scored against, as in the notebook): one "
+        "aggregation behind the other columns, and measured by a GAN each run trained against its own model, so "
+        "not comparable across runs."
+    )
+
+
 def scoring_sentence(config: Config) -> str | None:
     """How Fed-AuditGAN scored its clients, when that is not the specification's softmax(gamma * S) over logit
     distances (None when it is, or when no fedauditgan run is in the config)."""
@@ -538,9 +550,9 @@ def summary_markdown(
     ]
     if audit_rows:
         parts.insert(2, held_out_sentence(config, audit_rows) + "\n")
-    scoring = scoring_sentence(config)
-    if scoring:
-        parts.insert(2, scoring + "\n")
+    for sentence in (scoring_sentence(config), bias_sentence(config)):
+        if sentence:
+            parts.insert(2, sentence + "\n")
     against_reference = paired_differences(round_rows, runs)
     sections = (
         ("Paired differences against the reference (same seed, same partition)", against_reference),

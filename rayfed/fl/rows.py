@@ -29,7 +29,8 @@ class RoundRow:
     accuracy: float
     """Global test accuracy of Theta_new, percent."""
     bias: float | None
-    """B_base (null for methods without the audit)."""
+    """B_base: the round's audit GAN on Theta_old, the model entering the round, which its updates are scored
+    against (so one aggregation behind `accuracy`; null for methods without the audit)."""
     jfi: float
     max_min: float
     variance: float

@@ -42,7 +42,8 @@ def _named(row: pd.Series, params: list[str]) -> str:
 def ranking_sentence(table: pd.DataFrame, metric: str, mode: str, params: list[str]) -> str | None:
     """Whether a sweep separates its best trial from the runner-up by `metric`: their 95% intervals over
     seeds (`<metric>_ci`) apart or overlapping; without intervals, that the ranking is a single draw (one seed a
-    trial) or of each trial's worst seed (a sisa figure such as `exact`). None with fewer than two trials that ran to the end and reported `metric` (`ranked_trials`)."""
+    trial) or of each trial's worst seed (a sisa figure such as `exact`). None with fewer than two trials that
+    ran to the end and reported `metric` (`ranked_trials`)."""
     ranked = ranked_trials(table, metric, mode)
     if len(ranked) < 2:
         return None
