@@ -37,7 +37,8 @@ class Stream(IntEnum):
     SISA_FORGET = 10
     """(): the forget set drawn for `unlearn.forget: N`."""
     SISA_MEMBERSHIP = 11
-    """(part,): the membership audit's 0 member sample, 1 non-member sample, 2 CV folds, 3 bootstrap resamples."""
+    """(part,): the membership audit's 0 member sample, 1 non-member sample, 2 the attack's CV folds and its
+    bootstrap resamples (one seed for both)."""
     BACKDOOR_POISON = 12
     """(): the training points poisoned."""
     BACKDOOR_TRIGGER = 13
@@ -45,7 +46,8 @@ class Stream(IntEnum):
     UNSHARDED_INIT = 14
     """(): initial weights of the unsharded model of the approximate-unlearning baselines."""
     UNSHARDED_TRAINING = 15
-    """(part,): minibatch order of the unsharded model's 0 training (and retraining), 1 fine-tuning, 2 NegGrad+."""
+    """(part,): minibatch order of the unsharded model's 0 training (and retraining), 1 fine-tuning, 2 NegGrad+,
+    3 SCRUB."""
     HELD_OUT_AUDIT = 16
     """(part,): the held-out audit of a final fl model: 0 its G's and D's initial weights, 1 noise, labels and batch
     order of their training, 2 the perturbations drawn for the held-out images; 3, 4, 5 the same for the auditor

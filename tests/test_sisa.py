@@ -114,10 +114,10 @@ def test_distributed_schedule_costs_e_passes_over_the_shard():
 
 def test_expected_speedup_by_hand():
     # one point, S=1, R=2, union e=1: cost C(0) = 1 + 2 = 3, C(1) = 2; E = (3 + 2) / 2 -> 3 / 2.5
-    assert expected_speedup([1, 1], shards=1, requests=1) == pytest.approx(1.2)
+    assert expected_speedup([1, 1], shards=1, points=1) == pytest.approx(1.2)
     # S shards, one point: only one shard retrains -> at least S times cheaper
-    assert expected_speedup([1] * 5, shards=5, requests=1) > 5
-    assert expected_speedup([1] * 5, shards=5, requests=0) == math.inf
+    assert expected_speedup([1] * 5, shards=5, points=1) > 5
+    assert expected_speedup([1] * 5, shards=5, points=0) == math.inf
 
 
 def test_expected_request_samples_matches_a_monte_carlo_over_real_layouts():

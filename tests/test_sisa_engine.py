@@ -376,7 +376,8 @@ def test_a_vote_only_run_compares_its_votes_and_neggrad_forgets_a_single_point(r
 @pytest.mark.slow
 def test_nothing_to_forget_trains_and_measures_the_ensemble_over_seeds(ray_session, tmp_path):
     """`unlearn.forget: 0`: each seed trains and measures its ensemble, nothing is unlearned, audited or
-    compared, and the summary over seeds says so instead of calling exactness unchecked."""
+    compared (the baselines asked for say so), and the summary over seeds says so instead of calling exactness
+    unchecked."""
     from rayfed.engine.sisa_run import run_sisa
     from rayfed.sisa.findings import NOTHING_FORGOTTEN
 
@@ -385,13 +386,17 @@ def test_nothing_to_forget_trains_and_measures_the_ensemble_over_seeds(ray_sessi
             {
                 "seeds": 2,
                 "sisa": {"shards": 2, "slices": 1, "epochs": 1},
-                "unlearn": {"forget": 0},
+                "unlearn": {"forget": 0, "baselines": ["finetune"]},
                 "backdoor": {"enabled": False},
                 "resources": {"torch_threads": 1},
             }
         ]
     )
     run_sisa(config, RunDirectory(tmp_path))
+    assert (
+        "unlearn.baselines: nothing to forget, so no approximate method ran"
+        in (tmp_path / "seed42" / "summary.md").read_text()
+    )
     for seed in (42, 43):
         files = {p.name for p in (tmp_path / f"seed{seed}").iterdir()}
         assert {"metrics.parquet", "summary.md"} <= files
@@ -454,12 +459,25 @@ def test_a_validation_split_is_held_out_of_every_shard_and_measures_each_stage(r
     assert "## Validation metrics" in (tmp_path / "summary.md").read_text()
 
 
+def test_a_trigger_too_large_for_the_images_is_refused_before_anything_trains():
+    """make_setup, which checks every input before a shard trains, refuses a trigger larger than digits' 8x8
+    images (it used to surface only at the backdoor audit, after the whole run had trained); without the audit
+    the size does not matter."""
+    from rayfed.engine.sisa_run import make_setup
+    from rayfed.errors import UserError
+
+    with pytest.raises(UserError, match=r"^backdoor.trigger_size: 9 does not fit in 8x8 images$"):
+        make_setup(build_config([{"backdoor": {"trigger_size": 9}}]))
+    assert make_setup(build_config([{"backdoor": {"trigger_size": 9, "enabled": False}}])).poison is None
+
+
 @pytest.mark.parametrize(
     "overrides, key",
     [
         (["sisa.shards=2000"], "sisa.shards"),
         (["sisa.slices=700"], "sisa.slices"),
         (["backdoor.target_class=10"], "backdoor.target_class"),
+        (["backdoor.trigger_size=9"], "backdoor.trigger_size: 9 does not fit in 8x8 images"),
         (["unlearn.forget=FILE:5 5"], "unlearn.forget"),
         (["unlearn.forget=FILE:1 99999"], "unlearn.forget"),
         (["unlearn.forget=FILE:1 two"], "unlearn.forget"),

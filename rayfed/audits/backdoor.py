@@ -32,8 +32,7 @@ def stamp(
     """A copy of normalised images x (n x C x H x W) with the trigger square set to pixel value `value`:
     bottom-right corner, or a random position per image (drawn from `seed`)."""
     n, c, h, w = x.shape
-    if size > min(h, w):
-        raise UserError(f"backdoor.trigger_size: {size} does not fit in {h}x{w} images")
+    check_trigger_fits(size, h, w)
     level = normalise(torch.full((1, c, 1, 1), float(value)), mean, std).view(c, 1, 1)
     out = x.clone()
     if position == "bottom_right":
@@ -44,6 +43,12 @@ def stamp(
     for i, (top, left) in enumerate(zip(tops, lefts)):
         out[i, :, top : top + size, left : left + size] = level
     return out
+
+
+def check_trigger_fits(size: int, height: int, width: int) -> None:
+    """UserError naming `backdoor.trigger_size` unless a size x size trigger fits in height x width images."""
+    if size > min(height, width):
+        raise UserError(f"backdoor.trigger_size: {size} does not fit in {height}x{width} images")
 
 
 def choose_poison(

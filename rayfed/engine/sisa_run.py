@@ -28,7 +28,7 @@ import pandas as pd
 import ray
 import torch
 
-from rayfed.audits.backdoor import attack_success_rate, choose_poison, poison_data, stamp
+from rayfed.audits.backdoor import attack_success_rate, check_trigger_fits, choose_poison, poison_data, stamp
 from rayfed.audits.membership import membership_row
 from rayfed.config import Config, build_config, check_resume, read_yaml_mapping
 from rayfed.data.datasets import ImageData, black_level, hold_out_validation, load_dataset
@@ -91,6 +91,8 @@ def make_setup(config: Config) -> SisaSetup:
         raise UserError(f"unlearn.requests: cannot cut {len(forget)} points into {config.unlearn.requests} requests")
     if forget and not any(sum(sizes) for sizes in layout.kept_slice_sizes(forget)):
         raise UserError("unlearn.forget: forgets every training point; no shard is left to predict with")
+    if b.enabled:
+        check_trigger_fits(b.trigger_size, *data.train_x.shape[2:])
     poison = (
         choose_poison(
             data.train_y,
@@ -381,6 +383,8 @@ class SisaExperiment:
     def run(self) -> dict[str, list[dict]]:
         """Every step, then the tables written to the run directory and the summary composed."""
         self.train()
+        if self.config.unlearn.baselines and not self.setup.forget:
+            self.warnings.append("unlearn.baselines: nothing to forget, so no approximate method ran")
         if self.setup.forget:
             self.unlearn()
             if self.config.unlearn.verify:
@@ -635,7 +639,7 @@ class SisaExperiment:
             )
             self.tables["backdoor"] += rows(stage, ensemble, len(stats), sum(st.samples for st in stats))
         shutil.rmtree(directory, ignore_errors=True)
-        if self.config.unlearn.baselines:
+        if self.config.unlearn.baselines and setup.forget:  # compared with SISA's forgetting, or not at all
             self.unsharded_backdoor = self._unsharded_jobs(x, y, setup.poison, True)
             for result in self.unsharded_backdoor.values():
                 model = ShardEnsemble(setup.settings, [result["state"]], self.config.data.eval_batch_size)

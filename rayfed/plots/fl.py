@@ -14,9 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from rayfed.fl.rows import client_accuracy_column  # noqa: E402
+from rayfed.stats import mean_interval  # noqa: E402
 
 PANELS = [
     ("accuracy", "Accuracy (%)", "Global Test Accuracy"),
@@ -34,12 +34,8 @@ BASIS_NAMES = {"test": "held-out test", "train": "own training"}
 def _band(values_by_x: dict[int, list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x, mean and 95% half-width (0 where there is one value) of grouped values."""
     xs = np.array(sorted(values_by_x))
-    means, halves = [], []
-    for x in xs:
-        v = np.asarray(values_by_x[x], dtype=np.float64)
-        means.append(v.mean())
-        halves.append(0.0 if len(v) < 2 else stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return xs, np.array(means), np.array(halves)
+    intervals = [mean_interval(values_by_x[x]) for x in xs]
+    return xs, np.array([m for m, _ in intervals]), np.array([h or 0.0 for _, h in intervals])
 
 
 def band_edges(mean: np.ndarray, half: np.ndarray, limits: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:

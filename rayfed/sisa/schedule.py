@@ -53,8 +53,8 @@ def untrained_slices(epochs: Sequence[int]) -> range:
     return range(last + 1, len(epochs))
 
 
-def expected_speedup(epochs: Sequence[int], shards: int, requests: int) -> float:
-    """Analytic speedup of unlearning a batch of K uniformly random points over retraining all S shards.
+def expected_speedup(epochs: Sequence[int], shards: int, points: int) -> float:
+    """Analytic speedup of unlearning a batch of K = `points` uniformly random points over retraining all S shards.
 
     With equal slices, retraining a shard from checkpoint r costs C(r) = sum_{k>=r} e_k (k+1) (in units of
     N/R). Each point falls in one of the S R (shard, slice) cells uniformly (drawn with replacement, which
@@ -64,6 +64,6 @@ def expected_speedup(epochs: Sequence[int], shards: int, requests: int) -> float
     """
     slices = len(epochs)
     cost = [sum(epochs[k] * (k + 1) for k in range(r, slices)) for r in range(slices)]
-    p = [(1 - r / (shards * slices)) ** requests for r in range(slices + 1)]
+    p = [(1 - r / (shards * slices)) ** points for r in range(slices + 1)]
     expected = sum((p[r] - p[r + 1]) * cost[r] for r in range(slices))
     return math.inf if expected == 0 else cost[0] / expected
