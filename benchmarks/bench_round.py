@@ -371,7 +371,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the notebook
     config = load_config(None, PRESETS[args.preset] + list(args.overrides) + ["tracking.wandb=disabled"])
-    gamma = config.gammas[0]
+    gamma = FedAuditGan.parameter_values(config)[0]
     strict = with_overrides(config, ["audit.warm_start=false"])
     warm = with_overrides(config, ["audit.warm_start=true"])
     federation = build_federation(config)

@@ -110,7 +110,7 @@ def main() -> None:
     from rayfed.fl.strategies import REGISTRY
 
     config = load_config(None, DEFAULTS + list(args.overrides))
-    gamma = config.gammas[0]
+    gamma = REGISTRY["fedauditgan"].parameter_values(config)[0]
     with MemorySampler() as memory:
         setup_start = time.perf_counter()
         federation = build_federation(config)

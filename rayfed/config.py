@@ -30,7 +30,7 @@ SISA_AGGREGATIONS = ("mean", "vote")
 SISA_SCHEDULES = ("union", "distributed")
 BIAS_SCORES = ("logits", "decisions")
 BACKDOOR_MODES = ("badnets", "clean_label")
-UNLEARN_BASELINES = ("finetune", "neggrad", "scrub")
+UNLEARN_BASELINES = ("finetune", "neggrad", "scrub", "random_label")
 TRIGGER_POSITIONS = ("bottom_right", "random")
 WANDB_MODES = ("disabled", "offline", "online")
 CLIENT_ACCURACY_BASES = ("test", "train")
@@ -77,15 +77,16 @@ class DataConfig:
     """Held-out test samples per client, drawn from the test set with the client's label mix: a count, or
     `max` = the largest subset with that mix the test set holds without repeating an image."""
     partition_seed: int | str | None = None
-    """Seed of the federation: the partition, the audit and validation splits, the clients' test subsets;
-    null = `seed`. A number or null keeps one federation for every seed of a run, so an interval over `seeds`
-    measures the training's randomness on that federation. `each`: every seed draws its own federation from
-    itself, so the interval also covers the federation's draw (methods stay paired within a seed)."""
+    """Seed of the federation (`rayfed fl`; `rayfed sisa` draws its validation split from `seed`): the partition,
+    the audit and validation splits, the clients' test subsets; null = `seed`. A number or null keeps one
+    federation for every seed of a run, so an interval over `seeds` measures the training's randomness on that
+    federation. `each`: every seed draws its own federation from itself, so the interval also covers the
+    federation's draw (methods stay paired within a seed)."""
     augment: bool | None = None
     """Training-time augmentation (random crop + flip); null = the dataset's default (on for cifar10)."""
     batch_size: int = 16
-    """Minibatch size of local training (the notebook uses 512 on CIFAR-10's ~2,500-image clients; 16 gives
-    digits' 24-48-image clients a comparable number of steps per epoch)."""
+    """Minibatch size of local training, at least 2 (BatchNorm needs two values a channel; the notebook uses 512
+    on CIFAR-10's 450-900-image clients, 1-2 steps an epoch; 16 gives digits' 24-48-image clients 2-3)."""
     eval_batch_size: int = 1024
     """Minibatch size of evaluation."""
 
@@ -129,7 +130,8 @@ class FLConfig:
 @dataclass
 class AuditConfig:
     gamma: float | list[float] = field(default_factory=lambda: [2.0, 8.0])
-    """Softmax temperature of alpha = softmax(gamma * S); a list runs fedauditgan once per value."""
+    """Inverse softmax temperature of alpha = softmax(gamma * S) (larger: sharper weights); a list runs
+    fedauditgan once per value."""
     lambda1: float = 1.0
     """Weight of ||x - x'||^2 in the generator loss (keeps counterfactual pairs close)."""
     lambda2: float = 1.0
@@ -237,10 +239,10 @@ class UnlearnConfig:
     baselines: list[str] = field(default_factory=list)
     """Approximate unlearning on one unsharded model, compared with SISA (`baselines.parquet`): any of
     `finetune` (train on the retained data), `neggrad` (NegGrad+: descent on the retained, ascent on the
-    forgotten) and `scrub` (SCRUB: a student of the trained model, away from it on the forgotten, with it on the
-    retained)."""
+    forgotten), `scrub` (SCRUB: a student of the trained model, away from it on the forgotten, with it on the
+    retained) and `random_label` (train on the retained data and the forgotten points relabelled wrongly)."""
     baseline_epochs: int = 1
-    """Epochs over the retained data of `finetune` and `neggrad` (SCRUB has `scrub_epochs`)."""
+    """Epochs over the retained data of `finetune`, `neggrad` and `random_label` (SCRUB has `scrub_epochs`)."""
     neggrad_alpha: float = 0.9
     """NegGrad+ loss alpha L(retained batch) - (1 - alpha) L(forgotten batch), in (0, 1)."""
     scrub_epochs: int = 3
@@ -392,11 +394,6 @@ class Config:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    @property
-    def gammas(self) -> list[float]:
-        """audit.gamma as a list."""
-        return list(self.audit.gamma) if isinstance(self.audit.gamma, list) else [self.audit.gamma]
 
     @property
     def seed_list(self) -> list[int]:
@@ -666,7 +663,7 @@ def validate(c: Config) -> None:
         f"data.validation_fraction: with data.audit_fraction {d.audit_fraction} it leaves no images for the clients",
     )
     _count_or_word("data.client_test_size", d.client_test_size, "max")
-    _require(d.batch_size >= 1, f"data.batch_size: must be >= 1, got {d.batch_size}")
+    _require(d.batch_size >= 2, f"data.batch_size: must be >= 2 (BatchNorm), got {d.batch_size}")
     _require(d.eval_batch_size >= 1, f"data.eval_batch_size: must be >= 1, got {d.eval_batch_size}")
 
     _require(fl.rounds >= 1, f"fl.rounds: must be >= 1, got {fl.rounds}")
@@ -711,7 +708,7 @@ def validate(c: Config) -> None:
     _require(a.n_probes >= 1, f"audit.n_probes: must be >= 1, got {a.n_probes}")
     _require(a.latent_dim >= 1, f"audit.latent_dim: must be >= 1, got {a.latent_dim}")
     _finite_number("audit.gan_lr", a.gan_lr)
-    _require(a.gan_batch_size >= 1, f"audit.gan_batch_size: must be >= 1, got {a.gan_batch_size}")
+    _require(a.gan_batch_size >= 2, f"audit.gan_batch_size: must be >= 2 (BatchNorm), got {a.gan_batch_size}")
     _finite_number("audit.delta_scale", a.delta_scale)
     _require(a.score_chunk >= 1, f"audit.score_chunk: must be >= 1, got {a.score_chunk}")
     _one_of("audit.gan_step", a.gan_step, ("eager", "compiled"))
@@ -726,7 +723,7 @@ def validate(c: Config) -> None:
         _one_of("sisa.aggregation", agg, SISA_AGGREGATIONS)
     _finite_number("sisa.lr", s.lr)
     _finite_number("sisa.momentum", s.momentum, zero_ok=True)
-    _require(s.batch_size >= 1, f"sisa.batch_size: must be >= 1, got {s.batch_size}")
+    _require(s.batch_size >= 2, f"sisa.batch_size: must be >= 2 (BatchNorm), got {s.batch_size}")
 
     forget = c.unlearn.forget
     if isinstance(forget, int):

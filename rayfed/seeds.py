@@ -47,7 +47,7 @@ class Stream(IntEnum):
     """(): initial weights of the unsharded model of the approximate-unlearning baselines."""
     UNSHARDED_TRAINING = 15
     """(part,): minibatch order of the unsharded model's 0 training (and retraining), 1 fine-tuning, 2 NegGrad+,
-    3 SCRUB."""
+    3 SCRUB, 4 random labels; 5 the wrong classes random labels draws."""
     HELD_OUT_AUDIT = 16
     """(part,): the held-out audit of a final fl model: 0 its G's and D's initial weights, 1 noise, labels and batch
     order of their training, 2 the perturbations drawn for the held-out images; 3, 4, 5 the same for the auditor

@@ -57,6 +57,8 @@ BAD_SETS = [
     (["--set", "metrics.correction=bonferroni"], "metrics.correction"),
     (["--set", "metrics.audit_epochs=0"], "metrics.audit_epochs"),
     (["--set", "metrics.audit_batch_size=1"], "metrics.audit_batch_size"),
+    (["--set", "data.batch_size=1"], "data.batch_size: must be >= 2 (BatchNorm), got 1"),
+    (["--set", "audit.gan_batch_size=1"], "audit.gan_batch_size: must be >= 2 (BatchNorm), got 1"),
     (["--set", "metrics.held_out_audit=sometimes"], "metrics.held_out_audit"),
     (["--set", "data.client_test_size=most"], "data.client_test_size"),
     (["--set", "data.validation_fraction=1"], "data.validation_fraction: must be in [0, 1), got 1"),

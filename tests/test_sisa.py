@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -415,6 +416,56 @@ def test_scrub_counts_its_passes_and_leaves_its_teacher_alone(digits_subset, uns
     # one forgotten point: its max-step normalises with BatchNorm's running statistics, as NegGrad+'s does
     alone, samples = scrub(settings, 1, 1, 0.001, 0.99, 4.0, state, x_r, y_r, x[:1], y[:1], cpu)
     assert samples == 100 + 1 and all(torch.isfinite(v).all() for v in alone.values())
+
+
+def test_wrong_labels_are_uniform_over_the_other_classes():
+    """Every drawn label differs from its own (SalUn's draw over all C classes keeps 1 in C), each of the C - 1
+    others about equally often, and the same seed draws the same labels."""
+    from rayfed.sisa.approximate import wrong_labels
+
+    y = torch.arange(10).repeat(9000)  # 90,000 labels, 9,000 of each class
+    drawn = wrong_labels(y, 10, seed=3)
+    assert not (drawn == y).any() and drawn.min() >= 0 and drawn.max() <= 9
+    shifts = torch.bincount((drawn - y) % 10, minlength=10)
+    assert shifts[0] == 0 and (shifts[1:] - 10000).abs().max() < 400  # 10,000 each; sd 94
+    assert torch.equal(drawn, wrong_labels(y, 10, seed=3)) and not torch.equal(drawn, wrong_labels(y, 10, seed=4))
+
+
+def test_random_label_trains_on_the_retained_and_the_relabelled_and_unlearns_the_forget_set(
+    digits_subset, unsharded_model
+):
+    """Random labels from a model trained 10 epochs on the 240 images (most of the ten points to forget right):
+    it processes the retained and the forgotten points every epoch and is seeded; at lr 0.01 for 3 epochs it
+    drives the forgotten points' loss (on their true labels) far above fine-tuning's, which keeps them right as
+    typical digits, and gets fewer of them right, while it keeps the retained points."""
+    from rayfed.sisa.approximate import finetune, random_label, train_unsharded
+    from rayfed.sisa.train import model_from_state
+
+    torch.set_num_threads(1)
+    x, y, _ = digits_subset
+    settings, _, _ = unsharded_model
+    cpu = torch.device("cpu")
+    state, _ = train_unsharded(settings, 10, x, y, cpu)
+    settings = dataclasses.replace(settings, lr=0.01)
+    x_r, y_r, x_f, y_f = x[10:110], y[10:110], x[:10], y[:10]
+    relabelled, samples = random_label(settings, 3, state, x_r, y_r, x_f, y_f, cpu)
+    assert samples == 3 * (100 + 10)
+    again, _ = random_label(settings, 3, state, x_r, y_r, x_f, y_f, cpu)
+    assert _states_equal(relabelled, again)
+    tuned, _ = finetune(settings, 3, state, x_r, y_r, cpu)
+
+    def accuracy(st, images, labels) -> float:
+        with torch.no_grad():
+            return float((model_from_state(settings, st)(images).argmax(1) == labels).float().mean())
+
+    def forget_loss(st) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model_from_state(settings, st)(x_f), y_f))
+
+    assert accuracy(state, x_f, y_f) >= 0.8  # it knows the points to forget
+    assert forget_loss(relabelled) > forget_loss(tuned) + 1.0
+    assert accuracy(relabelled, x_f, y_f) < accuracy(tuned, x_f, y_f)
+    assert accuracy(relabelled, x_r, y_r) >= 0.85
 
 
 def test_retrain_gap_is_the_mean_absolute_accuracy_gap_to_the_retrained_model_by_hand():

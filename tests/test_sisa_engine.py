@@ -128,7 +128,7 @@ def test_run_sisa_audits_show_what_they_must_on_an_overfitting_setting(ray_sessi
                 "unlearn": {
                     "forget": 150,
                     "requests": 2,
-                    "baselines": ["finetune", "neggrad", "scrub"],
+                    "baselines": ["finetune", "neggrad", "scrub", "random_label"],
                     "scrub_epochs": 2,
                     "scrub_max_epochs": 1,
                 },
@@ -181,7 +181,7 @@ def check_audit_tables(tmp_path):
     ties = ensemble.loc[("trained", "vote"), "tie_rate"]
     assert 0 <= ties <= 1 and ensemble["tie_rate"].isna().sum() == 3  # null for the mean rows
     unsharded = metrics[metrics["model"] == "unsharded"].set_index("stage")
-    assert set(unsharded.index) == {"retrained", "trained", "finetune", "neggrad", "scrub"}
+    assert set(unsharded.index) == {"retrained", "trained", "finetune", "neggrad", "scrub", "random_label"}
     assert unsharded.loc["retrained", "accuracy"] > 85
 
     unlearning = pd.read_parquet(tmp_path / "unlearning.parquet")
@@ -218,14 +218,18 @@ def check_audit_tables(tmp_path):
     assert backdoor.loc[("unlearned", "mean"), "shards_retrained"] == 2
 
     baselines = pd.read_parquet(tmp_path / "baselines.parquet").set_index("method")
-    assert baselines.index.tolist() == ["sisa", "finetune", "neggrad", "scrub", "retrained"]
+    assert baselines.index.tolist() == ["sisa", "finetune", "neggrad", "scrub", "random_label", "retrained"]
     # SISA served the 2 requests one after another, each baseline unlearned the whole forget set once
-    assert baselines["requests"].tolist() == [2, 1, 1, 1, 1] and baselines.loc["sisa", "aggregation"] == "mean"
+    assert baselines["requests"].tolist() == [2, 1, 1, 1, 1, 1] and baselines.loc["sisa", "aggregation"] == "mean"
     assert baselines.loc["sisa", "samples_processed"] == unlearning["samples_processed"].sum()
     assert baselines.loc["retrained", "samples_processed"] == 6 * (n - 150)
     assert baselines.loc["finetune", "samples_processed"] == n - 150  # one epoch over the retained data
     # SCRUB: a min-step pass over the retained data in each of its 2 epochs, the first opening with a max-step pass
     assert baselines.loc["scrub", "samples_processed"] == 2 * (n - 150) + 150
+    # random labels: one epoch over the retained and the relabelled forgotten points, which it gets wrong far
+    # more often than fine-tuning, which only drifts from them
+    assert baselines.loc["random_label", "samples_processed"] == n
+    assert baselines.loc["random_label", "forget_accuracy"] < baselines.loc["finetune", "forget_accuracy"] - 20
     assert baselines.loc["sisa", "exact"] and baselines.loc["retrained", "exact"]
     assert baselines.loc["sisa", "forget_mia_auc"] == retrained["auc"]
     assert baselines.loc["retrained", "asr_after"] < 5 and baselines.loc["retrained", "asr_before"] > 80
@@ -478,6 +482,7 @@ def test_a_trigger_too_large_for_the_images_is_refused_before_anything_trains():
         (["sisa.slices=700"], "sisa.slices"),
         (["backdoor.target_class=10"], "backdoor.target_class"),
         (["backdoor.trigger_size=9"], "backdoor.trigger_size: 9 does not fit in 8x8 images"),
+        (["sisa.batch_size=1"], "sisa.batch_size: must be >= 2 (BatchNorm), got 1"),
         (["unlearn.forget=FILE:5 5"], "unlearn.forget"),
         (["unlearn.forget=FILE:1 99999"], "unlearn.forget"),
         (["unlearn.forget=FILE:1 two"], "unlearn.forget"),

@@ -137,13 +137,31 @@ BAD = [
     ),
     (
         {"base": {"metrics": {"held_out_audit": False}}, "tune_config": {"metric": "flip_rate"}},
-        "tune_config.metric: flip_rate is the held-out audit's, which the base config turns off",
+        "tune_config.metric: flip_rate is the held-out audit's, which the base config does not run",
     ),
     ({"tune_config": {"mode": "up"}}, "tune_config.mode"),
     ({"tune_config": {"num_samples": 0}}, "tune_config.num_samples"),
     ({"tune_config": {"scheduler": {"type": "pbt"}}}, "tune_config.scheduler"),
     ({"tune_config": {"scheduler": {"type": "asha", "grace": 1}}}, "tune_config.scheduler.grace"),
     ({"tune_config": {"scheduler": {"type": "asha", "grace_period": 5}}}, "grace_period"),
+    ({"tune_config": {"scheduler": {"type": "asha", "reduction_factor": 1}}}, "reduction_factor: must be > 1, got 1"),
+    ({"tune_config": {"scheduler": {"type": "asha", "brackets": 2.5}}}, "brackets: expected an integer >= 1"),
+    ({"tune_config": {"metric": 5}}, "tune_config.metric: expected the name of a figure, got 5"),
+    (  # the base measures validation figures, but a swept value of 0 would not: those trials never report one
+        {
+            "base": {"fl": {"rounds": 2}, "data": {"validation_fraction": 0.1}},
+            "param_space": {"data.validation_fraction": {"grid_search": [0.0, 0.1]}},
+            "tune_config": {"metric": "val_jfi"},
+        },
+        "val_jfi is measured on the validation split, which some trials of param_space do not hold",
+    ),
+    (
+        {
+            "param_space": {"metrics.held_out_audit": {"grid_search": [True, False]}},
+            "tune_config": {"metric": "flip_rate"},
+        },
+        "flip_rate is the held-out audit's, which some trials of param_space do not run",
+    ),
     ({"run_config": {"path": "x"}}, "run_config.path"),
     ({"trial_resources": {"gpu": 1}}, "trial_resources.gpu"),
     ({"trial_resources": {"cpus": 0}}, "trial_resources.cpus"),
@@ -167,8 +185,8 @@ SISA_MINIMAL = {
     "tune_config": {"metric": "neggrad/val_retrain_gap", "mode": "min"},
 }
 BAD_BASELINE_METRICS = [
-    ({"unlearn": {"baselines": ["scrub"]}}, "neggrad/val_retrain_gap needs neggrad in unlearn.baselines of base"),
-    ({"unlearn": {"baselines": ["neggrad"], "forget": 0}}, "needs unlearn.baselines and a forget set"),
+    ({"unlearn": {"baselines": ["scrub"]}}, "needs neggrad in unlearn.baselines, which the base config does not have"),
+    ({"unlearn": {"baselines": ["neggrad"], "forget": 0}}, "needs a forget set \\(unlearn.forget\\), which the base"),
     ({"data": {"validation_fraction": 0.0}}, "neggrad/val_retrain_gap is measured on the validation split"),
 ]
 
@@ -186,6 +204,24 @@ def test_a_sisa_sweep_may_rank_on_an_approximate_baseline_s_figure(tmp_path):
         document = {**SISA_MINIMAL, "base": {**SISA_MINIMAL["base"], **base}}
         with pytest.raises(UserError, match=needle):
             load_sweep(write_sweep(tmp_path, document))
+
+
+def test_what_param_space_sets_decides_which_figures_the_trials_report(tmp_path):
+    """A validation split (or a forget file) that param_space gives every trial counts as the base's would: a
+    val_ metric is then accepted and chosen by default, and relative paths in param_space become absolute, as
+    the base's do, before the trials change directory; a sisa sweep's metric that is not a name is one error."""
+    swept = {**MINIMAL, "param_space": {"data.validation_fraction": {"grid_search": [0.1, 0.2]}}}
+    assert load_sweep(write_sweep(tmp_path, swept)).metric == "val_jfi"
+    forget = {
+        "run": "sisa",
+        "param_space": {"unlearn.forget": {"grid_search": ["a.txt", "b.txt"]}, "data.root": "here"},
+    }
+    params = {p.key: p for p in load_sweep(write_sweep(tmp_path, forget)).params}
+    files, root = params["unlearn.forget"], params["data.root"]
+    assert files.values == [str(Path("a.txt").resolve()), str(Path("b.txt").resolve())]
+    assert root.values == str(Path("here").resolve())
+    with pytest.raises(UserError, match="tune_config.metric: expected the name of a figure, got None"):
+        load_sweep(write_sweep(tmp_path, {**SISA_MINIMAL, "tune_config": {"metric": None}}))
 
 
 def test_an_fl_sweep_with_a_validation_split_selects_on_validation_unless_told_otherwise(tmp_path):

@@ -38,7 +38,15 @@ from rayfed.errors import UserError
 from rayfed.plots.sisa import plot_seed_differences, plot_sisa
 from rayfed.results import RunDirectory, Tracker
 from rayfed.seeds import Stream, stream_seed
-from rayfed.sisa.approximate import finetune, neggrad_plus, retrain_gap, scrub, timed, train_unsharded
+from rayfed.sisa.approximate import (
+    finetune,
+    neggrad_plus,
+    random_label,
+    retrain_gap,
+    scrub,
+    timed,
+    train_unsharded,
+)
 from rayfed.sisa.ensemble import classification_metrics, combine_shards, ensemble_loss, shard_probs, vote_ties
 from rayfed.sisa.findings import main_aggregation, sisa_findings
 from rayfed.sisa.plan import Layout, affected_shards, make_layout, resolve_forget
@@ -534,6 +542,7 @@ class SisaExperiment:
             jobs = {
                 "finetune": (finetune, settings, u.baseline_epochs, state, x_r, y_r),
                 "neggrad": (neggrad_plus, settings, u.baseline_epochs, u.neggrad_alpha, state, x_r, y_r, x_f, y_f),
+                "random_label": (random_label, settings, u.baseline_epochs, state, x_r, y_r, x_f, y_f),
                 "scrub": (
                     scrub,
                     settings,

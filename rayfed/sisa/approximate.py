@@ -7,12 +7,16 @@
   drifts away from the forget set D_f.
 - `neggrad_plus` (Kurmanji et al., NeurIPS 2023): per step, minimise alpha L(b_r) - (1 - alpha) L(b_f) for a
   minibatch b_r of D_r and one b_f of D_f (cycled), i.e. descent on the retained and ascent on the forgotten.
-- `scrub` (SCRUB, the same paper): a student w_u starts as the trained model w_o (the teacher, frozen) and
+- `random_label` (Graves et al., AAAI 2021; the "RL" baseline of Fan et al., SalUn, ICLR 2024): continue training
+  the model trained on everything on D_r together with D_f relabelled, each forgotten point to a wrong class
+  drawn uniformly, so that what it had learnt of them is overwritten while the retained data hold the rest.
+- `scrub` (SCRUB, Kurmanji et al.): a student w_u starts as the trained model w_o (the teacher, frozen) and
   alternates a max-step, ascending d(x; w_u) = KL(p(x; w_o) || p(x; w_u)) over D_f, with a min-step,
   descending alpha d(x_r; w_u) + gamma CE(f(x_r; w_u), y_r) over D_r: it moves away from the teacher on the
   forgotten points and stays with it on the retained.
 Each returns the new state dict (on the CPU) and the samples processed (the model's training passes: both
-minibatches count for NegGrad+, every max- and min-step batch for SCRUB; its teacher's forward passes do not).
+minibatches count for NegGrad+, the relabelled points as well as the retained for random labels, every max- and
+min-step batch for SCRUB; its teacher's forward passes do not).
 `retrain_gap` measures how far an unlearned model is from the one retrained from scratch, to choose the
 methods' settings on.
 """
@@ -41,9 +45,9 @@ from rayfed.training import (
     sgd_epochs,
 )
 
-TRAIN, FINETUNE, NEGGRAD, SCRUB = 0, 1, 2, 3
+TRAIN, FINETUNE, NEGGRAD, SCRUB, RANDOM_LABEL, WRONG_LABELS = 0, 1, 2, 3, 4, 5
 """Parts of the UNSHARDED_TRAINING stream (training and retraining from scratch share part 0: the same
-procedure on other data)."""
+procedure on other data; WRONG_LABELS draws random labels' wrong classes)."""
 
 
 def _model(settings: TrainSettings, device: torch.device, state: dict[str, Any] | None = None):
@@ -105,6 +109,32 @@ def finetune(
 ) -> tuple[dict[str, Any], int]:
     """`epochs` epochs of SGD (a fresh optimizer, the shards' lr) on the retained data from `state`."""
     return _sgd(settings, epochs, x_retain, y_retain, device, FINETUNE, state)
+
+
+def wrong_labels(y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """A wrong class for each label, uniform over the other num_classes - 1: (y + k) mod C, k uniform in
+    1..C-1 (drawn on the CPU from `seed`, so the same on every device)."""
+    shift = torch.randint(1, num_classes, y.shape, generator=torch.Generator().manual_seed(seed))
+    return (y.cpu() + shift) % num_classes
+
+
+def random_label(
+    settings: TrainSettings,
+    epochs: int,
+    state: dict[str, Any],
+    x_retain: torch.Tensor,
+    y_retain: torch.Tensor,
+    x_forget: torch.Tensor,
+    y_forget: torch.Tensor,
+    device: torch.device,
+) -> tuple[dict[str, Any], int]:
+    """Random labels from `state`: `epochs` epochs of SGD (a fresh optimizer, the shards' lr) on the retained
+    data and the forget set together, each forgotten point relabelled once to a wrong class (`wrong_labels`;
+    SalUn's code draws any class, which leaves a tenth of CIFAR-10's forgotten points their own label)."""
+    seed = stream_seed(settings.seed, Stream.UNSHARDED_TRAINING, WRONG_LABELS)
+    relabelled = wrong_labels(y_forget, settings.num_classes, seed)
+    x, y = torch.cat([x_retain.cpu(), x_forget.cpu()]), torch.cat([y_retain.cpu(), relabelled])
+    return _sgd(settings, epochs, x, y, device, RANDOM_LABEL, state)
 
 
 def neggrad_plus(

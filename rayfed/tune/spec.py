@@ -20,7 +20,9 @@ is shorthand for `base.KEY`.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,8 @@ MODES = ("max", "min")
 SAMPLERS = ("grid_search", "choice", "uniform", "loguniform", "randint")
 CONTINUOUS_SAMPLERS = ("uniform", "loguniform")
 SCHEDULER_PARAMS = {"fifo": (), "asha": ("grace_period", "reduction_factor", "max_t", "brackets")}
+SCHEDULER_MINIMA = {"grace_period": (int, 1), "reduction_factor": (float, 1), "max_t": (int, 1), "brackets": (int, 1)}
+"""Each ASHA setting's kind and least value (Ray's: integers of rounds and brackets, a reduction factor above 1)."""
 FL_METRICS = (*ROUND_METRICS, *AUDIT_FIGURES)
 """What an fl trial reports: each round, the figures of the last method run of the round (the swept one),
 averaged over its seeds (rayfed.fl.rows.RoundRow's numeric fields); at its last round also its final models'
@@ -82,17 +86,40 @@ DEFAULT_METRIC = {"fl": ("jfi", "max"), "sisa": ("accuracy", "max")}
 on the metric's validation twin (`val_jfi`, `val_accuracy`)."""
 
 
-def _baseline_metric(metric: str, base_config: Config, file: Path) -> bool:
-    """Whether `metric` is `<method>/<figure>` of an approximate baseline that sisa trials report; a method the
-    base config does not run, or a run without a forget set, is an error naming what to set."""
+METRIC_KEYS = ("data.validation_fraction", "metrics.held_out_audit", "unlearn.baselines", "unlearn.forget")
+"""The config keys that decide whether a trial reports a metric (a `val_` figure, the held-out audit's, an
+approximate baseline's)."""
+
+
+def _trial_configs(base: dict[str, Any], params: tuple[Param, ...]) -> list[Config]:
+    """Every config a trial can have in METRIC_KEYS: the base with each combination of the probe values of the
+    params that set one of them (the base alone when none does)."""
+    deciding = [p for p in params if any(p.key == k or k.startswith(f"{p.key}.") for k in METRIC_KEYS)]
+    combinations = itertools.product(*(p.probe_values() for p in deciding))
+    return [build_config([base, *(nest(p.key, v) for p, v in zip(deciding, values))]) for values in combinations]
+
+
+def _lacking(configs: list[Config], holds: Callable[[Config], bool], base_config: Config) -> str | None:
+    """Who lacks what `holds` checks, as the subject of a negated verb ("the base config does not", "some
+    trials of param_space do not"); None when every config holds it."""
+    if all(holds(c) for c in configs):
+        return None
+    return "the base config does not" if configs == [base_config] else "some trials of param_space do not"
+
+
+def _baseline_metric(metric: str, configs: list[Config], base_config: Config, file: Path) -> bool:
+    """Whether `metric` is `<method>/<figure>` of an approximate baseline that sisa trials report; a method that
+    a trial would not run, or a trial without a forget set, is an error naming what to set."""
     method, _, figure = metric.rpartition("/")
     if not method or figure not in BASELINE_FIGURES:
         return False
     where = _where(file, "tune_config.metric")
-    if method not in (*base_config.unlearn.baselines, "retrained"):
-        raise UserError(f"{where}: {metric} needs {method} in unlearn.baselines of base")
-    if not base_config.unlearn.baselines or base_config.unlearn.forget in (0, None):
-        raise UserError(f"{where}: {metric} needs unlearn.baselines and a forget set (unlearn.forget) in base")
+    lacking = _lacking(configs, lambda c: method in (*c.unlearn.baselines, "retrained"), base_config)
+    if lacking:
+        raise UserError(f"{where}: {metric} needs {method} in unlearn.baselines, which {lacking} have")
+    lacking = _lacking(configs, lambda c: bool(c.unlearn.baselines) and c.unlearn.forget not in (0, None), base_config)
+    if lacking:
+        raise UserError(f"{where}: {metric} needs a forget set (unlearn.forget), which {lacking} have")
     return True
 
 
@@ -206,13 +233,13 @@ def parse_param(key: str, value: Any, file: Path) -> Param:
     if key not in config_keys():
         raise UserError(f"{where}: '{key}' is not a config key")
     if not isinstance(value, dict):
-        return Param(key, None, _as_number(value))
+        return Param(key, None, _absolute_if_path(key, _as_number(value)))
     if len(value) != 1 or next(iter(value)) not in SAMPLERS:
         raise UserError(f"{where}: expected a plain value or one of {', '.join(SAMPLERS)}, got {value!r}")
     sampler, args = next(iter(value.items()))
     if not isinstance(args, list) or not args:
         raise UserError(f"{where}: {sampler} needs a non-empty list, got {args!r}")
-    args = [_as_number(a) for a in args]
+    args = [_absolute_if_path(key, _as_number(a)) for a in args]
     if sampler in ("uniform", "loguniform", "randint"):
         numbers = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
         if len(args) != 2 or not numbers or not args[0] < args[1]:
@@ -228,15 +255,24 @@ def _absolute(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
+PATH_KEYS = ("data.root", "unlearn.forget")
+"""Config keys that name a file or folder: made absolute, in the base and in param_space, since trials run in
+their own working directory."""
+
+
+def _absolute_if_path(key: str, value: Any) -> Any:
+    """`value` made absolute where `key` is one of PATH_KEYS and the value a path (a string)."""
+    return _absolute(value) if key in PATH_KEYS and isinstance(value, str) else value
+
+
 def _resolve_paths(base: dict[str, Any]) -> None:
     """Make the base config's relative paths absolute (trials run in their own working directory)."""
     data = base.setdefault("data", {})
     if isinstance(data, dict):
-        root = data.get("root", Config().data.root)
-        data["root"] = _absolute(root) if isinstance(root, str) else root
+        data["root"] = _absolute_if_path("data.root", data.get("root", Config().data.root))
     unlearn = base.get("unlearn")
-    if isinstance(unlearn, dict) and isinstance(unlearn.get("forget"), str):
-        unlearn["forget"] = _absolute(unlearn["forget"])
+    if isinstance(unlearn, dict) and "forget" in unlearn:
+        unlearn["forget"] = _absolute_if_path("unlearn.forget", unlearn["forget"])
 
 
 def merge_mappings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -297,19 +333,23 @@ def load_sweep(path: str | Path, overrides: list[str] = (), config_file: str | P
                 raise UserError(f"{_where(file, f'param_space.{param.key}')}: {exc}{hint}") from None
 
     tune_config = _mapping(document, "tune_config", TUNE_CONFIG_KEYS, file)
+    trials = _trial_configs(base, params)
+    validated = _lacking(trials, lambda c: c.data.validation_fraction > 0, base_config)
     default_metric, default_mode = DEFAULT_METRIC[run]
-    if base_config.data.validation_fraction > 0:
+    if not validated:
         default_metric = f"val_{default_metric}"  # choose where the choice does not touch the test set
     metric = tune_config.get("metric", default_metric)
-    if not (metric in RUN_METRICS[run] or (run == "sisa" and _baseline_metric(metric, base_config, file))):
+    if not isinstance(metric, str):
+        raise UserError(f"{_where(file, 'tune_config.metric')}: expected the name of a figure, got {metric!r}")
+    if not (metric in RUN_METRICS[run] or (run == "sisa" and _baseline_metric(metric, trials, base_config, file))):
         raise UserError(
             f"{_where(file, 'tune_config.metric')}: {metric!r} is not reported by {run} trials "
             f"(choose from {', '.join(RUN_METRICS[run])}, or <method>/<figure> of a method of unlearn.baselines)"
         )
-    if metric.rpartition("/")[2].startswith("val_") and base_config.data.validation_fraction == 0:
+    if metric.rpartition("/")[2].startswith("val_") and validated:
         raise UserError(
-            f"{_where(file, 'tune_config.metric')}: {metric} is measured on the validation split, which the base "
-            "config does not hold: set data.validation_fraction (e.g. 0.1) in base"
+            f"{_where(file, 'tune_config.metric')}: {metric} is measured on the validation split, which {validated} "
+            "hold: set data.validation_fraction (e.g. 0.1) for every trial"
         )
     mode = tune_config.get("mode", default_mode)
     if mode not in MODES:
@@ -320,10 +360,11 @@ def load_sweep(path: str | Path, overrides: list[str] = (), config_file: str | P
         _number(concurrent, "tune_config.max_concurrent_trials", file, int, 1)
     scheduler = _scheduler(tune_config.get("scheduler"), file, base_config, run)
     if run == "fl" and metric in AUDIT_FIGURES:
-        if not base_config.metrics.held_out_audit:
+        audited = _lacking(trials, lambda c: c.metrics.held_out_audit, base_config)
+        if audited:
             raise UserError(
-                f"{_where(file, 'tune_config.metric')}: {metric} is the held-out audit's, which the base config "
-                "turns off: set metrics.held_out_audit: true in base"
+                f"{_where(file, 'tune_config.metric')}: {metric} is the held-out audit's, which {audited} run: set "
+                "metrics.held_out_audit: true for every trial"
             )
         if scheduler["type"] != "fifo":
             raise UserError(
@@ -379,7 +420,10 @@ def _scheduler(value: Any, file: Path, base: Config, run: str) -> dict[str, Any]
                 f"{_where(file, f'tune_config.scheduler.{key}')}: unknown key for "
                 f"{value['type']} (choose from {', '.join(allowed) or 'none'})"
             )
-        _number(number, f"tune_config.scheduler.{key}", file, float, 1)
+        kind, minimum = SCHEDULER_MINIMA[key]
+        _number(number, f"tune_config.scheduler.{key}", file, kind, minimum)
+        if key == "reduction_factor" and number == 1:  # ASHA keeps 1/reduction_factor of the trials at each rung
+            raise UserError(f"{_where(file, 'tune_config.scheduler.reduction_factor')}: must be > 1, got {number!r}")
     scheduler = dict(value)
     if scheduler["type"] == "asha":
         scheduler.setdefault("max_t", base.fl.rounds if run == "fl" else 1)

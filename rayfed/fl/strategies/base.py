@@ -47,7 +47,8 @@ class Aggregation:
     state: StateDict
     """Theta_new."""
     weights: list[float]
-    """Each client's weight in the round (alpha_i, or the strategy's own share; they sum to 1)."""
+    """Each client's weight in the round (alpha_i, or the strategy's own share): they sum to 1, but for AFL's
+    round whose clients all have lambda 0, where they are all 0 and the model does not move."""
     bias_base: float | None = None
     biases: list[float] | None = None
     scores: list[float] | None = None
