@@ -141,3 +141,26 @@ def test_a_method_that_diverged_in_some_seeds_is_judged_on_the_seeds_it_has():
     # a figure of one seed in a run of several: no interval in the figures' sentences either
     lone = [SEEDS[0], *({k: v for k, v in r.items() if k != "speedup_samples"} for r in SEEDS[1:])]
     assert seeds_findings(lone, [42, 43, 44])[4].startswith("Unlearning saved 5.00x (one seed) in samples")
+
+
+def test_a_backdoor_that_survives_in_one_seed_is_named_though_the_mean_over_seeds_hides_it():
+    """SCRUB leaves 39 points of attack success in seed 46 and none in the other four: +7.8 ± 21.7 points over
+    the reference, an interval that holds 0, and yet "no detectable backdoor left" would be false for one draw
+    in five; the sentence names the seed. The same for SISA's own backdoor over its floor."""
+    rows = [
+        {**SEEDS[0], "scrub/accuracy": 98.0, "scrub/forget_accuracy": 95.0, "scrub/asr_after": 1.0} for _ in range(5)
+    ]
+    rows[4] = {**rows[4], "scrub/asr_after": 40.08, "unlearned_backdoor_asr": 25.0}
+    found = seeds_findings(rows, [42, 43, 44, 45, 46])
+    scrub = next(f for f in found if f.startswith("scrub "))
+    assert scrub.endswith(
+        "attack success after unlearning the poison +7.82 ± 21.70 points (not detected over the seeds, but **the "
+        "backdoor survives in seed 46 (+39.08 points)**)."
+    )
+    sisa = next(f for f in found if f.startswith("Backdoor attack success"))
+    assert "no detectable backdoor left (+5.00 ± 13.88 points over the floor)." in sisa
+    assert sisa.endswith("But **the backdoor survives in seed 46 (+25.00 points)**.")
+    # below WEAK_BACKDOOR_POINTS in every seed: nothing to name
+    rows[4] = {**rows[4], "scrub/asr_after": 15.0, "unlearned_backdoor_asr": 10.0}
+    found = seeds_findings(rows, [42, 43, 44, 45, 46])
+    assert not any("survives in" in f for f in found)

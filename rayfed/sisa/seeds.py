@@ -249,10 +249,35 @@ def _seeds(estimate: Estimate, runs: int) -> str:
     return f"{estimate.n} paired seeds" if estimate.n == runs else f"{estimate.n} of {runs} seeds paired"
 
 
-def _baseline_sentence(rows: list[dict[str, float]], method: str) -> str:
+def _surviving(rows: list[dict[str, float]], seeds: list[int], minuend: str, subtrahend: str) -> str | None:
+    """The seeds whose attack success after unlearning the poison is WEAK_BACKDOOR_POINTS or more over its
+    reference (`seed 46 (+39.08 points)`), which a mean over the seeds can hide; None where none is."""
+    over = [
+        f"seed {seed} ({r[minuend] - r[subtrahend]:+.2f} points)"
+        for seed, r in zip(seeds, rows)
+        if r.get(minuend) is not None
+        and r.get(subtrahend) is not None
+        and r[minuend] - r[subtrahend] >= WEAK_BACKDOOR_POINTS
+    ]
+    return ", ".join(over) or None
+
+
+def _backdoor_verdict(left: Estimate, surviving: str | None) -> str:
+    """What the backdoor left after unlearning the poison (`left`, points over the reference, paired over
+    seeds) says: it survives or a residue is left where the interval excludes 0, else none detectable, unless
+    it survived in some seed (`_surviving`), which the verdict then names: "no backdoor left" is the claim a
+    user acts on, and a mean over seeds must not make it for a backdoor that one draw keeps."""
+    if left.detected():
+        return "**the backdoor survives**" if left.mean >= WEAK_BACKDOOR_POINTS else "a residual backdoor"
+    if surviving:
+        return f"not detected over the seeds, but **the backdoor survives in {surviving}**"
+    return "no detectable backdoor left"
+
+
+def _baseline_sentence(rows: list[dict[str, float]], seeds: list[int], method: str) -> str:
     """One approximate method against the unsharded model retrained from scratch, paired over seeds: test
     accuracy, forget-set accuracy (above the reference: it still knows the points; below: it over-unlearned,
-    which makes them stand out) and the backdoor left after unlearning the poison."""
+    which makes them stand out) and the backdoor left after unlearning the poison (`_backdoor_verdict`)."""
 
     def against(key: str) -> Estimate:
         return _interval(rows, f"{method}/{key}", f"retrained/{key}")
@@ -275,12 +300,7 @@ def _baseline_sentence(rows: list[dict[str, float]], method: str) -> str:
         text += "below the reference: it over-unlearned, which makes the forgotten points stand out)"
     if _paired(rows, f"{method}/asr_after", "retrained/asr_after"):
         left = against("asr_after")
-        if not left.detected():
-            verdict = "no detectable backdoor left"
-        elif left.mean >= WEAK_BACKDOOR_POINTS:
-            verdict = "**the backdoor survives**"
-        else:
-            verdict = "a residual backdoor"
+        verdict = _backdoor_verdict(left, _surviving(rows, seeds, f"{method}/asr_after", "retrained/asr_after"))
         text += f", attack success after unlearning the poison {left.signed()} points ({verdict})"
     return text + "."
 
@@ -349,6 +369,9 @@ def seeds_findings(rows: list[dict[str, float]], seeds: list[int]) -> list[str]:
                 else f"no detectable backdoor left ({left.signed()} points over the floor)."
             )
         )
+        surviving = _surviving(rows, seeds, "unlearned_backdoor_asr", "clean_backdoor_asr")
+        if surviving and not left.detected():
+            text += f" But **the backdoor survives in {surviving}**."
         if strength.mean < WEAK_BACKDOOR_POINTS:
             text += " The backdoor barely took hold, so its removal shows little."
         found.append(text)
@@ -358,7 +381,7 @@ def seeds_findings(rows: list[dict[str, float]], seeds: list[int]) -> list[str]:
             f"(expected {_times(_interval(rows, 'expected_speedup'))})."
         )
     for method in approximate_methods(rows):
-        found.append(_baseline_sentence(rows, method))
+        found.append(_baseline_sentence(rows, seeds, method))
     return found
 
 
