@@ -1,5 +1,6 @@
 """Runs that survive: dead clients (retry / drop), a dead server, corrupt updates, partial participation."""
 
+import math
 import os
 import signal
 import threading
@@ -219,24 +220,28 @@ def test_partial_participation_and_many_clients_per_actor(ray_session, tmp_path)
 
 
 def test_a_wait_behind_other_runs_that_advance_is_no_stall(ray_session):
-    """Eight seeded runs queue their updates on one client actor: the last run waits for the seven before it, longer
-    than resources.stall_timeout in all, while an update finishes every fraction of it. The watchdog counts time
-    without progress anywhere, not the length of one wait, so the round completes for every run."""
-    timeout = 1.5  # an update of the 3 clients takes ~0.45 s here, the 8 runs' in all ~3.6 s
+    """Seeded runs queue their updates on one client actor, as many as take twice resources.stall_timeout in
+    all (at least 8): the last run waits for those before it, longer than the timeout, while a run's round
+    finishes every sixth of it or so. The watchdog counts time without progress anywhere, not the length of one
+    wait, so the round completes for every run."""
+    timeout = 3.0  # a run's round (3 clients' updates and evaluations) takes ~0.45 s here: 6x under it
     engine, state_ref = _engine(
         ["resources.clients_per_actor=3", "fl.local_epochs=1", f"resources.stall_timeout={timeout}"]
     )
     try:
         ray.get(engine.actors[0].train.remote(1, 99, state_ref, [0])[0])  # its first step's one-off costs
         started = time.monotonic()
-        pending = [engine.start_round(1, FedAvg(), seed, state_ref) for seed in range(8)]
+        engine.finish_round(engine.start_round(1, FedAvg(), 99, state_ref))
+        runs = max(8, math.ceil(2 * timeout / (time.monotonic() - started)))
+        started = time.monotonic()
+        pending = [engine.start_round(1, FedAvg(), seed, state_ref) for seed in range(runs)]
         with ThreadPoolExecutor(len(pending)) as pool:  # as run_fl finishes the runs of a round
             results = list(pool.map(engine.finish_round, pending))
         elapsed = time.monotonic() - started
     finally:
         engine.shutdown()
     assert len(engine.actors) == 1 and elapsed > 1.5 * timeout  # the last run waited longer than the timeout
-    assert [r.round_row["participants"] for r in results] == [3] * 8
+    assert [r.round_row["participants"] for r in results] == [3] * runs
 
 
 def test_a_stalled_round_stops_with_an_error_naming_what_it_waited_for(rayfed_cli, tmp_path):
