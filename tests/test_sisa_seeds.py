@@ -158,8 +158,10 @@ def test_a_backdoor_that_survives_in_one_seed_is_named_though_the_mean_over_seed
         "backdoor survives in seed 46 (+39.08 points)**)."
     )
     sisa = next(f for f in found if f.startswith("Backdoor attack success"))
-    assert "no detectable backdoor left (+5.00 ± 13.88 points over the floor)." in sisa
-    assert sisa.endswith("But **the backdoor survives in seed 46 (+25.00 points)**.")
+    assert sisa.endswith(
+        "not detected over the seeds, but **the backdoor survives in seed 46 (+25.00 points)** (+5.00 ± 13.88 "
+        "points over the floor)."
+    )
     # below WEAK_BACKDOOR_POINTS in every seed: nothing to name
     rows[4] = {**rows[4], "scrub/asr_after": 15.0, "unlearned_backdoor_asr": 10.0}
     found = seeds_findings(rows, [42, 43, 44, 45, 46])

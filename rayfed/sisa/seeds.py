@@ -216,6 +216,12 @@ class Estimate(NamedTuple):
             return f"{self.mean:+.2f} (one seed, no interval)"
         return signed_interval(self.mean, self.half)
 
+    def plain(self, unit: str) -> str:
+        """`m ± h<unit>` (2 decimals), or `m<unit> (one seed)`."""
+        if self.half is None:
+            return f"{self.mean:.2f}{unit} (one seed)"
+        return f"{self.mean:.2f} ± {self.half:.2f}{unit}"
+
     def detected(self) -> bool:
         """Whether the sentences count it as a difference: its 95% interval excludes 0, which one seed cannot
         show. A zero-width interval (the same nonzero difference in every seed) counts, unlike in `rayfed fl`,
@@ -228,20 +234,6 @@ class Estimate(NamedTuple):
 def _interval(rows: list[dict[str, float]], minuend: str, subtrahend: str | None = None) -> Estimate:
     values = _paired(rows, minuend, subtrahend) if subtrahend else _values(rows, minuend)
     return Estimate(*mean_interval(values), len(values))
-
-
-def _percent(rows: list[dict[str, float]], key: str) -> str:
-    estimate = _interval(rows, key)
-    if estimate.half is None:
-        return f"{estimate.mean:.2f}% (one seed)"
-    return f"{estimate.mean:.2f} ± {estimate.half:.2f}%"
-
-
-def _times(estimate: Estimate) -> str:
-    """`1.10 ± 0.18x`, or `1.10x (one seed)`."""
-    if estimate.half is None:
-        return f"{estimate.mean:.2f}x (one seed)"
-    return f"{estimate.mean:.2f} ± {estimate.half:.2f}x"
 
 
 def _seeds(estimate: Estimate, runs: int) -> str:
@@ -332,9 +324,9 @@ def seeds_findings(rows: list[dict[str, float]], seeds: list[int]) -> list[str]:
             else f"no detectable price of sharding ({price.signed()} points)"
         )
         found.append(
-            f"Test accuracy after unlearning {_percent(rows, 'unlearned_accuracy')}, against "
-            f"{_percent(rows, 'unsharded_accuracy')} for one unsharded model retrained on the same data: {verdict} "
-            f"({_seeds(price, len(rows))})."
+            f"Test accuracy after unlearning {_interval(rows, 'unlearned_accuracy').plain('%')}, against "
+            f"{_interval(rows, 'unsharded_accuracy').plain('%')} for one unsharded model retrained on the same "
+            f"data: {verdict} ({_seeds(price, len(rows))})."
         )
     if _paired(rows, "forget_auc", "retrained_forget_auc"):
         before = _interval(rows, "forget_auc", "retrained_forget_auc")
@@ -359,26 +351,20 @@ def seeds_findings(rows: list[dict[str, float]], seeds: list[int]) -> list[str]:
     if _values(rows, "backdoor_asr"):
         strength = _interval(rows, "backdoor_asr", "clean_backdoor_asr")
         left = _interval(rows, "unlearned_backdoor_asr", "clean_backdoor_asr")
-        text = (
-            f"Backdoor attack success {_percent(rows, 'backdoor_asr')} after training on the poison, "
-            f"{_percent(rows, 'unlearned_backdoor_asr')} after unlearning it, "
-            f"{_percent(rows, 'clean_backdoor_asr')} never poisoned: "
-            + (
-                f"unlearning leaves {left.signed()} points over the floor."
-                if left.detected()
-                else f"no detectable backdoor left ({left.signed()} points over the floor)."
-            )
-        )
         surviving = _surviving(rows, seeds, "unlearned_backdoor_asr", "clean_backdoor_asr")
-        if surviving and not left.detected():
-            text += f" But **the backdoor survives in {surviving}**."
+        text = (
+            f"Backdoor attack success {_interval(rows, 'backdoor_asr').plain('%')} after training on the poison, "
+            f"{_interval(rows, 'unlearned_backdoor_asr').plain('%')} after unlearning it, "
+            f"{_interval(rows, 'clean_backdoor_asr').plain('%')} never poisoned: "
+            f"{_backdoor_verdict(left, surviving)} ({left.signed()} points over the floor)."
+        )
         if strength.mean < WEAK_BACKDOOR_POINTS:
             text += " The backdoor barely took hold, so its removal shows little."
         found.append(text)
     if _values(rows, "speedup_samples"):
         found.append(
-            f"Unlearning saved {_times(_interval(rows, 'speedup_samples'))} in samples over retraining the ensemble "
-            f"(expected {_times(_interval(rows, 'expected_speedup'))})."
+            f"Unlearning saved {_interval(rows, 'speedup_samples').plain('x')} in samples over retraining the "
+            f"ensemble (expected {_interval(rows, 'expected_speedup').plain('x')})."
         )
     for method in approximate_methods(rows):
         found.append(_baseline_sentence(rows, seeds, method))
